@@ -1,0 +1,3 @@
+from responder.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,18 @@
+"""The actions runbook steps can name. Registered here, declaratively, by their spec name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from responder.actions.breaker import TripBreaker
+from responder.actions.detach import DetachNamespaces
+from responder.actions.tenants import ReleaseTenantFinalizers
+from responder.actions.terminating import HandleTerminating
+from responder.runbook.schema import ActionSpec
+
+ACTIONS = {action.spec.name: action for action in (TripBreaker(), DetachNamespaces(), ReleaseTenantFinalizers(),
+                                                  HandleTerminating())}
+
+
+def action_specs() -> Mapping[str, ActionSpec]:
+    return {name: action.spec for name, action in ACTIONS.items()}

@@ -1,0 +1,184 @@
+"""The circuit breaker: Capsule's own webhooks (failurePolicy Fail) refuse every namespace write once
+the controller is down; responder exempts only itself and takes the controller down.
+
+Order matters: scaling to 0 is the first write (it stops Capsule >= 0.13 deleting namespaces itself,
+and the controller then cannot revert the exemption in its own dynamic webhook configuration); the
+exemption follows. Then the breaker is verified: a server-side dry-run DELETE by responder is still
+sent to the webhook (the exemption covers only responder's persisted writes), so a refusal proves
+that every other identity, the garbage collector included, is refused too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from responder.actions.common import capsule_target
+from responder.cluster.client import JSON_PATCH, MERGE_PATCH
+from responder.engine import StepContext, StepOutcome
+from responder.errors import ApiError
+from responder.runbook.schema import ActionSpec, ParamSpec
+
+EXEMPTION_NAME = "responder-breaker-exemption"
+ADMISSION_PREFIX = {"ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
+                    "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
+
+
+def exemption_condition(identity: str) -> dict[str, str]:
+    """Skip the webhook for responder's persisted requests only (dry runs still go through it)."""
+    quoted = json.dumps(identity)
+    return {"name": EXEMPTION_NAME,
+            "expression": f"!(request.userInfo.username == {quoted} && !(has(request.dryRun) && request.dryRun))"}
+
+
+def webhook_path(kind: str, name: str) -> str:
+    return f"/apis/admissionregistration.k8s.io/v1/{ADMISSION_PREFIX[kind]}/{name}"
+
+
+def _rule_matches(rule: dict[str, Any], group: str, resource: str, operation: str) -> bool:
+    groups = rule.get("apiGroups") or []
+    resources = rule.get("resources") or []
+    operations = rule.get("operations") or []
+    return ((group in groups or "*" in groups) and (resource in resources or "*" in resources or "*/*" in resources)
+            and (operation in operations or "*" in operations))
+
+
+def guards_namespace_delete(webhook: dict[str, Any]) -> bool:
+    return any(_rule_matches(r, "", "namespaces", "DELETE") for r in webhook.get("rules") or [])
+
+
+def fails_closed(webhook: dict[str, Any]) -> bool:
+    return webhook.get("failurePolicy", "Fail") == "Fail"
+
+
+def exemption_patch(obj: dict[str, Any], identity: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """JSON patch adding the exemption to every fail-closed webhook of one configuration, and the
+    original matchConditions per webhook (the undo record)."""
+    ops: list[dict[str, Any]] = []
+    originals: dict[str, Any] = {}
+    condition = exemption_condition(identity)
+    for i, hook in enumerate(obj.get("webhooks") or []):
+        if not fails_closed(hook):
+            continue
+        existing = hook.get("matchConditions")
+        if any(c.get("name") == EXEMPTION_NAME for c in existing or []):
+            continue
+        originals[hook["name"]] = existing
+        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]})
+        if existing is None:
+            ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": [condition]})
+        else:
+            ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions/-", "value": condition})
+    return ops, originals
+
+
+class TripBreaker:
+    spec = ActionSpec(
+        name="trip-breaker",
+        description="Scale the Capsule controller to 0, exempt responder in Capsule's fail-closed webhooks, verify.",
+        params={"verifyTimeout": ParamSpec((int, float), default=30, description="seconds to wait for the refusal"),
+                "capsuleNamespace": ParamSpec(str, default="capsule-system"),
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        target = capsule_target(ctx)
+        hooks = ctx.observer.capsule_webhooks()
+        guarding = [(kind, obj, h) for kind, obj in hooks for h in obj.get("webhooks") or []
+                    if guards_namespace_delete(h) and fails_closed(h)]
+        data: dict[str, Any] = {"webhooks": [f"{k}/{o['metadata']['name']}" for k, o in hooks]}
+        if not guarding:
+            ctx.log("BREAKER UNAVAILABLE: no Capsule webhook refuses namespace DELETEs when the controller is down "
+                    "(no such webhook, or failurePolicy Ignore). Containment relies on speed alone.", level="warning")
+            data["breaker"] = "unavailable"
+            return StepOutcome("finished", "breaker unavailable: relying on speed", data)
+
+        # 1. Scale to 0 (first write). Keep the replicas from before the incident for undo.
+        deployment = next(iter(ctx.observer.objects("deployment")), None)
+        earlier = ctx.earlier_intent("scale-capsule", target.deployment)
+        if earlier is not None and earlier.get("undo"):
+            original = earlier["undo"]["replicas"]
+        else:
+            original = int(((deployment or {}).get("spec") or {}).get("replicas", 1)) if deployment else None
+            if not original:
+                original = ctx.observer.shadow.capsule_replicas or 1
+        if not ctx.done_before("scale-capsule", target.deployment):
+            await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                            body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
+                            undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
+        data["original_replicas"] = original
+
+        # 2. Exempt responder (and only responder) in every fail-closed Capsule webhook.
+        await self.ensure_exemption(ctx, hooks)
+
+        # 3. Verify: a dry-run DELETE by responder must now be refused by the webhook.
+        if ctx.dry_run:
+            data["breaker"] = "dry-run"
+            return StepOutcome("finished", "dry run: breaker writes sent with dryRun=All; nothing changed", data)
+        verdict = await self.verify(ctx, float(ctx.params.get("verifyTimeout", 30)))
+        data["breaker"] = verdict
+        if verdict != "verified":
+            ctx.log(f"BREAKER NOT VERIFIED: {verdict}. Containment relies on speed.", level="warning")
+            return StepOutcome("finished", f"breaker not verified ({verdict})", data)
+        return StepOutcome("finished", f"Capsule at 0 (was {original}); namespace writes refused for everyone "
+                                       f"but {ctx.options.identity}", data)
+
+    async def ensure_exemption(self, ctx: StepContext, hooks: list[tuple[str, dict[str, Any]]]) -> None:
+        for kind, obj in hooks:
+            name = obj["metadata"]["name"]
+            target = f"{kind}/{name}"
+            ops, originals = exemption_patch(obj, ctx.options.identity)
+            if not ops:
+                continue
+            earlier = ctx.earlier_intent("exempt-responder", target)
+            undo_originals = (earlier or {}).get("undo", {}).get("webhooks") if earlier and earlier.get("undo") else originals
+            try:
+                await ctx.write("exempt-responder", target, "PATCH", webhook_path(kind, name), body=ops,
+                                content_type=JSON_PATCH,
+                                undo={"op": "webhook-match-conditions", "kind": kind, "name": name,
+                                      "path": webhook_path(kind, name), "webhooks": undo_originals})
+            except ApiError as exc:
+                if exc.status in (409, 422):  # changed under us (e.g. the controller reconciled): read again
+                    fresh = await ctx.client.get(webhook_path(kind, name))
+                    ops, _ = exemption_patch(fresh, ctx.options.identity)
+                    if ops:
+                        await ctx.write("exempt-responder-retry", target, "PATCH", webhook_path(kind, name),
+                                        body=ops, content_type=JSON_PATCH,
+                                        undo={"op": "webhook-match-conditions", "kind": kind, "name": name,
+                                              "path": webhook_path(kind, name), "webhooks": undo_originals})
+                else:
+                    raise
+
+    async def verify(self, ctx: StepContext, timeout: float) -> str:
+        probe = next((n["metadata"]["name"] for n in ctx.observer.objects("namespaces")
+                      if n["metadata"]["name"] not in ctx.options.protected
+                      and not n["metadata"].get("deletionTimestamp")), None)
+        if probe is None:
+            return "no namespace to probe"
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                await ctx.client.delete(f"/api/v1/namespaces/{probe}", dry_run=True)
+                last = "a dry-run namespace DELETE was still admitted (Capsule still running?)"
+            except ApiError as exc:
+                if "failed calling webhook" in exc.api_message:
+                    # The controller (0.13+) may have rewritten its configuration before it stopped.
+                    await self.ensure_exemption(ctx, await self._fresh_hooks(ctx))
+                    ctx.journal.record("breaker-verified", step=ctx.step.id, probe=probe,
+                                       refusal=exc.api_message[:300])
+                    return "verified"
+                last = f"{exc.status} {exc.api_message[:200]}"
+            await asyncio.sleep(0.1)
+        return f"not refused within {timeout:.0f}s: {last}"
+
+    async def _fresh_hooks(self, ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
+        from responder.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
+
+        out = []
+        for kind, path in (("ValidatingWebhookConfiguration", VWC_PATH), ("MutatingWebhookConfiguration", MWC_PATH)):
+            listing = await ctx.client.get(path)
+            out.extend((kind, o) for o in listing.get("items") or [] if is_capsule_webhook(o))
+        return out

@@ -1,0 +1,129 @@
+"""Detach live at-risk namespaces from their dying Tenants, racing the garbage collector.
+
+One guarded JSON patch per namespace (triage.detach_patch): `test` ops on the namespace UID and on
+each removed reference's UID make a replay harmless and refuse a changed object; only Tenant
+ownerReferences and Capsule finalizers are removed, any other owner stays. Passes repeat until no
+live namespace is at risk (new ones may appear while the watch catches up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from responder import triage
+from responder.cluster.client import JSON_PATCH
+from responder.engine import StepContext, StepOutcome
+from responder.errors import ApiError
+from responder.runbook.schema import ActionSpec, ParamSpec
+
+
+def _rv(obj: dict[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def detached_from_journal(records: list[dict[str, Any]]) -> dict[str, str]:
+    """ns -> tenant for every namespace this incident detached (persisted, not dry-run)."""
+    outcomes = {r["intent"]: r["status"] for r in records if r.get("kind") == "outcome"}
+    out: dict[str, str] = {}
+    for rec in records:
+        if rec.get("kind") == "intent" and rec.get("action") == "detach" and not rec.get("dry_run") \
+                and outcomes.get(rec["seq"]) == "ok":
+            refs = (rec.get("undo") or {}).get("ownerReferences") or []
+            out[rec["target"]] = refs[0]["name"] if refs else ""
+    return out
+
+
+class DetachNamespaces:
+    spec = ActionSpec(
+        name="detach-namespaces",
+        description="Remove dying Tenant ownerReferences (and Capsule finalizers) from every live at-risk namespace.",
+        params={"concurrency": ParamSpec(int, default=64, description="PATCH requests in flight"),
+                "maxPasses": ParamSpec(int, default=20, description="re-triage passes before giving up")},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        concurrency = max(1, int(ctx.params.get("concurrency", 64)))
+        max_passes = max(1, int(ctx.params.get("maxPasses", 20)))
+        latest: dict[str, dict[str, Any]] = {}  # newest object per namespace we learned from our own writes
+        detached: dict[str, str] = detached_from_journal(ctx.journal.records())
+        failed: dict[str, str] = {}
+        gone: set[str] = set()
+        total_done = 0
+        started = time.monotonic()
+        limit = asyncio.Semaphore(concurrency)
+
+        def current_view() -> triage.ClusterView:
+            view = ctx.observer.view(protected=ctx.options.protected, detached=detached)
+            merged = dict(view.namespaces)
+            for name, obj in latest.items():
+                if name in merged and _rv(obj) > _rv(merged[name]):
+                    merged[name] = obj
+            for name in gone:
+                merged.pop(name, None)
+            return triage.ClusterView(**{**view.__dict__, "namespaces": merged})
+
+        async def detach_one(ns: dict[str, Any], row: triage.NamespaceTriage) -> None:
+            nonlocal total_done
+            name = ns["metadata"]["name"]
+            patch = triage.detach_patch(ns)
+            if not patch:
+                return
+            async with limit:
+                try:
+                    updated = await ctx.write(
+                        "detach", name, "PATCH", f"/api/v1/namespaces/{name}", body=patch, content_type=JSON_PATCH,
+                        undo={"op": "reattach", "namespace": name, "uid": ns["metadata"].get("uid"),
+                              "ownerReferences": list(row.dying_refs),
+                              "finalizers": list(row.capsule_finalizers)})
+                except ApiError as exc:
+                    if exc.status == 404:
+                        gone.add(name)
+                    elif exc.status in (409, 422):
+                        # Changed since we looked (another writer, or already detached): look again.
+                        fresh = await ctx.client.get_or_none(f"/api/v1/namespaces/{name}")
+                        if fresh is None:
+                            gone.add(name)
+                        else:
+                            latest[name] = fresh
+                    else:
+                        failed[name] = f"{exc.status} {exc.api_message[:200]}"
+                    return
+            if not ctx.dry_run:
+                latest[name] = updated
+            detached[name] = row.tenant or ""
+            total_done += 1
+
+        passes = 0
+        seen_at_risk: set[str] = set()
+        while passes < max_passes:
+            passes += 1
+            view = current_view()
+            rows = [r for r in triage.triage(view) if r.state == triage.NsState.AT_RISK and r.name not in failed]
+            if ctx.dry_run:
+                rows = [r for r in rows if r.name not in detached]
+            if not rows:
+                break
+            seen_at_risk.update(r.name for r in rows)
+            ctx.progress(total_done, len(seen_at_risk), f"pass {passes}: {len(rows)} at risk")
+            tasks = [detach_one(view.namespaces[r.name], r) for r in rows]
+            for chunk_start in range(0, len(tasks), 256):
+                await asyncio.gather(*tasks[chunk_start:chunk_start + 256])
+                ctx.progress(total_done, len(seen_at_risk))
+            if ctx.dry_run:
+                break
+        seconds = time.monotonic() - started
+        data = {"detached": total_done, "at_risk_seen": len(seen_at_risk), "failed": failed, "gone": sorted(gone),
+                "passes": passes, "seconds": round(seconds, 3),
+                "per_second": round(total_done / seconds, 1) if seconds > 0 and total_done else None}
+        remaining = [r.name for r in triage.triage(current_view()) if r.state == triage.NsState.AT_RISK]
+        if ctx.dry_run:
+            return StepOutcome("finished", f"dry run: would detach {total_done} namespaces", data)
+        if remaining:
+            data["remaining"] = remaining
+            return StepOutcome("failed", f"{len(remaining)} namespaces still at risk after {passes} passes", data)
+        return StepOutcome("finished", f"detached {total_done} namespaces in {seconds:.2f}s", data)

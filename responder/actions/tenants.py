@@ -1,0 +1,79 @@
+"""Capsule >= 0.13: Tenants held by `controller.projectcapsule.dev/finalize`.
+
+When the CRD is deleted these Tenants turn Terminating instead of vanishing. The moment Capsule runs
+again it deletes every namespace in their status.spaces, detached or not. So once their namespaces
+are detached, responder releases the finalizer: the Tenant (already being deleted, its spec kept in
+the shadow copy) goes, the CRD deletion completes, and nothing is left that would take namespaces
+with it when Capsule comes back. Tenants whose namespaces are not all detached yet are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from responder import triage
+from responder.actions.detach import detached_from_journal
+from responder.cluster.client import JSON_PATCH
+from responder.engine import StepContext, StepOutcome
+from responder.errors import ApiError
+from responder.observe import TENANTS_PATH
+from responder.runbook.schema import ActionSpec
+
+CAPSULE_TENANT_FINALIZER = "controller.projectcapsule.dev/finalize"
+
+
+def release_patch(tenant: dict[str, Any]) -> list[dict[str, Any]]:
+    """Remove Capsule's finalizer from a Tenant, guarded by its UID and the finalizer's position."""
+    meta = tenant["metadata"]
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]}]
+    finalizers = meta.get("finalizers") or []
+    idx = [i for i, f in enumerate(finalizers) if f == CAPSULE_TENANT_FINALIZER]
+    if not idx:
+        return []
+    for i in idx:
+        ops.append({"op": "test", "path": f"/metadata/finalizers/{i}", "value": CAPSULE_TENANT_FINALIZER})
+    for i in reversed(idx):
+        ops.append({"op": "remove", "path": f"/metadata/finalizers/{i}"})
+    return ops
+
+
+class ReleaseTenantFinalizers:
+    spec = ActionSpec(
+        name="release-tenant-finalizers",
+        description="Capsule >= 0.13: release terminating Tenants whose namespaces are all detached.",
+        params={},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        detached = detached_from_journal(ctx.journal.records())
+        view = ctx.observer.view(protected=ctx.options.protected, detached=detached)
+        rows = triage.triage(view)
+        held = [t for t in view.tenants.values()
+                if t["metadata"].get("deletionTimestamp") and CAPSULE_TENANT_FINALIZER in (t["metadata"].get("finalizers") or [])]
+        if not held:
+            return StepOutcome("finished", "no Tenant is held by Capsule's finalizer", {"released": 0})
+        released, waiting = [], []
+        for tenant in held:
+            name = tenant["metadata"]["name"]
+            still_attached = [r.name for r in rows if r.state == triage.NsState.AT_RISK and r.tenant == name]
+            if still_attached:
+                waiting.append(name)
+                ctx.log(f"Tenant {name}: {len(still_attached)} namespaces still attached; not released")
+                continue
+            if ctx.done_before("release-finalizer", name):
+                continue
+            patch = release_patch(tenant)
+            if not patch:
+                continue
+            try:
+                await ctx.write("release-finalizer", name, "PATCH", f"{TENANTS_PATH}/{name}", body=patch,
+                                content_type=JSON_PATCH)
+                released.append(name)
+            except ApiError as exc:
+                if exc.status not in (404, 422):
+                    raise
+        data = {"released": len(released), "tenants": released, "waiting": waiting}
+        if waiting:
+            return StepOutcome("failed", f"{len(waiting)} Tenants still own attached namespaces", data)
+        return StepOutcome("finished", f"released {len(released)} terminating Tenants (their namespaces are detached)",
+                           data)

@@ -1,0 +1,230 @@
+"""A small async Kubernetes API client over httpx.
+
+One way to write to a cluster: every mutating request goes through `KubeClient.request`, which adds
+`fieldManager=responder` and, when the client is in dry-run mode, `dryRun=All`, so no code path can
+forget either. Errors come back typed (responder.errors.ApiError subclasses) with the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from responder.cluster.kubeconfig import ClusterAccess
+from responder.errors import ApiError, ClusterUnreachable, Unauthorized, api_error_for
+
+log = logging.getLogger(__name__)
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+RETRY_STATUSES = frozenset({429, 503, 504})
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "responder"
+USER_AGENT = "responder/0.1"
+
+
+class KubeClient:
+    """Async client for one cluster identity.
+
+    `max_connections` and `http2` are chosen by measurement (see README, detach benchmark): HTTP/2
+    multiplexes many concurrent requests over one TLS connection, which beats a large pool on 2 cores.
+    """
+
+    def __init__(self, access: ClusterAccess, *, dry_run: bool = False, http2: bool = True,
+                 max_connections: int = 8, timeout: float = 30.0, retry_deadline: float = 60.0,
+                 impersonate: str | None = None, impersonate_groups: tuple[str, ...] = ()) -> None:
+        self.access = access
+        self.dry_run = dry_run
+        self.retry_deadline = retry_deadline
+        self._impersonate = impersonate
+        self._impersonate_groups = impersonate_groups
+        self._auth_header: str | None = None
+        self._auth_fetched = 0.0
+        self._http = self._new_http(http2=http2, max_connections=max_connections, timeout=timeout)
+        self._http2 = http2
+        self._max_connections = max_connections
+        self._timeout = timeout
+
+    def _new_http(self, *, http2: bool, max_connections: int, timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.access.server,
+            verify=self.access.ssl_context,
+            http2=http2,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+
+    def with_options(self, *, dry_run: bool | None = None, impersonate: str | None = None,
+                     impersonate_groups: tuple[str, ...] = ()) -> "KubeClient":
+        """A sibling client sharing credentials (a new connection pool)."""
+        return KubeClient(self.access, dry_run=self.dry_run if dry_run is None else dry_run, http2=self._http2,
+                          max_connections=self._max_connections, timeout=self._timeout,
+                          retry_deadline=self.retry_deadline, impersonate=impersonate,
+                          impersonate_groups=impersonate_groups)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "KubeClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- auth -------------------------------------------------------------------------------------
+
+    async def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        # Tokens from exec plugins expire; re-ask the loader (cheap unless expired) once a minute.
+        if self._auth_header is None or time.monotonic() - self._auth_fetched > 60:
+            self._auth_header = await asyncio.to_thread(self.access.authorization)
+            self._auth_fetched = time.monotonic()
+        if self._auth_header:
+            headers["Authorization"] = self._auth_header
+        if self._impersonate:
+            headers["Impersonate-User"] = self._impersonate
+            # httpx sends a list value as repeated headers, which is what impersonation expects.
+        return headers
+
+    def _impersonation_items(self) -> list[tuple[str, str]]:
+        return [("Impersonate-Group", g) for g in self._impersonate_groups]
+
+    async def _reauthenticate(self) -> None:
+        self.access = await asyncio.to_thread(self.access.reload)
+        self._auth_header = None
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _params(self, method: str, params: dict[str, Any] | None, dry_run: bool | None) -> dict[str, Any]:
+        out = dict(params or {})
+        if method in MUTATING:
+            if dry_run if dry_run is not None else self.dry_run:
+                out["dryRun"] = "All"
+            if method != "DELETE":
+                out.setdefault("fieldManager", FIELD_MANAGER)
+        return out
+
+    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json",
+                      dry_run: bool | None = None) -> dict[str, Any]:
+        """Send one request, retrying 429/503/504 (honouring Retry-After) and connection failures
+        until `retry_deadline`; a 401 reloads credentials once. Returns the decoded JSON body."""
+        query = self._params(method, params, dry_run)
+        content = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+        deadline = time.monotonic() + self.retry_deadline
+        attempt = 0
+        reauthed = False
+        while True:
+            attempt += 1
+            headers = await self._headers()
+            if content is not None:
+                headers["Content-Type"] = content_type
+            try:
+                response = await self._http.request(method, path, params=query, content=content,
+                                                    headers=list(headers.items()) + self._impersonation_items())
+            except (httpx.TransportError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise ClusterUnreachable(
+                        f"cannot reach the API server at {self.access.server}: {type(exc).__name__}: {exc}",
+                        fix="check that the cluster is up and the kubeconfig's server URL is right") from None
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if response.status_code < 400:
+                if not response.content:
+                    return {}
+                return response.json()
+            error = api_error_for(response.status_code, _json_or_none(response), method=method, path=path)
+            if isinstance(error, Unauthorized) and not reauthed:
+                reauthed = True
+                await self._reauthenticate()
+                continue
+            if response.status_code in RETRY_STATUSES and time.monotonic() < deadline:
+                await asyncio.sleep(_retry_after(response, attempt))
+                continue
+            raise error
+
+    async def get(self, path: str, **params: Any) -> dict[str, Any]:
+        return await self.request("GET", path, params=params or None)
+
+    async def get_or_none(self, path: str, **params: Any) -> dict[str, Any] | None:
+        try:
+            return await self.get(path, **params)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_all(self, path: str, *, page_size: int = 500, **params: Any) -> dict[str, Any]:
+        """LIST with pagination; returns a list object with all items and the list's resourceVersion."""
+        items: list[dict[str, Any]] = []
+        query = dict(params, limit=page_size)
+        while True:
+            page = await self.get(path, **query)
+            items.extend(page.get("items") or [])
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                page["items"] = items
+                return page
+            query["continue"] = cont
+
+    async def create(self, path: str, body: dict[str, Any], *, dry_run: bool | None = None) -> dict[str, Any]:
+        return await self.request("POST", path, body=body, dry_run=dry_run)
+
+    async def replace(self, path: str, body: dict[str, Any], *, dry_run: bool | None = None) -> dict[str, Any]:
+        return await self.request("PUT", path, body=body, dry_run=dry_run)
+
+    async def patch(self, path: str, patch: Any, *, patch_type: str = MERGE_PATCH,
+                    dry_run: bool | None = None) -> dict[str, Any]:
+        return await self.request("PATCH", path, body=patch, content_type=patch_type, dry_run=dry_run)
+
+    async def delete(self, path: str, *, body: dict[str, Any] | None = None,
+                     dry_run: bool | None = None) -> dict[str, Any]:
+        return await self.request("DELETE", path, body=body, dry_run=dry_run)
+
+    async def stream_lines(self, path: str, params: dict[str, Any], *, read_timeout: float) -> AsyncIterator[bytes]:
+        """A long-running GET (a watch) as raw lines; raises typed errors for non-2xx answers."""
+        headers = await self._headers()
+        timeout = httpx.Timeout(self._timeout, connect=5.0, read=read_timeout)
+        async with self._http.stream("GET", path, params=params, timeout=timeout,
+                                     headers=list(headers.items()) + self._impersonation_items()) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                error = api_error_for(response.status_code, _json_or_none(response), method="WATCH", path=path)
+                if isinstance(error, Unauthorized):
+                    await self._reauthenticate()
+                raise error
+            async for line in response.aiter_lines():
+                if line:
+                    yield line.encode() if isinstance(line, str) else line
+
+
+def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return {"message": response.text[:500]}
+    return data if isinstance(data, dict) else None
+
+
+def _backoff(attempt: int, cap: float = 2.0) -> float:
+    return min(cap, 0.05 * (2 ** min(attempt, 8))) * (0.5 + random.random() / 2)
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    value = response.headers.get("Retry-After")
+    if value:
+        try:
+            return min(float(value), 10.0)
+        except ValueError:
+            pass
+    return _backoff(attempt)

@@ -1,0 +1,143 @@
+"""List-then-watch streams that survive what an incident does to a cluster.
+
+- LIST, then WATCH from the list's resourceVersion with bookmarks;
+- 410 Gone (as HTTP status or as an ERROR event) re-lists and diffs against what was known, so a
+  deletion missed while disconnected still arrives as DELETED;
+- a stall timeout (no bytes, not even a bookmark) reconnects;
+- 404 on a custom resource means the type is gone (its CRD was deleted): a TYPE_GONE event, then
+  the stream keeps polling with backoff until the type returns;
+- connection failures reconnect with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from responder.cluster.client import KubeClient
+from responder.errors import ApiError, ClusterUnreachable, Gone, NotFound
+
+log = logging.getLogger(__name__)
+
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+TYPE_GONE = "TYPE_GONE"  # the resource type itself disappeared (CRD deleted)
+SYNCED = "SYNCED"  # the initial list (or a re-list) has been delivered
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str
+    resource: str
+    object: dict[str, Any]
+    received: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return (self.object.get("metadata") or {}).get("name", "")
+
+
+def object_key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+class ResourceWatch:
+    """One resource stream. `store` always holds the last known state of every object."""
+
+    def __init__(self, client: KubeClient, path: str, *, resource: str, params: dict[str, Any] | None = None,
+                 stall_timeout: float = 90.0, timeout_seconds: int = 300) -> None:
+        self.client = client
+        self.path = path
+        self.resource = resource
+        self.params = dict(params or {})
+        self.stall_timeout = stall_timeout
+        self.timeout_seconds = timeout_seconds
+        self.store: dict[tuple[str, str], dict[str, Any]] = {}
+        self.resource_version: str | None = None
+        self.type_present: bool | None = None
+        self.relists = 0
+        self.reconnects = 0
+
+    async def _relist(self) -> list[WatchEvent]:
+        listing = await self.client.list_all(self.path, **self.params)
+        self.resource_version = (listing.get("metadata") or {}).get("resourceVersion")
+        self.relists += 1
+        fresh = {object_key(o): o for o in listing.get("items") or []}
+        events: list[WatchEvent] = []
+        for key, obj in fresh.items():
+            old = self.store.get(key)
+            if old is None:
+                events.append(WatchEvent(ADDED, self.resource, obj))
+            elif (old.get("metadata") or {}).get("resourceVersion") != (obj.get("metadata") or {}).get("resourceVersion"):
+                events.append(WatchEvent(MODIFIED, self.resource, obj))
+        for key, old in self.store.items():
+            if key not in fresh:
+                events.append(WatchEvent(DELETED, self.resource, old))
+        self.store = fresh
+        events.append(WatchEvent(SYNCED, self.resource, {"metadata": {"resourceVersion": self.resource_version}}))
+        return events
+
+    def _apply(self, event_type: str, obj: dict[str, Any]) -> WatchEvent:
+        key = object_key(obj)
+        if event_type == DELETED:
+            self.store.pop(key, None)
+        else:
+            self.store[key] = obj
+        return WatchEvent(event_type, self.resource, obj)
+
+    async def events(self) -> AsyncIterator[WatchEvent]:
+        attempt = 0
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    for ev in await self._relist():
+                        yield ev
+                    if self.type_present is False:
+                        log.info("%s: resource type is back", self.resource)
+                    self.type_present = True
+                    need_list = False
+                params = dict(self.params, watch="true", allowWatchBookmarks="true",
+                              resourceVersion=self.resource_version or "", timeoutSeconds=str(self.timeout_seconds))
+                async for raw in self.client.stream_lines(self.path, params, read_timeout=self.stall_timeout):
+                    attempt = 0
+                    frame = json.loads(raw)
+                    kind = frame.get("type")
+                    obj = frame.get("object") or {}
+                    if kind == "BOOKMARK":
+                        self.resource_version = (obj.get("metadata") or {}).get("resourceVersion") or self.resource_version
+                        continue
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone(410, "Expired", obj.get("message", ""), method="WATCH", path=self.path)
+                        raise ApiError(int(obj.get("code") or 500), obj.get("reason", ""), obj.get("message", ""),
+                                       method="WATCH", path=self.path)
+                    self.resource_version = (obj.get("metadata") or {}).get("resourceVersion") or self.resource_version
+                    yield self._apply(kind, obj)
+                # A clean end (server timeout): resume from the last resourceVersion.
+                self.reconnects += 1
+            except Gone:
+                log.info("%s: watch expired (410), re-listing", self.resource)
+                need_list = True
+            except NotFound:
+                if self.type_present is not False:
+                    self.type_present = False
+                    yield WatchEvent(TYPE_GONE, self.resource, {"metadata": {}})
+                    for key, old in list(self.store.items()):
+                        yield self._apply(DELETED, old)
+                need_list = True
+                attempt += 1
+                await asyncio.sleep(min(2.0, 0.1 * attempt))
+            except (httpx.TransportError, ClusterUnreachable, OSError, asyncio.TimeoutError) as exc:
+                attempt += 1
+                self.reconnects += 1
+                log.info("%s: watch interrupted (%s), reconnecting", self.resource, type(exc).__name__)
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2))

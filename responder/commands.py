@@ -1,0 +1,357 @@
+"""Headless commands: watch, plan, run, undo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from responder import triage
+from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
+from responder.cluster.kubeconfig import load_cluster_access
+from responder.engine import EngineEvent
+from responder.errors import (EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, JournalError)
+from responder.journal import Journal
+from responder.observe import CapsuleTarget
+from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
+
+
+def cluster_flags() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, merged, or ~/.kube/config)")
+    common.add_argument("--context", help="the kubeconfig context to use")
+    common.add_argument("--capsule-namespace", default="capsule-system")
+    common.add_argument("--capsule-deployment", default="capsule-controller-manager")
+    common.add_argument("--velero-namespace", default="velero")
+    common.add_argument("--protect", action="append", default=[], metavar="NAMESPACE",
+                        help="never touch this namespace (repeatable; also $RESPONDER_PROTECTED, comma-separated)")
+    common.add_argument("--journal", type=Path, default=None, metavar="DIR",
+                        help="where incident journals and the shadow copy live (default ~/.local/state/responder/incidents)")
+    return common
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    common = cluster_flags()
+    watch = sub.add_parser("watch", parents=[common], help="watch the cluster; on an incident, run the runbook")
+    watch.add_argument("--runbook")
+    mode = watch.add_mutually_exclusive_group()
+    mode.add_argument("--auto", action="store_true", help="containment steps run without asking (default headless)")
+    mode.add_argument("--confirm", action="store_true", help="ask before every step")
+    watch.add_argument("--dry-run", action="store_true", help="send every write with dryRun=All: nothing persists")
+    watch.add_argument("--yes", action="store_true", help="pre-confirm destructive steps")
+    watch.add_argument("--headless", action="store_true", help="no TUI: log lines on stderr, summary on stdout")
+    watch.add_argument("--timeout", type=float, default=None, help="give up watching after this many seconds")
+    watch.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    watch.set_defaults(handler=cmd_watch)
+
+    plan = sub.add_parser("plan", parents=[common], help="what responder sees now and what it would do; never writes")
+    plan.add_argument("--runbook")
+    plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    plan.set_defaults(handler=cmd_plan)
+
+    run = sub.add_parser("run", parents=[common], help="run a runbook now, or resume one after a crash")
+    run.add_argument("runbook", nargs="?")
+    run.add_argument("--dry-run", action="store_true")
+    run.add_argument("--yes", action="store_true")
+    run.add_argument("--resume", type=Path, metavar="JOURNAL", help="continue the incident in this journal")
+    run.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    run.set_defaults(handler=cmd_run)
+
+    undo = sub.add_parser("undo", parents=[common], help="revert the reversible steps recorded in a journal")
+    undo.add_argument("journal_file", type=Path, metavar="JOURNAL")
+    undo.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    undo.set_defaults(handler=cmd_undo)
+
+
+def session_options(args: argparse.Namespace, *, runbook: str | None, dry_run: bool = False, auto: bool = True,
+                    yes: bool = False) -> SessionOptions:
+    extra = tuple(args.protect) + tuple(p for p in os.environ.get("RESPONDER_PROTECTED", "").split(",") if p)
+    return SessionOptions(runbook=resolve_runbook(runbook), journal_dir=args.journal or default_journal_dir(),
+                          dry_run=dry_run, auto=auto, yes=yes,
+                          capsule=CapsuleTarget(args.capsule_namespace, args.capsule_deployment),
+                          velero_namespace=args.velero_namespace, extra_protected=extra)
+
+
+def emit(data: Any, fmt: str | None) -> None:
+    if fmt == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(json.dumps(data, indent=2))
+
+
+class HeadlessPrinter:
+    """One line per engine event on stderr: what an on-call engineer tails in a CI log."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+
+    def __call__(self, event: EngineEvent) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+        d = dict(event.data)
+        if event.kind == "step-started":
+            line = f"step {event.step}: started ({d.get('action')})"
+        elif event.kind == "step-finished":
+            line = f"step {event.step}: {d.get('status')} - {d.get('summary', '')}"
+        elif event.kind == "step-progress":
+            line = f"step {event.step}: {d.get('done')}/{d.get('total')} {d.get('note', '')}".rstrip()
+        elif event.kind == "log":
+            line = f"step {event.step}: {d.get('level', 'info').upper()}: {d.get('message')}"
+        elif event.kind == "confirm":
+            line = f"step {event.step}: needs confirmation: {d.get('summary')} (run with --yes to pre-confirm)"
+        else:
+            return
+        print(f"{stamp} {line}", file=self.stream, flush=True)
+
+
+async def _headless_confirm(request) -> bool:
+    return False  # headless never blocks on a prompt: destructive steps need --yes
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if not args.headless:
+        raise ConfigError("the TUI is not built yet", fix="pass --headless")
+    access = load_cluster_access(args.kubeconfig, args.context)
+    options = session_options(args, runbook=args.runbook, dry_run=args.dry_run, auto=not args.confirm, yes=args.yes)
+
+    async def go() -> int:
+        session = Session(access, options, confirmer=_headless_confirm)
+        session.engine_listeners.append(HeadlessPrinter())
+        await session.preflight()
+        await session.start()
+        try:
+            print(f"watching {access.server} as {session.identity} (context {access.context}, "
+                  f"{'DRY RUN' if options.dry_run else 'live'})", file=sys.stderr, flush=True)
+            session.check_late_start()
+            if not session.incident_opened.is_set():
+                try:
+                    await asyncio.wait_for(session.incident_opened.wait(), args.timeout)
+                except asyncio.TimeoutError:
+                    print("no incident within the timeout", file=sys.stderr)
+                    return EXIT_OK
+            assert session.trigger is not None and session.journal is not None
+            print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
+            await session.contain()
+            summary = summarize(session)
+            emit(summary, args.output)
+            return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
+        finally:
+            await session.close()
+
+    return asyncio.run(go())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    access = load_cluster_access(args.kubeconfig, args.context)
+    journal = None
+    if args.resume:
+        if not args.resume.is_file():
+            raise JournalError(f"journal {args.resume} does not exist", fix="pass the .jsonl path printed by watch/run")
+        journal = Journal.open(args.resume)
+        meta = next((r for r in journal.records() if r.get("kind") == "incident-opened"), {})
+        runbook = args.runbook or (meta.get("meta") or {}).get("runbook") or meta.get("runbook")
+        dry_run = bool((meta.get("meta") or {}).get("dry_run", meta.get("dry_run", False))) or args.dry_run
+        journal_dir = args.resume.parent
+    else:
+        runbook, dry_run, journal_dir = args.runbook, args.dry_run, None
+    options = session_options(args, runbook=runbook, dry_run=dry_run, auto=True, yes=args.yes)
+    if journal_dir is not None:
+        options.journal_dir = journal_dir
+
+    async def go() -> int:
+        from responder.detect import Trigger
+
+        session = Session(access, options, confirmer=_headless_confirm)
+        session.engine_listeners.append(HeadlessPrinter())
+        await session.preflight()
+        await session.start()
+        try:
+            if journal is not None:
+                session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)
+                journal.record("resumed", pending=[p["seq"] for p in journal.pending()])
+            else:
+                session.open_incident(Trigger("manual", "started by `responder run`", time.time()))
+            await session.contain()
+            summary = summarize(session)
+            emit(summary, args.output)
+            return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
+        finally:
+            await session.close()
+
+    return asyncio.run(go())
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    access = load_cluster_access(args.kubeconfig, args.context)
+    options = session_options(args, runbook=args.runbook, dry_run=True)
+
+    async def go() -> dict[str, Any]:
+        session = Session(access, options)
+        await session.preflight()
+        await session.start()
+        try:
+            return build_plan(session)
+        finally:
+            await session.close()
+
+    plan = asyncio.run(go())
+    if args.output == "table":
+        print_plan_table(plan)
+    else:
+        emit(plan, args.output)
+    return EXIT_OK
+
+
+def build_plan(session: Session) -> dict[str, Any]:
+    from responder.actions.breaker import fails_closed, guards_namespace_delete
+
+    view = session.view()
+    rows = triage.triage(view)
+    hooks = session.observer.capsule_webhooks()
+    guarding = [f"{k}/{o['metadata']['name']}:{h['name']}" for k, o in hooks for h in o.get("webhooks") or []
+                if guards_namespace_delete(h) and fails_closed(h)]
+    deployment = next(iter(session.observer.objects("deployment")), None)
+    replicas = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
+    at_risk = [r for r in rows if r.state == triage.NsState.AT_RISK]
+    terminating = [r for r in rows if r.state == triage.NsState.TERMINATING]
+    held = [t["metadata"]["name"] for t in view.tenants.values() if t["metadata"].get("deletionTimestamp")]
+    steps = []
+    for step in session.runbook.steps:
+        if step.action == "trip-breaker":
+            what = (f"scale {session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} "
+                    f"to 0; exempt {session.identity} in {len(hooks)} Capsule webhook configurations"
+                    if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
+        elif step.action == "detach-namespaces":
+            what = f"detach {len(at_risk)} at-risk namespaces"
+        elif step.action == "release-tenant-finalizers":
+            what = f"release {len(held)} terminating Tenants once their namespaces are detached"
+        elif step.action == "handle-terminating":
+            what = f"report content of {len(terminating)} Terminating namespaces; finalize the empty ones"
+        else:
+            what = step.description
+        steps.append({"id": step.id, "phase": step.phase, "action": step.action, "would": what})
+    return {
+        "context": session.access.context, "identity": session.identity,
+        "tenant_crd": "deleting" if view.crd_deleting else ("present" if view.crd_present else "absent"),
+        "tenants": len(view.tenants), "capsule_replicas": replicas, "breaker_webhooks": guarding,
+        "counts": triage.count_by_state(rows),
+        "namespaces": [{"name": r.name, "tenant": r.tenant, "state": r.state.value, "reason": r.reason}
+                       for r in rows if r.state != triage.NsState.SAFE or r.tenant],
+        "steps": steps,
+    }
+
+
+def print_plan_table(plan: dict[str, Any]) -> None:
+    print(f"context {plan['context']}  identity {plan['identity']}  Tenant CRD {plan['tenant_crd']}  "
+          f"Tenants {plan['tenants']}  Capsule replicas {plan['capsule_replicas']}")
+    print("counts: " + ", ".join(f"{k}={v}" for k, v in plan["counts"].items() if v))
+    rows = plan["namespaces"]
+    if rows:
+        w1 = max(9, *(len(r["name"]) for r in rows))
+        w2 = max(6, *(len(r["tenant"] or "") for r in rows))
+        print(f"{'NAMESPACE':<{w1}}  {'TENANT':<{w2}}  {'STATE':<11}  REASON")
+        for r in rows:
+            print(f"{r['name']:<{w1}}  {(r['tenant'] or '-'):<{w2}}  {r['state']:<11}  {r['reason']}")
+    print("plan:")
+    for s in plan["steps"]:
+        print(f"  {s['id']:<18} {s['would']}")
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    if not args.journal_file.is_file():
+        raise JournalError(f"journal {args.journal_file} does not exist", fix="pass the .jsonl path of an incident")
+    access = load_cluster_access(args.kubeconfig, args.context)
+    journal = Journal.open(args.journal_file)
+
+    async def go() -> dict[str, Any]:
+        async with KubeClient(access) as client:
+            return await undo_journal(client, journal)
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        journal.close()
+    emit(result, args.output)
+    return EXIT_OK if not result["failed"] else EXIT_NOT_CONTAINED
+
+
+async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
+    """Revert, newest first, what the journal says is reversible; each undo is journaled too."""
+    undone, skipped, failed = [], [], []
+    for entry in journal.undo_plan():
+        payload = entry["undo"] or {}
+        op = payload.get("op")
+        seq = journal.intent("undo", f"undo-{op}", entry["target"], request={"undo_of": entry["intent"]})
+        try:
+            if op == "scale":
+                await client.patch(payload["path"], {"spec": {"replicas": payload["replicas"]}}, patch_type=MERGE_PATCH)
+            elif op == "webhook-match-conditions":
+                await _restore_match_conditions(client, payload)
+            elif op == "reattach":
+                reason = await _reattach(client, payload)
+                if reason:
+                    journal.outcome(seq, "skipped", detail=reason)
+                    skipped.append({"target": entry["target"], "reason": reason})
+                    continue
+            else:
+                journal.outcome(seq, "skipped", detail=f"no undo for {op}")
+                skipped.append({"target": entry["target"], "reason": f"no undo for {op}"})
+                continue
+        except ApiError as exc:
+            journal.outcome(seq, "failed", detail=f"{exc.status} {exc.api_message[:200]}")
+            failed.append({"target": entry["target"], "error": exc.api_message[:200]})
+            continue
+        journal.outcome(seq, "ok")
+        journal.mark_undone(entry["intent"])
+        undone.append({"op": op, "target": entry["target"]})
+    return {"journal": str(journal.path), "undone": undone, "skipped": skipped, "failed": failed}
+
+
+async def _restore_match_conditions(client: KubeClient, payload: dict[str, Any]) -> None:
+    current = await client.get(payload["path"])
+    ops: list[dict[str, Any]] = []
+    for i, hook in enumerate(current.get("webhooks") or []):
+        if hook["name"] not in payload["webhooks"]:
+            continue
+        original = payload["webhooks"][hook["name"]]
+        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]})
+        if original is None:
+            if "matchConditions" in hook:
+                ops.append({"op": "remove", "path": f"/webhooks/{i}/matchConditions"})
+        else:
+            ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": original})
+    if ops:
+        await client.patch(payload["path"], ops, patch_type=JSON_PATCH)
+
+
+async def _reattach(client: KubeClient, payload: dict[str, Any]) -> str | None:
+    """Put removed Tenant references back, but only where the Tenant is alive with the same UID:
+    a reference to a gone Tenant would make the garbage collector delete the namespace."""
+    ns = await client.get_or_none(f"/api/v1/namespaces/{payload['namespace']}")
+    if ns is None or ns["metadata"].get("uid") != payload.get("uid"):
+        return "namespace gone or replaced"
+    refs = []
+    for ref in payload.get("ownerReferences") or []:
+        tenant = await client.get_or_none(f"/apis/capsule.clastix.io/v1beta2/tenants/{ref['name']}")
+        if tenant is None or tenant["metadata"].get("uid") != ref.get("uid") or tenant["metadata"].get("deletionTimestamp"):
+            return f"Tenant {ref['name']} is gone or being deleted: re-attaching would get the namespace deleted"
+        refs.append(ref)
+    if not refs:
+        return "nothing to re-attach"
+    existing = ns["metadata"].get("ownerReferences")
+    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": payload["uid"]}]
+    if existing is None:
+        ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": refs})
+    else:
+        ops.extend({"op": "add", "path": "/metadata/ownerReferences/-", "value": r} for r in refs)
+    await client.patch(f"/api/v1/namespaces/{payload['namespace']}", ops, patch_type=JSON_PATCH)
+    return None
+
+
+__all__ = ["add_parsers", "ConfigError"]

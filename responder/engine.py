@@ -1,0 +1,201 @@
+"""The runbook engine: runs a runbook's steps with their actions, journaling every write.
+
+The engine never imports the TUI; front ends (headless printer, Textual app) subscribe to its
+events and answer its confirmation requests. One way to write: `StepContext.write`, which journals
+an intent, sends the request (dry-run honoured by the client), and journals the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from responder.cluster.client import KubeClient
+from responder.errors import ApiError
+from responder.journal import Journal
+from responder.observe import ClusterObserver
+from responder.runbook.schema import ActionSpec, Runbook, Step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    kind: str  # step-started | step-progress | step-finished | log | write | confirm
+    step: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ConfirmationRequest:
+    step: str
+    action: str
+    summary: str
+    writes: tuple[str, ...]
+    answer: str  # what the operator must type (an object count or the CRD name)
+
+
+Confirmer = Callable[[ConfirmationRequest], Awaitable[bool]]
+
+
+@dataclass
+class EngineOptions:
+    dry_run: bool = False
+    auto: bool = True  # containment steps run without asking
+    yes: bool = False  # destructive steps pre-confirmed
+    protected: frozenset[str] = frozenset()
+    identity: str = ""  # the username the API server sees for responder
+
+
+@dataclass
+class StepOutcome:
+    status: str  # finished | failed | skipped
+    summary: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Action(Protocol):
+    spec: ActionSpec
+
+    async def run(self, ctx: "StepContext") -> StepOutcome: ...
+
+
+class StepContext:
+    def __init__(self, engine: "Engine", step: Step) -> None:
+        self.engine = engine
+        self.step = step
+        self.params: dict[str, Any] = {**engine.runbook.params, **dict(step.params)}
+        self.client = engine.client
+        self.journal = engine.journal
+        self.observer = engine.observer
+        self.options = engine.options
+
+    @property
+    def dry_run(self) -> bool:
+        return self.options.dry_run
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.engine.emit(EngineEvent(kind, self.step.id, data))
+
+    def log(self, message: str, *, level: str = "info") -> None:
+        getattr(log, "warning" if level == "warning" else "info")("%s: %s", self.step.id, message)
+        self.journal.record("log", step=self.step.id, level=level, message=message)
+        self.emit("log", message=message, level=level)
+
+    def progress(self, done: int, total: int, note: str = "") -> None:
+        self.emit("step-progress", done=done, total=total, note=note)
+
+    def done_before(self, action: str, target: str) -> bool:
+        """Resume support: this write already completed in this incident's journal."""
+        return self.journal.done(self.step.id, action, target)
+
+    def earlier_intent(self, action: str, target: str) -> dict[str, Any] | None:
+        """The first intent recorded for this write (completed or not): its undo payload holds the
+        state from before the incident, which a resumed run must not overwrite."""
+        for rec in self.journal.records():
+            if rec.get("kind") == "intent" and rec.get("step") == self.step.id and rec.get("action") == action \
+                    and rec.get("target") == target:
+                return rec
+        return None
+
+    async def write(self, action: str, target: str, method: str, path: str, *, body: Any = None,
+                    content_type: str = "application/json", params: dict[str, Any] | None = None,
+                    undo: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Journal, send, journal. Raises the ApiError after journaling it as failed."""
+        seq = self.journal.intent(self.step.id, action, target,
+                                  request={"method": method, "path": path, "body": body},
+                                  undo=undo, dry_run=self.dry_run)
+        self.emit("write", action=action, target=target, method=method, dry_run=self.dry_run)
+        try:
+            response = await self.client.request(method, path, params=params, body=body, content_type=content_type)
+        except ApiError as exc:
+            self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500])
+            raise
+        except BaseException as exc:
+            # Unknown whether the server applied it: leave the intent pending for resume to re-check.
+            log.warning("write %s %s interrupted: %s", method, path, type(exc).__name__)
+            raise
+        self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "")
+        return response
+
+    async def confirm(self, summary: str, writes: list[str], answer: str) -> bool:
+        if self.options.yes:
+            self.journal.record("confirmation", step=self.step.id, answer="--yes", summary=summary)
+            return True
+        request = ConfirmationRequest(self.step.id, self.step.action, summary, tuple(writes), answer)
+        self.emit("confirm", summary=summary, answer=answer, writes=len(writes))
+        ok = await self.engine.confirmer(request) if self.engine.confirmer else False
+        self.journal.record("confirmation", step=self.step.id, answer="yes" if ok else "no", summary=summary)
+        return ok
+
+
+async def _refuse(_: ConfirmationRequest) -> bool:
+    return False
+
+
+class Engine:
+    def __init__(self, runbook: Runbook, actions: Mapping[str, Action], *, client: KubeClient,
+                 observer: ClusterObserver, journal: Journal, options: EngineOptions,
+                 confirmer: Confirmer | None = None) -> None:
+        self.runbook = runbook
+        self.actions = actions
+        self.client = client
+        self.observer = observer
+        self.journal = journal
+        self.options = options
+        self.confirmer = confirmer or _refuse
+        self.listeners: list[Callable[[EngineEvent], None]] = []
+        self.results: dict[str, StepOutcome] = {}
+
+    def emit(self, event: EngineEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("engine listener failed")
+
+    async def run(self, phases: tuple[str, ...] = ("contain",)) -> dict[str, StepOutcome]:
+        finished = self.journal.step_state()
+        for step in self.runbook.steps:
+            if step.phase not in phases:
+                continue
+            if finished.get(step.id) in ("finished", "skipped"):
+                self.results[step.id] = StepOutcome("skipped", "already finished in this incident's journal")
+                self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": "resumed: done"}))
+                continue
+            outcome = await self.run_step(step)
+            self.results[step.id] = outcome
+            if outcome.status == "failed" and not step.continue_on_error:
+                break
+        return self.results
+
+    async def run_step(self, step: Step) -> StepOutcome:
+        action = self.actions[step.action]
+        ctx = StepContext(self, step)
+        needs_confirmation = step.confirm or getattr(action.spec, "destructive", False) or not self.options.auto
+        started = time.monotonic()
+        self.journal.step(step.id, "started")
+        self.emit(EngineEvent("step-started", step.id, {"action": step.action, "description": step.description}))
+        if needs_confirmation and not self.options.yes and not getattr(action, "confirms_itself", False):
+            ok = await ctx.confirm(f"run step {step.id} ({step.action}): {step.description}", [], step.id)
+            if not ok:
+                outcome = StepOutcome("skipped", "not confirmed")
+                self.journal.step(step.id, "skipped", detail=outcome.summary)
+                self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": outcome.summary}))
+                return outcome
+        try:
+            outcome = await asyncio.wait_for(action.run(ctx), timeout=step.timeout)
+        except asyncio.TimeoutError:
+            outcome = StepOutcome("failed", f"timed out after {step.timeout:.0f}s")
+        except ApiError as exc:
+            outcome = StepOutcome("failed", f"{exc.status} {exc.reason}: {exc.api_message}")
+        outcome.data.setdefault("seconds", round(time.monotonic() - started, 3))
+        self.journal.step(step.id, "finished" if outcome.status != "failed" else "failed", detail=outcome.summary)
+        self.emit(EngineEvent("step-finished", step.id, {"status": outcome.status, "summary": outcome.summary,
+                                                         **outcome.data}))
+        return outcome

@@ -1,0 +1,393 @@
+"""The incident lab: etcd, kube-apiserver, kube-controller-manager and the real Capsule controller as
+local processes on loopback, with RBAC, client-cert identities and an audit log.
+
+State lives in one directory (lab.json records ports, versions and the pid of every process the lab
+started); `down` stops exactly those pids. Capsule runs as a process that the lab's "kubelet" keeps in
+step with the capsule-system/capsule-controller-manager Deployment's replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from responder.cluster.client import APPLY_PATCH, KubeClient
+from responder.cluster.discovery import Discovery
+from responder.cluster.kubeconfig import load_cluster_access
+from responder.errors import ApiError, LabError
+from responder.lab import processes
+from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
+from responder.lab.capsule import (CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
+                                   objects_to_apply, render_chart)
+from responder.lab.pki import LabPKI
+from responder.lab.processes import ProcessRecord
+
+LAB_CONTEXT = "responder-lab"
+ADMIN_USER = "lab-admin"
+LAB_FIELD_MANAGER = "responder-lab"
+KCM_CONTROLLERS = "garbagecollector,namespace,deployment,replicaset,serviceaccount,clusterrole-aggregation"
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "verbs": ["get", "list", "watch"]},
+        {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
+        {"level": "Metadata"},
+    ],
+}
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("RESPONDER_LAB_DIR")
+    if base:
+        return Path(base)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "responder" / "lab"
+
+
+class Lab:
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.dir = Path(state_dir or default_state_dir()).resolve()
+        self.pki = LabPKI(self.dir / "pki")
+        self.logs = self.dir / "logs"
+        self.state_file = self.dir / "lab.json"
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.audit_log = self.dir / "audit" / "audit.log"
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text())
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    def _records(self) -> dict[str, ProcessRecord]:
+        return {name: ProcessRecord(**rec) for name, rec in (self.state().get("processes") or {}).items()}
+
+    def _record(self, state: dict[str, Any], record: ProcessRecord) -> None:
+        state.setdefault("processes", {})[record.name] = record.to_json()
+        self._save(state)
+
+    def running(self) -> dict[str, bool]:
+        return {name: processes.is_running(rec) for name, rec in self._records().items()}
+
+    @property
+    def capsule_record_file(self) -> Path:
+        return self.dir / "capsule.pid.json"
+
+    def capsule_process(self) -> ProcessRecord | None:
+        if not self.capsule_record_file.exists():
+            return None
+        return ProcessRecord(**json.loads(self.capsule_record_file.read_text()))
+
+    # -- kubeconfigs --------------------------------------------------------------------------------
+
+    def write_kubeconfig(self, path: Path, user: str, *, cert: tuple[Path, Path] | None = None,
+                         token: str | None = None) -> Path:
+        port = self.state()["ports"]["apiserver"]
+        user_entry: dict[str, Any] = {}
+        if cert:
+            user_entry = {"client-certificate": str(cert[0]), "client-key": str(cert[1])}
+        if token:
+            user_entry = {"token": token}
+        config = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": LAB_CONTEXT, "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                          "certificate-authority": str(self.pki.ca.cert)}}],
+            "users": [{"name": user, "user": user_entry}],
+            "contexts": [{"name": LAB_CONTEXT, "context": {"cluster": LAB_CONTEXT, "user": user}}],
+            "current-context": LAB_CONTEXT,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def mint_user(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a new identity (client cert signed by the lab CA); no restart needed."""
+        pair = self.pki.client(user, groups)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user)
+        return self.write_kubeconfig(self.dir / "users" / f"{safe}.kubeconfig", user, cert=(pair.cert, pair.key))
+
+    def admin_client(self, **kwargs: Any) -> KubeClient:
+        return KubeClient(load_cluster_access(str(self.kubeconfig)), **kwargs)
+
+    # -- up / down ----------------------------------------------------------------------------------
+
+    def up(self, *, capsule: str = DEFAULT_CAPSULE, out: TextIO = sys.stderr) -> Path:
+        """Start everything (building first if needed); returns the admin kubeconfig path."""
+        if capsule not in CAPSULE_VERSIONS:
+            capsule_component(capsule)  # raises the clear error
+        started = time.monotonic()
+        current = self.state()
+        if current and any(self.running().values()):
+            if current.get("capsule") != capsule:
+                raise LabError(f"a lab with Capsule {current.get('capsule')} is already running in {self.dir}",
+                               fix="run `responder lab down --wipe` first, or use another --state-dir")
+            print(f"lab: already running ({self.dir})", file=out)
+            return self.kubeconfig
+        if current.get("capsule") and current.get("capsule") != capsule:
+            raise LabError(f"{self.dir} holds a lab with Capsule {current['capsule']}",
+                           fix="run `responder lab down --wipe` first, or use another --state-dir")
+        binaries = ensure_built(["k8s", "helm", f"capsule-{capsule}"], out=out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.pki.ensure()
+        ports = current.get("ports") or {n: processes.free_port() for n in ("etcd", "etcd_peer", "apiserver", "webhook")}
+        state = {"capsule": capsule, "capsule_version": CAPSULE_VERSIONS[capsule], "kubernetes_version": K8S_VERSION,
+                 "ports": ports, "binaries": {k: str(v) for k, v in binaries.items()}, "processes": {},
+                 "started_at": time.time()}
+        self._save(state)
+        self.write_kubeconfig(self.kubeconfig, ADMIN_USER,
+                              cert=tuple(vars(self.pki.client(ADMIN_USER, ("system:masters",))).values()))
+        try:
+            self._start_etcd(state, binaries["etcd"])
+            self._start_apiserver(state, binaries["kube-apiserver"])
+            self._start_kcm(state, binaries["kube-controller-manager"])
+            asyncio.run(self._install_capsule(state, binaries["helm"], out))
+            self._start_kubelet(state)
+            asyncio.run(self._wait_capsule_ready(out))
+        except BaseException:
+            print(f"lab: start failed; logs in {self.logs}", file=out)
+            raise
+        state["ready_seconds"] = round(time.monotonic() - started, 2)
+        self._save(state)
+        print(f"lab: ready in {state['ready_seconds']:.1f}s (Kubernetes {K8S_VERSION}, Capsule "
+              f"{CAPSULE_VERSIONS[capsule]})", file=out)
+        return self.kubeconfig
+
+    def down(self, *, wipe: bool = False) -> list[str]:
+        stopped = []
+        # The kubelet first, so it does not restart Capsule; then Capsule, then the control plane.
+        order = ["kubelet", "kube-controller-manager", "kube-apiserver", "etcd"]
+        records = self._records()
+        if "kubelet" in records and processes.stop(records["kubelet"]):
+            stopped.append("kubelet")
+        capsule = self.capsule_process()
+        if capsule and processes.stop(capsule):
+            stopped.append("capsule")
+        self.capsule_record_file.unlink(missing_ok=True)
+        for name in order[1:]:
+            if name in records and processes.stop(records[name]):
+                stopped.append(name)
+        state = self.state()
+        if state:
+            state["processes"] = {}
+            self._save(state)
+        if wipe and self.dir.exists():
+            shutil.rmtree(self.dir)
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        state = self.state()
+        if not state:
+            return {"state_dir": str(self.dir), "exists": False, "running": {}}
+        running = self.running()
+        capsule = self.capsule_process()
+        running["capsule"] = bool(capsule and processes.is_running(capsule))
+        return {"state_dir": str(self.dir), "exists": True, "kubeconfig": str(self.kubeconfig),
+                "capsule": state.get("capsule_version"), "kubernetes": state.get("kubernetes_version"),
+                "ports": state.get("ports"), "running": running, "ready_seconds": state.get("ready_seconds"),
+                "audit_log": str(self.audit_log)}
+
+    # -- components ---------------------------------------------------------------------------------
+
+    def _wait(self, what: str, check, timeout: float, record: ProcessRecord | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if record is not None and not processes.is_running(record):
+                raise LabError(f"{what} exited during start; see {self.logs / (record.name + '.log')}",
+                               fix="read the log; a port in use or stale state is the usual cause (lab down --wipe)")
+            time.sleep(0.1)
+        raise LabError(f"{what} not ready after {timeout:.0f}s; see {self.logs}", fix="read the logs in the state dir")
+
+    def _start_etcd(self, state: dict[str, Any], binary: Path) -> None:
+        p = state["ports"]
+        data = self.dir / "etcd"
+        argv = [str(binary), "--name=lab", f"--data-dir={data}",
+                f"--listen-client-urls=http://127.0.0.1:{p['etcd']}", f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-cluster=lab=http://127.0.0.1:{p['etcd_peer']}",
+                "--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=8589934592"]
+        record, _ = processes.spawn("etcd", argv, log_dir=self.logs)
+        self._record(state, record)
+        self._wait("etcd", lambda: processes.port_open(p["etcd"]), 30, record)
+
+    def _apiserver_argv(self, state: dict[str, Any], binary: Path) -> list[str]:
+        p = state["ports"]
+        serving = self.pki.serving("apiserver")
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        policy = self.dir / "audit" / "policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        return [str(binary), f"--etcd-servers=http://127.0.0.1:{p['etcd']}", "--bind-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}", f"--cert-dir={self.dir / 'apiserver-certs'}",
+                f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={self.pki.ca.cert}", "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-account-issuer=https://127.0.0.1:{p['apiserver']}",
+                f"--service-account-key-file={self.pki.sa_pub}",
+                f"--service-account-signing-key-file={self.pki.sa_key}",
+                f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-maxsize=500", "--audit-log-maxbackup=2", "--profiling=false",
+                "--endpoint-reconciler-type=none"]
+
+    def _start_apiserver(self, state: dict[str, Any], binary: Path) -> None:
+        record, _ = processes.spawn("kube-apiserver", self._apiserver_argv(state, binary), log_dir=self.logs)
+        self._record(state, record)
+        self._wait("kube-apiserver", self._apiserver_ready, 90, record)
+
+    def restart_apiserver(self, *, kill: bool = True) -> float:
+        """Fault injection: kill kube-apiserver and start it again; returns seconds until ready."""
+        state = self.state()
+        record = self._records()["kube-apiserver"]
+        (processes.kill if kill else processes.stop)(record)
+        t0 = time.monotonic()
+        self._start_apiserver(state, Path(state["binaries"]["kube-apiserver"]))
+        return time.monotonic() - t0
+
+    def _apiserver_ready(self) -> bool:
+        import ssl
+        import urllib.request
+        port = self.state()["ports"]["apiserver"]
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))
+        admin = self.pki.client(ADMIN_USER, ("system:masters",))
+        ctx.load_cert_chain(str(admin.cert), str(admin.key))
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def _start_kcm(self, state: dict[str, Any], binary: Path) -> None:
+        pair = self.pki.client("system:kube-controller-manager")
+        kc = self.write_kubeconfig(self.dir / "kcm.kubeconfig", "system:kube-controller-manager", cert=(pair.cert, pair.key))
+        # Default rates on purpose: the garbage collector is the adversary and must not be tuned.
+        argv = [str(binary), f"--kubeconfig={kc}", "--leader-elect=false", f"--controllers={KCM_CONTROLLERS}",
+                "--use-service-account-credentials=true", f"--root-ca-file={self.pki.ca.cert}",
+                f"--service-account-private-key-file={self.pki.sa_key}", "--secure-port=0",
+                f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
+        record, _ = processes.spawn("kube-controller-manager", argv, log_dir=self.logs)
+        self._record(state, record)
+        time.sleep(0.2)
+        if not processes.is_running(record):
+            raise LabError("kube-controller-manager exited at start", fix=f"see {self.logs / 'kube-controller-manager.log'}")
+
+    async def _install_capsule(self, state: dict[str, Any], helm: Path, out: TextIO) -> None:
+        webhook_url = f"https://127.0.0.1:{state['ports']['webhook']}"
+        rendered = await asyncio.to_thread(render_chart, state["capsule"], helm, webhook_url=webhook_url,
+                                           ca_pem=self.pki.ca.cert.read_bytes())
+        state["capsule_args"] = controller_args(rendered)
+        self._save(state)
+        async with self.admin_client() as client:
+            await apply_objects(client, [{"apiVersion": "v1", "kind": "Namespace",
+                                          "metadata": {"name": CAPSULE_NAMESPACE}}])
+            objs = objects_to_apply(rendered)
+            crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
+            await apply_objects(client, crds)
+            await wait_crds_established(client, [c["metadata"]["name"] for c in crds])
+            await apply_objects(client, [o for o in objs if o["kind"] != "CustomResourceDefinition"])
+            token = await client.create(
+                f"/api/v1/namespaces/{CAPSULE_NAMESPACE}/serviceaccounts/{CAPSULE_SERVICE_ACCOUNT}/token",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                 "spec": {"expirationSeconds": 365 * 24 * 3600}})
+        self.write_kubeconfig(self.dir / "capsule.kubeconfig", f"system:serviceaccount:{CAPSULE_NAMESPACE}:"
+                              f"{CAPSULE_SERVICE_ACCOUNT}", token=token["status"]["token"])
+        certs = self.dir / "capsule-certs"
+        certs.mkdir(exist_ok=True)
+        serving = self.pki.serving("capsule-webhook")
+        shutil.copy(serving.cert, certs / "tls.crt")
+        shutil.copy(serving.key, certs / "tls.key")
+        # Capsule 0.12 reads its certs from $TMPDIR/k8s-webhook-server/serving-certs.
+        legacy = self.dir / "capsule-tmp" / "k8s-webhook-server" / "serving-certs"
+        legacy.mkdir(parents=True, exist_ok=True)
+        shutil.copy(serving.cert, legacy / "tls.crt")
+        shutil.copy(serving.key, legacy / "tls.key")
+        print(f"lab: Capsule {state['capsule_version']} chart applied ({len(objs)} objects)", file=out)
+
+    def capsule_argv_env(self) -> tuple[list[str], dict[str, str]]:
+        """How the kubelet starts the controller: the chart's args, with the webhook port and cert
+        path for this lab, metrics off (its port is fixed and irrelevant here)."""
+        state = self.state()
+        binary = state["binaries"][f"capsule-{state['capsule']}"]
+        port = state["ports"]["webhook"]
+        args = [a for a in state.get("capsule_args") or []
+                if not a.startswith(("--webhook-port", "--webhook-cert-path", "--metrics-addr",
+                                     "--enable-leader-election"))]
+        args += [f"--webhook-port={port}", "--metrics-addr=0", "--enable-leader-election=false"]
+        if state["capsule"] != "0.12":
+            args.append(f"--webhook-cert-path={self.dir / 'capsule-certs'}")
+        env = dict(os.environ, NAMESPACE=CAPSULE_NAMESPACE, SERVICE_ACCOUNT=CAPSULE_SERVICE_ACCOUNT,
+                   KUBECONFIG=str(self.dir / "capsule.kubeconfig"), TMPDIR=str(self.dir / "capsule-tmp"))
+        return [binary, *args], env
+
+    def _start_kubelet(self, state: dict[str, Any]) -> None:
+        argv = [sys.executable, "-m", "responder.lab.kubelet", str(self.dir)]
+        record, _ = processes.spawn("kubelet", argv, log_dir=self.logs)
+        self._record(state, record)
+
+    async def _wait_capsule_ready(self, out: TextIO, timeout: float = 60.0) -> None:
+        """Ready when a namespace dry-run CREATE passes Capsule's webhooks (so they are served)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        async with self.admin_client() as client:
+            while time.monotonic() < deadline:
+                try:
+                    webhooks = await client.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations")
+                    names = [h["name"] for w in webhooks["items"] for h in w.get("webhooks") or []
+                             if (w["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "capsule"
+                             or w["metadata"]["name"].startswith("capsule")]
+                    if any("namespaces" in n for n in names):
+                        await client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                                    "metadata": {"name": "lab-readiness-probe"}},
+                                            dry_run=True)
+                        return
+                    last = "Capsule's namespace webhook is not registered yet"
+                except ApiError as exc:
+                    last = exc.api_message
+                await asyncio.sleep(0.2)
+        raise LabError(f"Capsule did not become ready in {timeout:.0f}s: {last}",
+                       fix=f"see {self.logs / 'capsule.log'} and {self.logs / 'kubelet.log'}")
+
+
+async def apply_objects(client: KubeClient, objs: list[dict[str, Any]]) -> None:
+    """Server-side apply as the lab's field manager."""
+    discovery = Discovery(client)
+    for obj in objs:
+        res = await discovery.resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        path = res.object_path(meta["name"], meta.get("namespace") if res.namespaced else None)
+        await client.request("PATCH", path, body=obj, content_type=APPLY_PATCH,
+                             params={"fieldManager": LAB_FIELD_MANAGER, "force": "true"})
+
+
+async def wait_crds_established(client: KubeClient, names: list[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            crd = await client.get_or_none(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
+            if conds.get("Established") == "True":
+                pending.discard(name)
+        if pending:
+            await asyncio.sleep(0.1)
+    if pending:
+        raise LabError(f"CRDs not established: {', '.join(sorted(pending))}", fix="check kube-apiserver.log")
+

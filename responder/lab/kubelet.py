@@ -1,0 +1,95 @@
+"""The lab's stand-in for the kubelet, for one Deployment only: capsule-system/capsule-controller-manager.
+
+It watches the Deployment and keeps the local Capsule process in step with spec.replicas (0 = stopped,
+>= 1 = one process running), restarting it if it dies, as a kubelet would restart a crashed container.
+Run as `python -m responder.lab.kubelet STATE_DIR`; `responder lab up` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch
+from responder.lab import processes
+from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
+from responder.lab.control_plane import Lab
+
+log = logging.getLogger("responder.lab.kubelet")
+
+
+class CapsuleKubelet:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.desired = 0
+        self.record = lab.capsule_process()
+        self.restarts = 0
+        self._last_start = 0.0
+
+    def _running(self) -> bool:
+        return self.record is not None and processes.is_running(self.record)
+
+    def reconcile(self) -> None:
+        if self.desired > 0 and not self._running():
+            # Back off on crash loops, like CrashLoopBackOff but short.
+            wait = min(10.0, 0.5 * self.restarts) - (time.monotonic() - self._last_start)
+            if self.record is not None and wait > 0:
+                return
+            argv, env = self.lab.capsule_argv_env()
+            record, _ = processes.spawn("capsule", argv, log_dir=self.lab.logs, env=env, cwd=self.lab.dir)
+            self.lab.capsule_record_file.write_text(json.dumps(record.to_json()))
+            if self.record is not None:
+                self.restarts += 1
+            self.record = record
+            self._last_start = time.monotonic()
+            log.info("replicas=%d: started capsule pid %d", self.desired, record.pid)
+        elif self.desired == 0 and self._running():
+            assert self.record is not None
+            processes.stop(self.record, grace=5.0)
+            log.info("replicas=0: stopped capsule pid %d", self.record.pid)
+            self.lab.capsule_record_file.unlink(missing_ok=True)
+            self.record = None
+            self.restarts = 0
+
+    async def run(self) -> None:
+        async with self.lab.admin_client() as client:
+            watch = ResourceWatch(client, f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments",
+                                  resource="deployments",
+                                  params={"fieldSelector": f"metadata.name={CAPSULE_DEPLOYMENT}"}, stall_timeout=30)
+            events = watch.events()
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.__anext__(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    self.reconcile()  # restart a crashed process even when nothing changes
+                    continue
+                if event.type in (SYNCED, TYPE_GONE):
+                    continue
+                if event.type == DELETED:
+                    self.desired = 0
+                else:
+                    self.desired = int((event.object.get("spec") or {}).get("replicas", 1))
+                self.reconcile()
+
+
+def main() -> None:
+    lab = Lab(Path(sys.argv[1]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    kubelet = CapsuleKubelet(lab)
+    # `lab down` sends SIGTERM: leave through `finally` so the Capsule process goes with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        asyncio.run(kubelet.run())
+    finally:
+        if kubelet.record is not None:
+            processes.stop(kubelet.record, grace=5.0)
+            lab.capsule_record_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The observer: every stream responder needs, one store per resource, the shadow copy kept current.
+
+Streams: the Tenant CRD, Tenants, namespaces, the Capsule Deployment and the validating and mutating
+webhook configurations. Subscribers (detection, the engine's progress, the TUI feed) get every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from responder import triage
+from responder.cluster.client import KubeClient
+from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
+from responder.shadow import Shadow
+
+log = logging.getLogger(__name__)
+
+TENANT_CRD = "tenants.capsule.clastix.io"
+TENANTS_PATH = "/apis/capsule.clastix.io/v1beta2/tenants"
+VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+MWC_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+@dataclass(frozen=True)
+class CapsuleTarget:
+    namespace: str = "capsule-system"
+    deployment: str = "capsule-controller-manager"
+
+    @property
+    def deployment_path(self) -> str:
+        return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.deployment}"
+
+
+class ClusterObserver:
+    def __init__(self, client: KubeClient, *, capsule: CapsuleTarget = CapsuleTarget(),
+                 shadow: Shadow | None = None, shadow_path: Path | None = None) -> None:
+        self.client = client
+        self.capsule = capsule
+        self.shadow = shadow or Shadow()
+        self.shadow_path = shadow_path
+        self.watches: dict[str, ResourceWatch] = {
+            "crd": ResourceWatch(client, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", resource="crd",
+                                 params={"fieldSelector": f"metadata.name={TENANT_CRD}"}),
+            "tenants": ResourceWatch(client, TENANTS_PATH, resource="tenants"),
+            "namespaces": ResourceWatch(client, "/api/v1/namespaces", resource="namespaces"),
+            "deployment": ResourceWatch(client, f"/apis/apps/v1/namespaces/{capsule.namespace}/deployments",
+                                        resource="deployment",
+                                        params={"fieldSelector": f"metadata.name={capsule.deployment}"}),
+            "validatingwebhooks": ResourceWatch(client, VWC_PATH, resource="validatingwebhooks"),
+            "mutatingwebhooks": ResourceWatch(client, MWC_PATH, resource="mutatingwebhooks"),
+        }
+        self.subscribers: list[Callable[[WatchEvent], None]] = []
+        self.synced: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.watches}
+        self.tenant_type_gone = False
+        self._tasks: list[asyncio.Task] = []
+
+    def subscribe(self, callback: Callable[[WatchEvent], None]) -> None:
+        self.subscribers.append(callback)
+
+    async def start(self, *, sync_timeout: float = 30.0) -> None:
+        for name, watch in self.watches.items():
+            self._tasks.append(asyncio.create_task(self._pump(name, watch), name=f"watch-{name}"))
+        self._tasks.append(asyncio.create_task(self._save_shadow_periodically(), name="shadow-saver"))
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.synced.values())), sync_timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.save_shadow()
+
+    async def _pump(self, name: str, watch: ResourceWatch) -> None:
+        async for event in watch.events():
+            if event.type == SYNCED:
+                self.synced[name].set()
+            elif event.type == TYPE_GONE:
+                if name == "tenants":
+                    self.tenant_type_gone = True
+                    self.synced[name].set()  # nothing to list: the type is gone
+            else:
+                if name == "tenants" and self.tenant_type_gone:
+                    self.tenant_type_gone = False
+                self._update_shadow(name, event)
+            for callback in self.subscribers:
+                try:
+                    callback(event)
+                except Exception:  # a broken subscriber must not stop the watch
+                    log.exception("subscriber failed on %s event", name)
+
+    def _update_shadow(self, name: str, event: WatchEvent) -> None:
+        obj = event.object
+        if name == "tenants" and event.type != DELETED:
+            self.shadow.observe_tenant(obj)
+        elif name == "namespaces" and event.type != DELETED and not (obj.get("metadata") or {}).get("deletionTimestamp"):
+            self.shadow.observe_namespace(obj)
+        elif name == "deployment" and event.type != DELETED:
+            self.shadow.observe_capsule_replicas(int((obj.get("spec") or {}).get("replicas", 1)))
+        elif name == "crd" and event.type != DELETED:
+            self.shadow.observe_crd(obj)
+        elif name in ("validatingwebhooks", "mutatingwebhooks") and is_capsule_webhook(obj):
+            kind = "ValidatingWebhookConfiguration" if name == "validatingwebhooks" else "MutatingWebhookConfiguration"
+            self.shadow.observe_webhook(kind, obj, deleted=event.type == DELETED)
+
+    def save_shadow(self) -> None:
+        if self.shadow_path is not None and self.shadow.dirty:
+            self.shadow.save(self.shadow_path)
+
+    async def _save_shadow_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.save_shadow)
+            except OSError:
+                log.exception("could not save the shadow copy")
+
+    # -- the current picture ------------------------------------------------------------------------
+
+    def objects(self, name: str) -> list[dict[str, Any]]:
+        return list(self.watches[name].store.values())
+
+    def crd(self) -> dict[str, Any] | None:
+        items = self.objects("crd")
+        return items[0] if items else None
+
+    def view(self, *, protected: frozenset[str], detached: dict[str, str] | None = None,
+             content_remaining: dict[str, int | None] | None = None) -> triage.ClusterView:
+        crd = self.crd()
+        return triage.ClusterView(
+            crd_present=crd is not None,
+            crd_deleting=bool(crd and crd["metadata"].get("deletionTimestamp")),
+            tenants={t["metadata"]["name"]: t for t in self.objects("tenants")},
+            namespaces={n["metadata"]["name"]: n for n in self.objects("namespaces")},
+            protected=protected,
+            known_namespaces=self.shadow.namespace_tenants(),
+            detached=detached or {},
+            content_remaining=content_remaining or {},
+        )
+
+    def capsule_webhooks(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for name, kind in (("validatingwebhooks", "ValidatingWebhookConfiguration"),
+                           ("mutatingwebhooks", "MutatingWebhookConfiguration")):
+            out.extend((kind, obj) for obj in self.objects(name) if is_capsule_webhook(obj))
+        return out
+
+
+def is_capsule_webhook(obj: dict[str, Any]) -> bool:
+    """Capsule's webhook configurations: the 0.13+ dynamic ones and the chart's static ones."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get("projectcapsule.dev/created-by") == "controller" or labels.get("app.kubernetes.io/name") == "capsule":
+        return True
+    return any(h.get("name", "").endswith(("projectcapsule.dev", "capsule.clastix.io")) for h in obj.get("webhooks") or [])

@@ -1,0 +1,197 @@
+"""An incident-response session against one cluster: preflight, observe, detect, open the incident,
+run the runbook. Shared by the headless commands and the TUI (which only subscribes and confirms)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from responder import triage
+from responder.actions import ACTIONS, action_specs
+from responder.cluster.client import KubeClient
+from responder.cluster.kubeconfig import ClusterAccess
+from responder.detect import Detector, Trigger, late_start_trigger
+from responder.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
+from responder.errors import ApiError, ConfigError, Forbidden, ResponderError
+from responder.journal import Journal
+from responder.observe import CapsuleTarget, ClusterObserver
+from responder.runbook.schema import Runbook, load_runbook
+from responder.shadow import Shadow
+
+log = logging.getLogger(__name__)
+
+REPO_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
+DEFAULT_RUNBOOK = "capsule-tenant-crd-deletion.yaml"
+
+
+def default_journal_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "responder" / "incidents"
+
+
+def resolve_runbook(path: str | None) -> Path:
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"runbook {path!r} does not exist", fix="pass --runbook with a runbooks/*.yaml file")
+        return p
+    p = REPO_RUNBOOKS / DEFAULT_RUNBOOK
+    if not p.is_file():
+        raise ConfigError(f"the default runbook {p} is missing", fix="pass --runbook FILE")
+    return p
+
+
+@dataclass
+class SessionOptions:
+    runbook: Path
+    journal_dir: Path
+    dry_run: bool = False
+    auto: bool = True
+    yes: bool = False
+    capsule: CapsuleTarget = field(default_factory=CapsuleTarget)
+    velero_namespace: str = "velero"
+    extra_protected: tuple[str, ...] = ()
+    concurrency: int = 8  # HTTP connections (HTTP/2 multiplexes the requests in flight over them)
+
+
+async def whoami(client: KubeClient) -> str:
+    """The username the API server sees for us (SelfSubjectReview; creates nothing)."""
+    review = await client.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", dry_run=False,
+                                  body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    return ((review.get("status") or {}).get("userInfo") or {}).get("username", "")
+
+
+class Session:
+    def __init__(self, access: ClusterAccess, options: SessionOptions, *, confirmer: Confirmer | None = None) -> None:
+        self.access = access
+        self.options = options
+        self.runbook: Runbook = load_runbook(options.runbook, action_specs())
+        self.client = KubeClient(access, dry_run=options.dry_run, max_connections=options.concurrency)
+        self.protected = triage.protected_namespaces(options.capsule.namespace, options.velero_namespace,
+                                                     options.extra_protected)
+        shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"
+        self.observer = ClusterObserver(self.client, capsule=options.capsule, shadow=Shadow.load(shadow_path),
+                                        shadow_path=shadow_path)
+        self.detector = Detector()
+        self.confirmer = confirmer
+        self.identity = ""
+        self.journal: Journal | None = None
+        self.trigger: Trigger | None = None
+        self.engine: Engine | None = None
+        self.engine_listeners: list[Callable[[EngineEvent], None]] = []
+        self.incident_opened = asyncio.Event()
+        self.results: dict[str, StepOutcome] = {}
+        self.first_write_at: float | None = None
+
+    async def preflight(self) -> None:
+        """Reachability and identity, before anything else (and before any UI starts)."""
+        try:
+            self.identity = await whoami(self.client)
+        except Forbidden as exc:
+            raise ResponderError(f"the cluster refused responder's identity check: {exc.api_message}",
+                                 fix="grant create on selfsubjectreviews.authentication.k8s.io "
+                                     "(see `responder manifests rbac`)") from None
+        if not self.identity:
+            raise ResponderError("the API server did not say who responder is", fix="check the credentials")
+        self.options.journal_dir.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        self.observer.subscribe(self._on_event)
+        await self.observer.start()
+
+    async def close(self) -> None:
+        await self.observer.stop()
+        await self.client.aclose()
+        if self.journal is not None:
+            self.journal.close()
+
+    def _on_event(self, event) -> None:
+        if self.trigger is not None:
+            return
+        trigger = self.detector.feed(event)
+        if trigger is not None:
+            self.open_incident(trigger)
+
+    def check_late_start(self) -> Trigger | None:
+        trigger = late_start_trigger(self.view())
+        if trigger is not None and self.trigger is None:
+            self.open_incident(trigger)
+        return trigger
+
+    def view(self) -> triage.ClusterView:
+        from responder.actions.detach import detached_from_journal
+
+        detached = detached_from_journal(self.journal.records()) if self.journal else {}
+        return self.observer.view(protected=self.protected, detached=detached)
+
+    def open_incident(self, trigger: Trigger, journal: Journal | None = None) -> Journal:
+        self.trigger = trigger
+        self.journal = journal or Journal.create(self.options.journal_dir, meta={
+            "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.server,
+            "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook)})
+        self.journal.record("trigger", **trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
+        self.incident_opened.set()
+        return self.journal
+
+    def make_engine(self) -> Engine:
+        assert self.journal is not None
+        engine = Engine(self.runbook, ACTIONS, client=self.client, observer=self.observer, journal=self.journal,
+                        options=EngineOptions(dry_run=self.options.dry_run, auto=self.options.auto,
+                                              yes=self.options.yes, protected=self.protected,
+                                              identity=self.identity),
+                        confirmer=self.confirmer)
+        engine.listeners.extend(self.engine_listeners)
+        self.engine = engine
+        return engine
+
+    async def contain(self) -> dict[str, StepOutcome]:
+        engine = self.make_engine()
+        self.results = await engine.run(("contain",))
+        self.observer.save_shadow()
+        return self.results
+
+    def contained(self) -> bool:
+        if not self.results or any(r.status == "failed" for sid, r in self.results.items()
+                                   if sid in ("detach",)):
+            return False
+        rows = triage.triage(self.view())
+        return not any(r.state == triage.NsState.AT_RISK for r in rows)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def summarize(session: Session) -> dict[str, Any]:
+    rows = triage.triage(session.view())
+    return {
+        "incident": session.journal.incident_id if session.journal else None,
+        "journal": str(session.journal.path) if session.journal else None,
+        "trigger": session.trigger.to_json() if session.trigger else None,
+        "dry_run": session.options.dry_run,
+        "identity": session.identity,
+        "steps": {sid: {"status": r.status, "summary": r.summary, **{k: v for k, v in r.data.items()
+                                                                       if k in ("seconds", "detached", "breaker",
+                                                                                "released", "per_second")}}
+                  for sid, r in session.results.items()},
+        "namespaces": triage.count_by_state(rows),
+        "contained": session.contained(),
+    }
+
+
+async def wait_for_trigger(session: Session, timeout: float | None) -> bool:
+    try:
+        await asyncio.wait_for(session.incident_opened.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+__all__ = ["Session", "SessionOptions", "summarize", "wait_for_trigger", "resolve_runbook", "default_journal_dir",
+           "ApiError"]

@@ -1,0 +1,117 @@
+"""The shadow copy: what recovery will need, kept current from the watches and on disk.
+
+Every Tenant (spec, UID, metadata), which namespace belongs to which Tenant, Capsule's webhook
+configurations and the controller's replicas, and the Tenant CRD itself. Written atomically (temp
+file, fsync, rename) so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from responder import triage
+
+_STRIP_META = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "selfLink")
+
+
+def _clean(obj: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    meta = out.get("metadata") or {}
+    for key in _STRIP_META:
+        meta.pop(key, None)
+    return out
+
+
+@dataclass
+class Shadow:
+    tenants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> Tenant (no status)
+    namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {tenant, uid, labels}
+    webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<Kind>/<name>" -> object
+    capsule_replicas: int | None = None
+    tenant_crd: dict[str, Any] | None = None
+    updated: float = 0.0
+    dirty: bool = field(default=False, repr=False)
+
+    # -- updates from watch events ----------------------------------------------------------------
+
+    def observe_tenant(self, tenant: dict[str, Any]) -> None:
+        # Keep the last state seen before deletion began: that is what gets recreated.
+        meta = tenant.get("metadata") or {}
+        if meta.get("deletionTimestamp") and meta.get("name") in self.tenants:
+            return
+        clean = _clean(tenant)
+        clean.pop("status", None)
+        self.tenants[meta["name"]] = clean
+        self._touch()
+
+    def observe_namespace(self, ns: dict[str, Any]) -> None:
+        meta = ns.get("metadata") or {}
+        refs = triage.tenant_refs(ns)
+        tenant = refs[0]["name"] if refs else (meta.get("labels") or {}).get(triage.TENANT_LABEL)
+        name = meta.get("name", "")
+        if not tenant:
+            # A namespace responder detached keeps its place: it still belongs to its tenant.
+            return
+        entry = {"tenant": tenant, "uid": meta.get("uid"), "labels": meta.get("labels") or {}}
+        if self.namespaces.get(name) != entry:
+            self.namespaces[name] = entry
+            self._touch()
+
+    def observe_webhook(self, kind: str, obj: dict[str, Any], *, deleted: bool = False) -> None:
+        key = f"{kind}/{obj['metadata']['name']}"
+        if deleted:
+            return  # keep the last known configuration: it is what gets restored
+        self.webhooks[key] = _clean(obj)
+        self._touch()
+
+    def observe_capsule_replicas(self, replicas: int) -> None:
+        # Record the healthy value only; 0 is what the breaker (or an outage) sets.
+        if replicas > 0 and replicas != self.capsule_replicas:
+            self.capsule_replicas = replicas
+            self._touch()
+
+    def observe_crd(self, crd: dict[str, Any]) -> None:
+        if (crd.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        clean = _clean(crd)
+        clean.pop("status", None)
+        self.tenant_crd = clean
+        self._touch()
+
+    def _touch(self) -> None:
+        self.updated = time.time()
+        self.dirty = True
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenants": self.tenants, "namespaces": self.namespaces, "webhooks": self.webhooks,
+                "capsule_replicas": self.capsule_replicas, "tenant_crd": self.tenant_crd, "updated": self.updated}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_json(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        self.dirty = False
+
+    @classmethod
+    def load(cls, path: Path) -> "Shadow":
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(tenants=data.get("tenants") or {}, namespaces=data.get("namespaces") or {},
+                   webhooks=data.get("webhooks") or {}, capsule_replicas=data.get("capsule_replicas"),
+                   tenant_crd=data.get("tenant_crd"), updated=data.get("updated") or 0.0)
+
+    def namespace_tenants(self) -> dict[str, str]:
+        return {name: entry["tenant"] for name, entry in self.namespaces.items()}

@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests under tests/lab need the local lab (built by `responder lab build`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from responder.lab.control_plane import Lab
+
+LAB_ROOT = Path(os.environ.get("RESPONDER_TEST_LAB_ROOT", "/tmp/responder-test-labs"))
+
+
+class LabManager:
+    """One lab runs at a time (Capsule's health port is fixed), so tests share it by Capsule line and
+    destructive tests ask for a fresh one."""
+
+    def __init__(self) -> None:
+        self.current: Lab | None = None
+        self.line: str | None = None
+
+    def get(self, line: str, *, fresh: bool = False) -> Lab:
+        lab = Lab(LAB_ROOT / f"capsule-{line}")
+        if self.current is not None and (self.line != line or fresh):
+            self.current.down(wipe=True)
+            self.current = None
+        if fresh or self.current is None:
+            lab.down(wipe=True)  # leftovers of an earlier session
+            lab.up(capsule=line, out=sys.stderr)
+        self.current, self.line = lab, line
+        return lab
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.down(wipe=os.environ.get("RESPONDER_KEEP_LAB") is None)
+
+
+@pytest.fixture(scope="session")
+def lab_manager():
+    manager = LabManager()
+    yield manager
+    manager.close()
+
+
+@pytest.fixture(scope="session", params=["0.14", "0.12"])
+def capsule_line(request) -> str:
+    """Session-scoped so pytest groups the tests of one Capsule line together."""
+    return request.param
