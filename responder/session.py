@@ -135,7 +135,7 @@ class Session:
         self.journal = journal or Journal.create(self.options.journal_dir, meta={
             "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.server,
             "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook)})
-        self.journal.record("trigger", **trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
+        self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
         self.incident_opened.set()
         return self.journal
 

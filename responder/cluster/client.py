@@ -50,6 +50,9 @@ class KubeClient:
         self._auth_header: str | None = None
         self._auth_fetched = 0.0
         self._http = self._new_http(http2=http2, max_connections=max_connections, timeout=timeout)
+        # Watches get their own HTTP/1.1 connections: an idle long-running stream on a shared HTTP/2
+        # connection was measured to stall other requests' responses for up to a minute (httpcore).
+        self._watch_http: httpx.AsyncClient | None = None
         self._http2 = http2
         self._max_connections = max_connections
         self._timeout = timeout
@@ -74,6 +77,8 @@ class KubeClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._watch_http is not None:
+            await self._watch_http.aclose()
 
     async def __aenter__(self) -> "KubeClient":
         return self
@@ -195,7 +200,9 @@ class KubeClient:
         """A long-running GET (a watch) as raw lines; raises typed errors for non-2xx answers."""
         headers = await self._headers()
         timeout = httpx.Timeout(self._timeout, connect=5.0, read=read_timeout)
-        async with self._http.stream("GET", path, params=params, timeout=timeout,
+        if self._watch_http is None:
+            self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
+        async with self._watch_http.stream("GET", path, params=params, timeout=timeout,
                                      headers=list(headers.items()) + self._impersonation_items()) as response:
             if response.status_code >= 400:
                 await response.aread()

@@ -141,3 +141,10 @@ class ResourceWatch:
                 self.reconnects += 1
                 log.info("%s: watch interrupted (%s), reconnecting", self.resource, type(exc).__name__)
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2))
+
+
+async def events_into(watch: ResourceWatch, queue: "asyncio.Queue[WatchEvent]") -> None:
+    """Feed a watch into a queue, so readers can wait with a timeout without cancelling the stream
+    (cancelling an async generator's __anext__ closes it for good)."""
+    async for event in watch.events():
+        await queue.put(event)

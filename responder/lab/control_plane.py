@@ -333,7 +333,12 @@ class Lab:
         args += [f"--webhook-port={port}", "--metrics-addr=0", "--enable-leader-election=false"]
         if state["capsule"] != "0.12":
             args.append(f"--webhook-cert-path={self.dir / 'capsule-certs'}")
-        env = dict(os.environ, NAMESPACE=CAPSULE_NAMESPACE, SERVICE_ACCOUNT=CAPSULE_SERVICE_ACCOUNT,
+        # Capsule 0.12 reads $HOME/.kube/config outside a cluster (to learn the Kubernetes version), so
+        # its HOME holds a copy of its kubeconfig.
+        home = self.dir / "capsule-home"
+        (home / ".kube").mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.dir / "capsule.kubeconfig", home / ".kube" / "config")
+        env = dict(os.environ, NAMESPACE=CAPSULE_NAMESPACE, SERVICE_ACCOUNT=CAPSULE_SERVICE_ACCOUNT, HOME=str(home),
                    KUBECONFIG=str(self.dir / "capsule.kubeconfig"), TMPDIR=str(self.dir / "capsule-tmp"))
         return [binary, *args], env
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from responder.cluster.client import KubeClient
-from responder.cluster.watch import ADDED, DELETED, MODIFIED, ResourceWatch
+from responder.cluster.watch import ADDED, DELETED, MODIFIED, ResourceWatch, events_into
 
 TENANT_CRD = "tenants.capsule.clastix.io"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{TENANT_CRD}"
@@ -59,7 +59,8 @@ async def observe_cascade(client: KubeClient, namespaces: set[str], *, duration:
     or disappeared. The caller sets `timeline.start` once it triggers the incident."""
     timeline = CascadeTimeline(watched=len(namespaces))
     watch = ResourceWatch(client, "/api/v1/namespaces", resource="namespaces", stall_timeout=30)
-    events = watch.events()
+    queue: asyncio.Queue = asyncio.Queue()
+    pump = asyncio.create_task(events_into(watch, queue))
     deadline = time.time() + duration
 
     def mark(name: str, at: float, gone: bool) -> None:
@@ -73,7 +74,7 @@ async def observe_cascade(client: KubeClient, namespaces: set[str], *, duration:
     try:
         while time.time() < deadline:
             try:
-                event = await asyncio.wait_for(events.__anext__(), timeout=max(0.05, deadline - time.time()))
+                event = await asyncio.wait_for(queue.get(), timeout=max(0.05, deadline - time.time()))
             except asyncio.TimeoutError:
                 break
             if event.type == "SYNCED":
@@ -90,7 +91,8 @@ async def observe_cascade(client: KubeClient, namespaces: set[str], *, duration:
             if settle_when_all_hit and len(timeline.hit) == len(namespaces):
                 break
     finally:
-        await events.aclose()
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
     return timeline
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch
+from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, events_into
 from responder.lab import processes
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
@@ -61,10 +61,13 @@ class CapsuleKubelet:
             watch = ResourceWatch(client, f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments",
                                   resource="deployments",
                                   params={"fieldSelector": f"metadata.name={CAPSULE_DEPLOYMENT}"}, stall_timeout=30)
-            events = watch.events()
+            queue: asyncio.Queue = asyncio.Queue()
+            pump = asyncio.create_task(events_into(watch, queue))
             while True:
+                if pump.done():
+                    pump.result()  # surface the watch's failure
                 try:
-                    event = await asyncio.wait_for(events.__anext__(), timeout=1.0)
+                    event = await asyncio.wait_for(queue.get(), timeout=1.0)
                 except asyncio.TimeoutError:
                     self.reconcile()  # restart a crashed process even when nothing changes
                     continue

@@ -90,16 +90,38 @@ def _content(ns: str, owner: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-async def _create_ignoring_exists(client: KubeClient, path: str, body: dict[str, Any]) -> None:
-    try:
-        await client.create(path, body)
-    except ApiError as exc:
-        if exc.status != 409:
-            raise
+async def _create_ignoring_exists(client: KubeClient, path: str, body: dict[str, Any], *, attempts: int = 20) -> None:
+    for attempt in range(attempts):
+        try:
+            await client.create(path, body)
+            return
+        except ApiError as exc:
+            if exc.status == 409:
+                return
+            # Capsule's cache may lag a just-created Tenant; its webhooks may time out under load.
+            transient = exc.status in (500, 504) or "any Tenant assigned" in exc.api_message
+            if not transient or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.25 * (attempt + 1))
+
+
+async def wait_tenants_ready(client: KubeClient, names: set[str], *, timeout: float) -> None:
+    """Wait until Capsule has reconciled every Tenant (it writes status.state)."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        listing = await client.list_all(TENANT_API)
+        ready = {t["metadata"]["name"] for t in listing["items"] if (t.get("status") or {}).get("state")}
+        pending -= ready
+        if pending:
+            await asyncio.sleep(0.2)
+    if pending:
+        raise LabError(f"Capsule did not reconcile {len(pending)} new Tenants within {timeout:.0f}s",
+                       fix="see the capsule log in the lab state dir")
 
 
 async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, prefix: str = "tenant",
-               concurrency: int = 48, wait_reconciled: bool = True, timeout: float = 600.0) -> SeedResult:
+               concurrency: int = 16, wait_reconciled: bool = True, timeout: float = 600.0) -> SeedResult:
     started = time.monotonic()
     result = SeedResult(owner_group=await capsule_user_group(client))
     limit = asyncio.Semaphore(concurrency)
@@ -116,6 +138,9 @@ async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, 
         "apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
         "metadata": {"name": tenant, "labels": {SEED_LABEL: "true"}},
         "spec": {"owners": [{"kind": "User", "name": result.owners[tenant]}]}})) for tenant in names))
+
+    # Capsule must have seen each Tenant before its owner can create namespaces in it.
+    await wait_tenants_ready(client, set(names), timeout=timeout)
 
     async def seed_tenant(tenant: str) -> None:
         owner = client.with_options(impersonate=result.owners[tenant],
