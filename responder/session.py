@@ -58,6 +58,7 @@ class SessionOptions:
     velero_namespace: str = "velero"
     extra_protected: tuple[str, ...] = ()
     concurrency: int = 8  # HTTP connections (HTTP/2 multiplexes the requests in flight over them)
+    http2: bool = True
 
 
 async def whoami(client: KubeClient) -> str:
@@ -72,7 +73,8 @@ class Session:
         self.access = access
         self.options = options
         self.runbook: Runbook = load_runbook(options.runbook, action_specs())
-        self.client = KubeClient(access, dry_run=options.dry_run, max_connections=options.concurrency)
+        self.client = KubeClient(access, dry_run=options.dry_run, max_connections=options.concurrency,
+                                 http2=options.http2)
         self.protected = triage.protected_namespaces(options.capsule.namespace, options.velero_namespace,
                                                      options.extra_protected)
         shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"

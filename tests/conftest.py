@@ -21,13 +21,22 @@ class LabManager:
         self.current: Lab | None = None
         self.line: str | None = None
 
-    def get(self, line: str, *, fresh: bool = False) -> Lab:
+    async def get(self, line: str, *, fresh: bool = False) -> Lab:
+        """Async tests call this; starting a lab blocks, so it runs in a thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.get_sync, line, fresh=fresh)
+
+    def get_sync(self, line: str, *, fresh: bool = False) -> Lab:
         lab = Lab(LAB_ROOT / f"capsule-{line}")
         if self.current is not None and (self.line != line or fresh):
             self.current.down(wipe=True)
             self.current = None
+        if self.current is None:
+            for other in ("0.14", "0.12"):  # leftovers of an interrupted run
+                Lab(LAB_ROOT / f"capsule-{other}").down(wipe=True)
         if fresh or self.current is None:
-            lab.down(wipe=True)  # leftovers of an earlier session
+            lab.down(wipe=True)
             lab.up(capsule=line, out=sys.stderr)
         self.current, self.line = lab, line
         return lab

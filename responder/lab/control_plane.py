@@ -31,6 +31,7 @@ from responder.lab.pki import LabPKI
 from responder.lab.processes import ProcessRecord
 
 LAB_CONTEXT = "responder-lab"
+CAPSULE_HEALTH_PORT = 10080  # hard-coded in Capsule: one lab per machine
 ADMIN_USER = "lab-admin"
 LAB_FIELD_MANAGER = "responder-lab"
 KCM_CONTROLLERS = "garbagecollector,namespace,deployment,replicaset,serviceaccount,clusterrole-aggregation"
@@ -144,6 +145,10 @@ class Lab:
         if current.get("capsule") and current.get("capsule") != capsule:
             raise LabError(f"{self.dir} holds a lab with Capsule {current['capsule']}",
                            fix="run `responder lab down --wipe` first, or use another --state-dir")
+        if processes.port_open(CAPSULE_HEALTH_PORT):
+            raise LabError(f"port {CAPSULE_HEALTH_PORT} (Capsule's fixed health-probe port) is in use: another lab "
+                           "(or a Capsule controller) is running on this machine",
+                           fix="stop it first (`responder lab down`, with its --state-dir) and retry")
         binaries = ensure_built(["k8s", "helm", f"capsule-{capsule}"], out=out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pki.ensure()
@@ -157,8 +162,11 @@ class Lab:
         try:
             self._start_etcd(state, binaries["etcd"])
             self._start_apiserver(state, binaries["kube-apiserver"])
-            self._start_kcm(state, binaries["kube-controller-manager"])
+            # Capsule's CRDs go in before kube-controller-manager starts, so that the garbage collector
+            # watches Tenants from its first discovery pass, as in a cluster where Capsule has long been
+            # installed (otherwise it only notices the new kind at its next 30 s discovery resync).
             asyncio.run(self._install_capsule(state, binaries["helm"], out))
+            self._start_kcm(state, binaries["kube-controller-manager"])
             self._start_kubelet(state)
             asyncio.run(self._wait_capsule_ready(out))
         except BaseException:
@@ -283,11 +291,17 @@ class Lab:
                 "--use-service-account-credentials=true", f"--root-ca-file={self.pki.ca.cert}",
                 f"--service-account-private-key-file={self.pki.sa_key}", "--secure-port=0",
                 f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
+        log = self.logs / "kube-controller-manager.log"
+        offset = log.stat().st_size if log.exists() else 0
         record, _ = processes.spawn("kube-controller-manager", argv, log_dir=self.logs)
         self._record(state, record)
-        time.sleep(0.2)
-        if not processes.is_running(record):
-            raise LabError("kube-controller-manager exited at start", fix=f"see {self.logs / 'kube-controller-manager.log'}")
+
+        def gc_ready() -> bool:
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                return b"Proceeding to collect garbage" in fh.read()
+
+        self._wait("the garbage collector", gc_ready, 60, record)
 
     async def _install_capsule(self, state: dict[str, Any], helm: Path, out: TextIO) -> None:
         webhook_url = f"https://127.0.0.1:{state['ports']['webhook']}"

@@ -121,7 +121,8 @@ async def wait_tenants_ready(client: KubeClient, names: set[str], *, timeout: fl
 
 
 async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, prefix: str = "tenant",
-               concurrency: int = 16, wait_reconciled: bool = True, timeout: float = 600.0) -> SeedResult:
+               concurrency: int = 16, wait_reconciled: bool = True, timeout: float = 600.0,
+               with_content: bool = True) -> SeedResult:
     started = time.monotonic()
     result = SeedResult(owner_group=await capsule_user_group(client))
     limit = asyncio.Semaphore(concurrency)
@@ -153,9 +154,10 @@ async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, 
             await owner.aclose()
 
     await asyncio.gather(*(seed_tenant(t) for t in names))
-    await asyncio.gather(*(guarded(_create_ignoring_exists(client, path.format(ns=ns), body))
-                           for tenant in names for ns in result.tenants[tenant]
-                           for path, body in _content(ns, result.owners[tenant])))
+    if with_content:
+        await asyncio.gather(*(guarded(_create_ignoring_exists(client, path.format(ns=ns), body))
+                               for tenant in names for ns in result.tenants[tenant]
+                               for path, body in _content(ns, result.owners[tenant])))
     if wait_reconciled:
         await wait_tenants_reconciled(client, result, timeout=timeout)
     result.seconds = time.monotonic() - started

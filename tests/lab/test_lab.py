@@ -38,7 +38,7 @@ async def wait_capsule_process(lab, running: bool, timeout: float = 30.0) -> Non
 
 
 async def test_capsule_sets_tenant_owner_reference(lab_manager, capsule_line):
-    lab = lab_manager.get(capsule_line)
+    lab = await lab_manager.get(capsule_line)
     async with lab.admin_client() as client:
         result = await seed(client, tenants=1, namespaces_per_tenant=2, prefix=f"own{capsule_line.replace('.', '')}")
         tenant_name = next(iter(result.tenants))
@@ -60,7 +60,7 @@ async def test_capsule_sets_tenant_owner_reference(lab_manager, capsule_line):
 
 
 async def test_breaker_rejects_namespace_delete_while_capsule_is_down(lab_manager, capsule_line):
-    lab = lab_manager.get(capsule_line)
+    lab = await lab_manager.get(capsule_line)
     async with lab.admin_client() as client:
         for name in ("breaker-victim", "breaker-control"):
             await client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
@@ -93,7 +93,7 @@ async def test_breaker_rejects_namespace_delete_while_capsule_is_down(lab_manage
 
 async def test_incident_without_responder(lab_manager, capsule_line):
     """Seed 10 x 10, delete the Tenant CRD, and measure the cascade: the baseline responder must beat."""
-    lab = lab_manager.get(capsule_line, fresh=True)
+    lab = await lab_manager.get(capsule_line, fresh=True)
     async with lab.admin_client() as client:
         result = await seed(client, tenants=10, namespaces_per_tenant=10)
         namespaces = set(result.namespaces)

@@ -91,6 +91,9 @@ def apply_patch(doc: dict, ops: list[dict]) -> dict:
     doc = copy.deepcopy(doc)
     for op in ops:
         parent, key = _walk(doc, op["path"])
+        if key == "-" and isinstance(parent, list) and op["op"] == "add":  # RFC 6902 append
+            parent.append(op["value"])
+            continue
         idx = int(key) if isinstance(parent, list) else key
         if op["op"] == "test":
             try:

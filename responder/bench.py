@@ -1,0 +1,118 @@
+"""`responder bench contain`: containment figures on the lab, printed as JSON.
+
+For each run: a fresh lab, N tenant namespaces (created by their owners through Capsule, no content:
+the detach cost does not depend on it), responder watching as its own identity, the Tenant CRD
+deleted. Measured: detection latency (CRD DELETE sent -> CRD event received), detection-to-first-
+write latency (event received -> first write journaled and sent), detach throughput, and how many
+namespaces survived. Each HTTP setting named with --variants runs as its own incident, in the same
+invocation, so the figures compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from responder.cluster.kubeconfig import load_cluster_access
+from responder.errors import EXIT_OK
+from responder.lab.build import CAPSULE_VERSIONS
+from responder.lab.control_plane import Lab
+from responder.lab.incident import delete_tenant_crd
+from responder.lab.seed import seed
+from responder.session import Session, SessionOptions, resolve_runbook
+
+VARIANTS = {
+    # name: (http2, connections, PATCHes in flight)
+    "h2-c1-64": (True, 1, 64),
+    "h2-c4-64": (True, 4, 64),
+    "h1-c16-16": (False, 16, 16),
+    "h1-c64-64": (False, 64, 64),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks on the lab (JSON)")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    contain = bsub.add_parser("contain", help="detection latency and detach throughput")
+    contain.add_argument("--namespaces", type=int, default=1000)
+    contain.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default="0.12")
+    contain.add_argument("--variants", default="h2-c1-64,h1-c16-16",
+                         help=f"comma-separated HTTP settings to compare (known: {', '.join(VARIANTS)})")
+    contain.add_argument("--state-dir", type=Path, default=None)
+    contain.set_defaults(handler=cmd_bench_contain)
+
+
+def cmd_bench_contain(args: argparse.Namespace) -> int:
+    lab = Lab(args.state_dir or (Lab().dir.parent / "bench-lab"))
+    results = []
+    for name in args.variants.split(","):
+        http2, connections, in_flight = VARIANTS[name]
+        print(f"bench: {name}: fresh lab, {args.namespaces} namespaces", file=sys.stderr, flush=True)
+        lab.down(wipe=True)
+        lab.up(capsule=args.capsule, out=sys.stderr)
+        try:
+            result = asyncio.run(contain_once(lab, args.namespaces, http2=http2, connections=connections,
+                                              in_flight=in_flight))
+        finally:
+            lab.down(wipe=True)
+        results.append({"variant": name, "http2": http2, "connections": connections, "in_flight": in_flight,
+                        **result})
+    print(json.dumps({"benchmark": "contain", "capsule": CAPSULE_VERSIONS[args.capsule],
+                      "namespaces": args.namespaces, "runs": results}, indent=2))
+    return EXIT_OK
+
+
+async def contain_once(lab: Lab, namespaces: int, *, http2: bool, connections: int, in_flight: int) -> dict[str, Any]:
+    per_tenant = 20
+    tenants = max(1, namespaces // per_tenant)
+    async with lab.admin_client() as admin:
+        seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant, with_content=False)
+        kubeconfig = lab.mint_user("responder")
+        await admin.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "responder-bench"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "responder"}]})
+        runbook = lab.dir / "bench-runbook.yaml"
+        runbook.write_text(resolve_runbook(None).read_text().replace("concurrency: 64", f"concurrency: {in_flight}"))
+        options = SessionOptions(runbook=runbook, journal_dir=lab.dir / "incidents", yes=True, concurrency=connections,
+                                 http2=http2)
+        session = Session(load_cluster_access(str(kubeconfig)), options)
+        await session.preflight()
+        await session.start()
+        try:
+            sent = await delete_tenant_crd(admin)
+            await asyncio.wait_for(session.incident_opened.wait(), 30)
+            await session.contain()
+            done = time.time()
+            await asyncio.sleep(max(0.0, sent + 20 - time.time()))
+            listing = await admin.list_all("/api/v1/namespaces")
+        finally:
+            await session.close()
+    live = {n["metadata"]["name"] for n in listing["items"] if not n["metadata"].get("deletionTimestamp")}
+    records = session.journal.records()
+    first_intent = next(r for r in records if r.get("kind") == "intent")
+    detach = session.results["detach"].data
+    trig = session.trigger
+    return {
+        "detection_latency_ms": round((trig.event_received - sent) * 1000, 1),
+        "first_write_after_detection_ms": round((_ts(first_intent["ts"]) - trig.event_received) * 1000, 1),
+        "breaker_seconds": session.results["breaker"].data.get("seconds"),
+        "detached": detach.get("detached"), "detach_seconds": detach.get("seconds"),
+        "detach_per_second": detach.get("per_second"),
+        "time_to_contain_s": round(done - sent, 3),
+        "saved": len(set(seeded.namespaces) & live), "seeded": len(seeded.namespaces),
+        "responder_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _ts(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,139 @@
+"""Run real incidents on the lab with the real `responder` program, and read what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from responder.cluster.client import KubeClient
+from responder.cluster.kubeconfig import load_cluster_access
+from responder.lab.control_plane import Lab
+from responder.lab.incident import delete_tenant_crd, read_audit
+
+RESPONDER = [sys.executable, "-m", "responder"]
+
+
+def responder_identity(lab: Lab, name: str = "responder") -> Path:
+    """A kubeconfig for responder's own user, bound to cluster-admin (least privilege: issue 7)."""
+    kubeconfig = lab.mint_user(name)
+    return kubeconfig
+
+
+async def bind_cluster_admin(client: KubeClient, user: str) -> None:
+    body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{user}-cluster-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
+    try:
+        await client.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", body)
+    except Exception as exc:  # already bound in this lab
+        if getattr(exc, "status", None) != 409:
+            raise
+
+
+@dataclass
+class WatchProcess:
+    proc: subprocess.Popen
+    journal_dir: Path
+    stderr_path: Path
+    stdout_path: Path
+    started: float = field(default_factory=time.time)
+
+    def wait_watching(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "watching " in self.stderr_path.read_text():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"responder exited early: {self.stderr_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise AssertionError("responder did not start watching")
+
+    def finish(self, timeout: float = 300) -> tuple[int, dict[str, Any] | None, str]:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"responder did not finish: {self.stderr_path.read_text()[-3000:]}")
+        out = self.stdout_path.read_text()
+        try:
+            summary = json.loads(out) if out.strip() else None
+        except ValueError:
+            summary = None
+        return rc, summary, self.stderr_path.read_text()
+
+    def journal_path(self) -> Path | None:
+        files = sorted(self.journal_dir.glob("inc-*.jsonl"))
+        return files[-1] if files else None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def start_watch(kubeconfig: Path, journal_dir: Path, *extra: str, env: dict[str, str] | None = None) -> WatchProcess:
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    out, err = journal_dir / "watch.stdout", journal_dir / "watch.stderr"
+    proc = subprocess.Popen([*RESPONDER, "watch", "--headless", "--auto", "--yes", "--kubeconfig", str(kubeconfig),
+                             "--journal", str(journal_dir), "-o", "json", *extra],
+                            stdout=open(out, "w"), stderr=open(err, "w"), env={**os.environ, **(env or {})})
+    return WatchProcess(proc, journal_dir, err, out)
+
+
+def run_responder(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*RESPONDER, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def namespace_states(client: KubeClient, names: set[str]) -> dict[str, str]:
+    """name -> alive | terminating | gone."""
+    listing = await client.list_all("/api/v1/namespaces")
+    live = {n["metadata"]["name"]: n for n in listing["items"]}
+    out = {}
+    for name in names:
+        ns = live.get(name)
+        out[name] = "gone" if ns is None else ("terminating" if ns["metadata"].get("deletionTimestamp") else "alive")
+    return out
+
+
+def persisted_writes_by(audit_log: Path, user: str, *, since: float) -> list[dict[str, Any]]:
+    """Write requests by `user` that were not dry runs (reviews, which persist nothing, left out)."""
+    out = []
+    for event in read_audit(audit_log, since=since):
+        if (event.get("user") or {}).get("username") != user:
+            continue
+        if event.get("verb") in ("get", "list", "watch"):
+            continue
+        resource = (event.get("objectRef") or {}).get("resource", "")
+        if resource in ("selfsubjectreviews", "selfsubjectaccessreviews", "selfsubjectrulesreviews"):
+            continue
+        if "dryRun=All" in event.get("requestURI", ""):
+            continue
+        out.append(event)
+    return out
+
+
+async def trigger(lab: Lab) -> float:
+    async with lab.admin_client() as client:
+        return await delete_tenant_crd(client)
+
+
+def client_for(kubeconfig: Path) -> KubeClient:
+    return KubeClient(load_cluster_access(str(kubeconfig)))
+
+
+async def sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
