@@ -32,6 +32,17 @@ class EngineEvent:
 
 
 @dataclass(frozen=True)
+class WriteRequest:
+    action: str
+    target: str
+    method: str
+    path: str
+    body: Any = None
+    content_type: str = "application/json"
+    undo: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ConfirmationRequest:
     step: str
     action: str
@@ -122,6 +133,32 @@ class StepContext:
             raise
         self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "")
         return response
+
+    async def write_many(self, requests: list[WriteRequest], *, in_flight: int) -> list[dict[str, Any] | ApiError]:
+        """The same contract as `write` for a batch, with group commit: every intent is durable (one
+        fsync) before the first request leaves; outcomes are synced once at the end (an outcome lost
+        in a crash leaves its intent pending, and a resumed run re-checks it against the cluster)."""
+        seqs = [self.journal.intent(self.step.id, r.action, r.target,
+                                    request={"method": r.method, "path": r.path, "body": r.body},
+                                    undo=r.undo, dry_run=self.dry_run, sync=False) for r in requests]
+        self.journal.sync()
+        limit = asyncio.Semaphore(max(1, in_flight))
+
+        async def send(seq: int, r: WriteRequest) -> dict[str, Any] | ApiError:
+            async with limit:
+                try:
+                    response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type)
+                except ApiError as exc:
+                    self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500],
+                                         sync=False)
+                    return exc
+            self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "", sync=False)
+            return response
+
+        try:
+            return list(await asyncio.gather(*(send(seq, r) for seq, r in zip(seqs, requests))))
+        finally:
+            self.journal.sync()
 
     async def confirm(self, summary: str, writes: list[str], answer: str) -> bool:
         if self.options.yes:

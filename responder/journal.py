@@ -197,8 +197,10 @@ class Journal:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def record(self, kind: str, **fields: Any) -> dict:
-        """Append one record and fsync it; when this returns the record survives a crash."""
+    def record(self, kind: str, *, sync: bool = True, **fields: Any) -> dict:
+        """Append one record and fsync it; when this returns the record survives a crash.
+
+        `sync=False` defers the fsync to the next `sync()` (group commit for batches of writes)."""
         if self._fd is None:
             raise JournalError(f"journal {self.path} is not open for writing",
                                fix="open it with Journal.open(path) (not readonly) to append")
@@ -220,7 +222,8 @@ class Journal:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
+            if sync:
+                os.fsync(self._fd)
         except OSError as exc:
             # A half-written line (disk full) must not stay in the middle of the file.
             try:
@@ -236,19 +239,26 @@ class Journal:
         return entry
 
     def intent(self, step: str, action: str, target: str, *, request: dict | None = None,
-               undo: dict | None = None, dry_run: bool = False) -> int:
-        """Journal a mutation before sending it; returns the intent's seq (pass it to `outcome`)."""
-        entry = self.record("intent", step=step, action=action, target=target, request=request,
+               undo: dict | None = None, dry_run: bool = False, sync: bool = True) -> int:
+        """Journal a mutation before sending it; returns the intent's seq (pass it to `outcome`).
+        With `sync=False` the caller must call `sync()` before sending the request."""
+        entry = self.record("intent", sync=sync, step=step, action=action, target=target, request=request,
                             undo=undo, dry_run=bool(dry_run))
         return entry["seq"]
 
     def outcome(self, intent_seq: int, status: str, *, detail: str = "",
-                response: dict | None = None) -> dict:
-        """Journal what the cluster answered for intent `intent_seq`."""
+                response: dict | None = None, sync: bool = True) -> dict:
+        """Journal what the cluster answered for intent `intent_seq`. An outcome lost in a crash
+        leaves its intent pending, which a resumed run re-checks, so batches may defer its fsync."""
         if status not in OUTCOME_STATUSES:
             raise ValueError(f"outcome status must be one of {sorted(OUTCOME_STATUSES)}, not {status!r}")
         self._intent(intent_seq)
-        return self.record("outcome", intent=intent_seq, status=status, detail=detail, response=response)
+        return self.record("outcome", sync=sync, intent=intent_seq, status=status, detail=detail, response=response)
+
+    def sync(self) -> None:
+        """fsync what was appended with sync=False."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def mark_undone(self, intent_seq: int, *, detail: str = "") -> dict:
         """Journal that the undo payload of intent `intent_seq` has been applied."""

@@ -8,13 +8,12 @@ live namespace is at risk (new ones may appear while the watch catches up).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from responder import triage
 from responder.cluster.client import JSON_PATCH
-from responder.engine import StepContext, StepOutcome
+from responder.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.runbook.schema import ActionSpec, ParamSpec
 
@@ -46,7 +45,29 @@ class DetachNamespaces:
                 "maxPasses": ParamSpec(int, default=20, description="re-triage passes before giving up")},
     )
 
+    async def settle_pending(self, ctx: StepContext) -> int:
+        """After a crash: detach intents with no outcome may or may not have reached the API server.
+        Look at each namespace and journal what really happened, so nothing is done twice."""
+        settled = 0
+        for intent in ctx.journal.pending():
+            if intent.get("step") != ctx.step.id or intent.get("action") != "detach" or intent.get("dry_run"):
+                continue
+            ns = await ctx.client.get_or_none(f"/api/v1/namespaces/{intent['target']}")
+            removed = {r.get("uid") for r in (intent.get("undo") or {}).get("ownerReferences") or []}
+            still = ns is not None and any(r.get("uid") in removed for r in triage.tenant_refs(ns))
+            if ns is None:
+                ctx.journal.outcome(intent["seq"], "skipped", detail="namespace gone; found on resume")
+            elif still:
+                ctx.journal.outcome(intent["seq"], "failed", detail="not applied before the crash; redone on resume")
+            else:
+                ctx.journal.outcome(intent["seq"], "ok", detail="applied before the crash; confirmed on resume")
+            settled += 1
+        return settled
+
     async def run(self, ctx: StepContext) -> StepOutcome:
+        settled = await self.settle_pending(ctx)
+        if settled:
+            ctx.log(f"resumed: settled {settled} detach writes left pending by the crash")
         concurrency = max(1, int(ctx.params.get("concurrency", 64)))
         max_passes = max(1, int(ctx.params.get("maxPasses", 20)))
         latest: dict[str, dict[str, Any]] = {}  # newest object per namespace we learned from our own writes
@@ -55,7 +76,6 @@ class DetachNamespaces:
         gone: set[str] = set()
         total_done = 0
         started = time.monotonic()
-        limit = asyncio.Semaphore(concurrency)
 
         def current_view() -> triage.ClusterView:
             view = ctx.observer.view(protected=ctx.options.protected, detached=detached)
@@ -67,36 +87,40 @@ class DetachNamespaces:
                 merged.pop(name, None)
             return triage.ClusterView(**{**view.__dict__, "namespaces": merged})
 
-        async def detach_one(ns: dict[str, Any], row: triage.NamespaceTriage) -> None:
+        async def detach_batch(batch: list[tuple[dict[str, Any], triage.NamespaceTriage]]) -> None:
             nonlocal total_done
-            name = ns["metadata"]["name"]
-            patch = triage.detach_patch(ns)
-            if not patch:
-                return
-            async with limit:
-                try:
-                    updated = await ctx.write(
-                        "detach", name, "PATCH", f"/api/v1/namespaces/{name}", body=patch, content_type=JSON_PATCH,
-                        undo={"op": "reattach", "namespace": name, "uid": ns["metadata"].get("uid"),
-                              "ownerReferences": list(row.dying_refs),
-                              "finalizers": list(row.capsule_finalizers)})
-                except ApiError as exc:
-                    if exc.status == 404:
-                        gone.add(name)
-                    elif exc.status in (409, 422):
-                        # Changed since we looked (another writer, or already detached): look again.
-                        fresh = await ctx.client.get_or_none(f"/api/v1/namespaces/{name}")
-                        if fresh is None:
-                            gone.add(name)
-                        else:
-                            latest[name] = fresh
+            requests, rows = [], []
+            for ns, row in batch:
+                patch = triage.detach_patch(ns)
+                if not patch:
+                    continue
+                name = ns["metadata"]["name"]
+                rows.append(row)
+                requests.append(WriteRequest(
+                    "detach", name, "PATCH", f"/api/v1/namespaces/{name}", body=patch, content_type=JSON_PATCH,
+                    undo={"op": "reattach", "namespace": name, "uid": ns["metadata"].get("uid"),
+                          "ownerReferences": list(row.dying_refs), "finalizers": list(row.capsule_finalizers)}))
+            results = await ctx.write_many(requests, in_flight=concurrency)
+            refresh = []
+            for row, result in zip(rows, results):
+                if isinstance(result, ApiError):
+                    if result.status == 404:
+                        gone.add(row.name)
+                    elif result.status in (409, 422):
+                        refresh.append(row.name)  # changed since we looked (another writer, or done already)
                     else:
-                        failed[name] = f"{exc.status} {exc.api_message[:200]}"
-                    return
-            if not ctx.dry_run:
-                latest[name] = updated
-            detached[name] = row.tenant or ""
-            total_done += 1
+                        failed[row.name] = f"{result.status} {result.api_message[:200]}"
+                    continue
+                if not ctx.dry_run:
+                    latest[row.name] = result
+                detached[row.name] = row.tenant or ""
+                total_done += 1
+            for name in refresh:
+                fresh = await ctx.client.get_or_none(f"/api/v1/namespaces/{name}")
+                if fresh is None:
+                    gone.add(name)
+                else:
+                    latest[name] = fresh
 
         passes = 0
         seen_at_risk: set[str] = set()
@@ -110,9 +134,9 @@ class DetachNamespaces:
                 break
             seen_at_risk.update(r.name for r in rows)
             ctx.progress(total_done, len(seen_at_risk), f"pass {passes}: {len(rows)} at risk")
-            tasks = [detach_one(view.namespaces[r.name], r) for r in rows]
-            for chunk_start in range(0, len(tasks), 256):
-                await asyncio.gather(*tasks[chunk_start:chunk_start + 256])
+            pairs = [(view.namespaces[r.name], r) for r in rows]
+            for chunk_start in range(0, len(pairs), 256):
+                await detach_batch(pairs[chunk_start:chunk_start + 256])
                 ctx.progress(total_done, len(seen_at_risk))
             if ctx.dry_run:
                 break

@@ -14,7 +14,7 @@ from typing import Any
 from responder import triage
 from responder.actions.detach import detached_from_journal
 from responder.cluster.client import JSON_PATCH
-from responder.engine import StepContext, StepOutcome
+from responder.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.observe import TENANTS_PATH
 from responder.runbook.schema import ActionSpec
@@ -52,7 +52,7 @@ class ReleaseTenantFinalizers:
                 if t["metadata"].get("deletionTimestamp") and CAPSULE_TENANT_FINALIZER in (t["metadata"].get("finalizers") or [])]
         if not held:
             return StepOutcome("finished", "no Tenant is held by Capsule's finalizer", {"released": 0})
-        released, waiting = [], []
+        waiting, requests = [], []
         for tenant in held:
             name = tenant["metadata"]["name"]
             still_attached = [r.name for r in rows if r.state == triage.NsState.AT_RISK and r.tenant == name]
@@ -60,18 +60,15 @@ class ReleaseTenantFinalizers:
                 waiting.append(name)
                 ctx.log(f"Tenant {name}: {len(still_attached)} namespaces still attached; not released")
                 continue
-            if ctx.done_before("release-finalizer", name):
-                continue
             patch = release_patch(tenant)
-            if not patch:
-                continue
-            try:
-                await ctx.write("release-finalizer", name, "PATCH", f"{TENANTS_PATH}/{name}", body=patch,
-                                content_type=JSON_PATCH)
-                released.append(name)
-            except ApiError as exc:
-                if exc.status not in (404, 422):
-                    raise
+            if patch and not ctx.done_before("release-finalizer", name):
+                requests.append(WriteRequest("release-finalizer", name, "PATCH", f"{TENANTS_PATH}/{name}",
+                                             body=patch, content_type=JSON_PATCH))
+        results = await ctx.write_many(requests, in_flight=16)
+        released = [r.target for r, res in zip(requests, results) if not isinstance(res, ApiError)]
+        errors = [res for res in results if isinstance(res, ApiError) and res.status not in (404, 422)]
+        if errors:
+            raise errors[0]
         data = {"released": len(released), "tenants": released, "waiting": waiting}
         if waiting:
             return StepOutcome("failed", f"{len(waiting)} Tenants still own attached namespaces", data)

@@ -55,6 +55,11 @@ COMPONENTS: dict[str, GoComponent] = {
     "helm": GoComponent("helm", "helm", {"helm": "helm.sh/helm/v3/cmd/helm"}),
     "capsule-0.14": GoComponent(
         "capsule-0.14", "capsule-0.14.0", {"capsule": "github.com/projectcapsule/capsule/cmd/controller"}),
+    # Recovery (Velero restore) uses these; not built by default until the recovery tests need them.
+    "velero": GoComponent(
+        "velero", "velero",
+        {"velero": "github.com/vmware-tanzu/velero/cmd/velero",
+         "velero-plugin-for-aws": "github.com/vmware-tanzu/velero-plugin-for-aws/velero-plugin-for-aws"}),
     "capsule-0.12": GoComponent(
         "capsule-0.12", "capsule-0.12.4", {"capsule": "github.com/projectcapsule/capsule/cmd"},
         # This release is missing from the checksum database the proxy serves; go.sum pins its hash.

@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build = labsub.add_parser("build", help="build the lab's binaries from Go modules (cached)")
     build.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), action="append",
                        help="Capsule line(s) to build (default: all)")
+    build.add_argument("--velero", action="store_true", help="also build the Velero server and its S3 plugin")
     up = labsub.add_parser("up", help="start the lab in the background and print the kubeconfig path")
     up.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default=DEFAULT_CAPSULE)
     down = labsub.add_parser("down", help="stop every process the lab started")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.lab_command
     if cmd == "build":
         lines = args.capsule or sorted(CAPSULE_VERSIONS)
-        ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines)])
+        ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines), *(["velero"] if args.velero else [])])
         return EXIT_OK
     if cmd == "up":
         print(lab.up(capsule=args.capsule))

@@ -134,12 +134,17 @@ async def test_sigkill_in_detach_then_resume(lab_manager, tmp_path):
     while time.monotonic() < deadline:
         path = watch.journal_path()
         if path is not None:
-            killed_after = sum(1 for r in read_journal(path) if r.get("action") == "detach" and r["kind"] == "intent")
+            records = read_journal(path)
+            detach_intents = {r["seq"] for r in records if r["kind"] == "intent" and r.get("action") == "detach"}
+            killed_after = sum(1 for r in records if r["kind"] == "outcome" and r["intent"] in detach_intents)
             if killed_after >= 20:
                 watch.kill9()
                 break
         await asyncio.sleep(0.02)
     assert 20 <= killed_after < len(namespaces), killed_after
+    assert any(r.get("kind") == "intent" and r["seq"] not in {o["intent"] for o in read_journal(watch.journal_path())
+                                                              if o["kind"] == "outcome"}
+               for r in read_journal(watch.journal_path())), "the kill should leave writes pending"
     journal_path = watch.journal_path()
     proc = run_responder("run", "--resume", str(journal_path), "--kubeconfig", str(kubeconfig),
                          "--journal", str(journal_path.parent), "--yes", "-o", "json")

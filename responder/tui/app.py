@@ -1,0 +1,504 @@
+"""The Textual app of `responder watch`: it drives a session and shows it.
+
+The app starts the session's watches, subscribes to its watch and engine events, waits for the
+incident, runs containment, and answers the engine's confirmation requests with a modal. Everything
+it shows comes from `TuiState`, fed by those events and applied to the widgets on a timer, so a
+burst of thousands of events costs one screen update per frame, not one per event.
+
+A "session" is anything with the attributes of `responder.session.Session` used below (see
+`SessionLike`); the tests and the demo pass `responder.tui.replay.ReplaySession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from responder.cluster.watch import WatchEvent
+from responder.engine import ConfirmationRequest, EngineEvent
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
+from responder.tui.screens.confirm import ConfirmScreen, QuitScreen
+from responder.tui.screens.help import HelpScreen
+from responder.tui.screens.plan import PlanScreen
+from responder.tui.state import TuiState
+from responder.tui.widgets.feed import EventFeed
+from responder.tui.widgets.header import HeaderBar
+from responder.tui.widgets.runbook_panel import RunbookPanel
+from responder.tui.widgets.triage_table import TriagePanel, TriageTable
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.08  # seconds between two screen updates from the model
+FLUSH_LIMIT = 2500  # namespaces re-triaged per frame at most (a 10k re-triage spreads over frames)
+JOURNAL_POLL = 0.25
+JOURNAL_LINES = 200
+
+
+class SessionLike(Protocol):
+    access: Any  # .context, .server
+    options: Any  # .dry_run, .auto, .yes
+    identity: str
+    observer: Any  # .subscribe(callback)
+    engine_listeners: list[Callable[[EngineEvent], None]]
+    incident_opened: asyncio.Event
+    trigger: Any
+    journal: Any  # None, or .path / .incident_id / .undo_plan()
+
+    async def start(self) -> None: ...
+    async def contain(self) -> Any: ...
+    def view(self) -> Any: ...
+    def check_late_start(self) -> Any: ...
+    def contained(self) -> bool: ...
+
+
+class TuiConfirmer:
+    """The session's Confirmer: shows the app's confirmation modal; refuses while no app runs."""
+
+    def __init__(self) -> None:
+        self.app: ResponderApp | None = None
+
+    async def __call__(self, request: ConfirmationRequest) -> bool:
+        app = self.app
+        if app is None or not app.is_running:
+            return False
+        return await app.confirm(request)
+
+
+def read_journal_tail(path: Path, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Records appended to a journal file since `offset` (complete lines only; the last `limit`)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    lines = data[:end].split(b"\n")[-limit:]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records, offset + end + 1
+
+
+class ResponderApp(App[int]):
+    TITLE = "responder"
+    CSS = """
+    Screen { layout: vertical; }
+    #main { height: 2fr; min-height: 8; }
+    #feed { height: 1fr; min-height: 5; }
+    Screen.-wide RunbookPanel { width: 48; }
+    Screen.-wide TriagePanel #row-detail { height: 3; }
+    /* Short terminals (80x24): finished and pending steps take one line; the journal gets the rest. */
+    Screen.-short RunbookPanel StepRow.-pending .detail { display: none; }
+    Screen.-short RunbookPanel StepRow.-done .detail { display: none; }
+    Screen.-short RunbookPanel #journal-title { margin-top: 0; }
+    """
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
+    BINDINGS = [
+        Binding("q", "request_quit", "Quit"),
+        Binding("ctrl+q", "request_quit", "Quit", show=False, priority=True),
+        Binding("d", "toggle_dry_run", "Dry-run"),
+        Binding("p", "plan", "Plan"),
+        Binding("u", "undo", "Undo"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    def __init__(self, session: SessionLike, *, confirmer: TuiConfirmer | None = None,
+                 clock: Callable[[], float] = time.time, flush_interval: float = FLUSH_INTERVAL,
+                 flush_limit: int = FLUSH_LIMIT, track_latency: bool = False, cursor_blink: bool = True,
+                 journal_poll: float = JOURNAL_POLL) -> None:
+        super().__init__()
+        self.session = session
+        self.clock = clock
+        self.flush_interval = flush_interval
+        self.flush_limit = flush_limit
+        self.journal_poll = journal_poll
+        self.cursor_blink = cursor_blink
+        if confirmer is not None:
+            confirmer.app = self
+        elif getattr(session, "confirmer", None) is None:
+            session.confirmer = self.confirm  # type: ignore[attr-defined]
+        options = session.options
+        runbook = getattr(session, "runbook", None)
+        steps = [(s.id, s.action, s.description) for s in getattr(runbook, "steps", ())
+                 if getattr(s, "phase", "contain") == "contain"]
+        self.model = TuiState(protected=getattr(session, "protected", ()), steps=steps,
+                              context=session.access.context or "", server=session.access.server or "",
+                              identity=session.identity, dry_run=bool(options.dry_run),
+                              auto=bool(getattr(options, "auto", True)), yes=bool(getattr(options, "yes", False)),
+                              journal_limit=JOURNAL_LINES, track_latency=track_latency)
+        self.latency_samples: list[float] | None = [] if track_latency else None
+        self.flush_seconds: list[float] = []
+        self.log_records: deque[tuple[float, str, int]] = deque(maxlen=200)
+        self.incident_open = False
+        self.containing = False
+        self.contain_done = False
+        self.contained: bool | None = None
+        self.failure: BaseException | None = None
+        self._shown = {"header": -1, "steps": -1}
+        self._journal_path: Path | None = None
+        self._journal_offset = 0
+
+    # ------------------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        with Horizontal(id="main"):
+            yield TriagePanel(id="table-panel")
+            yield RunbookPanel(id="runbook")
+        yield EventFeed(id="feed")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.session.observer.subscribe(self._on_watch_event)
+        self.session.engine_listeners.append(self._on_engine_event)
+        self.set_interval(self.flush_interval, self._flush_model, name="flush")
+        self.set_interval(1.0, self._tick, name="tick")
+        self.header = self.query_one(HeaderBar)
+        self.panel = self.query_one(TriagePanel)
+        self.runbook = self.query_one(RunbookPanel)
+        self.feed = self.query_one(EventFeed)
+        self._flush_model()
+        self.query_one(TriageTable).focus()
+        self._drive()
+        self._tail_journal()
+
+    # ------------------------------------------------------------------------ the session
+
+    def _on_watch_event(self, event: WatchEvent) -> None:
+        self.model.apply_watch(event)
+
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        self.model.apply_engine(event)
+
+    @work(group="session", exclusive=True, name="session")
+    async def _drive(self) -> None:
+        session, model = self.session, self.model
+        try:
+            model.set_phase("starting", "listing the cluster")
+            await session.start()
+            model.seed(session.view())
+            model.set_phase("watching")
+            session.check_late_start()
+            await session.incident_opened.wait()
+            self.incident_open = True
+            trigger = session.trigger
+            journal = session.journal
+            model.open_incident(getattr(journal, "incident_id", "incident"), getattr(trigger, "kind", "?"),
+                                getattr(trigger, "reason", ""), getattr(trigger, "event_received", self.clock()))
+            self.containing = True
+            try:
+                await session.contain()
+            finally:
+                self.containing = False
+            self.contain_done = True
+            self.contained = bool(session.contained())
+            if model.dry_run:
+                model.set_phase("dry-run-done", "dry run finished: nothing was changed; quit and rerun live")
+            elif self.contained:
+                model.set_phase("contained", self._outcome_line())
+            else:
+                model.set_phase("not-contained", self._outcome_line() + "; see the table for at-risk rows")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # shown, not swallowed: the operator must see why responder stopped
+            self.failure = exc
+            log.exception("the session failed")
+            model.set_phase("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    def _outcome_line(self) -> str:
+        counts = self.model.counts
+        parts = [f"{s} {counts[s]}" for s in ("detached", "at-risk", "terminating", "gone") if counts.get(s)]
+        return "; ".join(parts) or "no namespace was at risk"
+
+    async def confirm(self, request: ConfirmationRequest) -> bool:
+        """The Confirmer: push the modal and wait for the operator's answer."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def answered(result: bool | None) -> None:
+            if not future.done():
+                future.set_result(bool(result))
+
+        self.push_screen(ConfirmScreen(request, dry_run=self.model.dry_run, blink=self.cursor_blink),
+                         callback=answered)
+        return await future
+
+    # ---------------------------------------------------------------------- screen updates
+
+    def _flush_model(self, limit: int | None = -1) -> None:
+        started = time.perf_counter()
+        model = self.model
+        while self.log_records:
+            at, message, level = self.log_records.popleft()
+            model.add_note(message, at=at, alert=level >= logging.WARNING, source="log")
+        changes = model.flush(self.flush_limit if limit == -1 else limit)
+        panel = self.panel
+        if changes:
+            panel.table.apply(changes, model)
+            panel.show_detail()
+        if changes or model.pending or not model.ready:
+            panel.show_counts(model)
+        feed = self.feed
+        if model.feed_total != feed.shown:
+            feed.add_lines(model.take_feed(feed.shown))
+            feed.shown = model.feed_total
+        if model.header_version != self._shown["header"]:
+            self._shown["header"] = model.header_version
+            self.header.show(model)
+            panel.show_counts(model)
+        if model.steps_version != self._shown["steps"]:
+            self._shown["steps"] = model.steps_version
+            self.runbook.show(model, self.clock())
+        if changes.arrivals and self.latency_samples is not None:
+            self.call_after_refresh(self._record_latency, changes.arrivals)
+        if changes or changes.arrivals:
+            self.flush_seconds.append(time.perf_counter() - started)
+
+    def _record_latency(self, arrivals: list[float]) -> None:
+        now = time.perf_counter()
+        assert self.latency_samples is not None
+        self.latency_samples.extend(now - a for a in arrivals)
+
+    def _tick(self) -> None:
+        if any(s.status in ("running", "waiting") for s in self.model.steps.values()):
+            self.runbook.show(self.model, self.clock())
+
+    @work(group="journal", exclusive=True, name="journal-tail")
+    async def _tail_journal(self) -> None:
+        while True:
+            await asyncio.sleep(self.journal_poll)
+            await self.sync_journal()
+
+    async def sync_journal(self) -> None:
+        """Read what the incident journal gained since the last look (in a thread: it is file I/O)."""
+        journal = getattr(self.session, "journal", None)
+        path = getattr(journal, "path", None)
+        if path is None:
+            return
+        if path != self._journal_path:
+            self._journal_path, self._journal_offset = Path(path), 0
+        records, self._journal_offset = await asyncio.to_thread(
+            read_journal_tail, self._journal_path, self._journal_offset, JOURNAL_LINES)
+        if records:
+            self.model.add_journal_records(records)
+
+    async def settle(self) -> None:
+        """Bring the screen fully up to date with the model now (tests, benchmark)."""
+        await self.sync_journal()
+        self._flush_model(limit=None)
+        self.runbook.show(self.model, self.clock())
+        self.header.show(self.model)
+        self.panel.show_counts(self.model)
+
+    async def next_refresh(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.call_after_refresh(lambda: done.done() or done.set_result(None))
+        await done
+
+    # ----------------------------------------------------------------------------- actions
+
+    def action_request_quit(self) -> None:
+        if not self.incident_open and self.failure is None:
+            self.exit(self.exit_code, return_code=self.exit_code)
+            return
+        if self.failure is not None and not self.incident_open:
+            self.exit(self.exit_code, return_code=self.exit_code)
+            return
+        journal = getattr(getattr(self.session, "journal", None), "path", None)
+        if self.containing:
+            detail = ("Containment is RUNNING: quitting interrupts it. Writes already sent are journaled; "
+                      f"resume with `responder run --resume {journal}`.")
+        elif self.contain_done:
+            state = "contained" if self.contained else "NOT contained"
+            detail = f"Containment finished ({state}). Journal: {journal}"
+        else:
+            detail = f"Journal: {journal}"
+        if isinstance(self.screen, QuitScreen):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit(self.exit_code, return_code=self.exit_code)
+
+        self.push_screen(QuitScreen(detail), callback=answered)
+
+    @property
+    def exit_code(self) -> int:
+        if self.failure is not None:
+            return int(getattr(self.failure, "exit_code", EXIT_NOT_CONTAINED))
+        if not self.incident_open:
+            return EXIT_OK
+        if self.contain_done and (self.contained or self.model.dry_run):
+            return EXIT_OK
+        return EXIT_NOT_CONTAINED
+
+    def action_toggle_dry_run(self) -> None:
+        if self.incident_open or self.session.incident_opened.is_set():
+            self.notify("dry-run can only be changed before an incident opens", severity="warning")
+            return
+        value = not self.session.options.dry_run
+        set_dry_run(self.session, value)
+        self.model.set_dry_run(value)
+        self.notify("dry-run ON: every write will be sent with dryRun=All" if value
+                    else "dry-run OFF: containment will write to the cluster",
+                    severity="warning" if not value else "information")
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_plan(self) -> None:
+        self._show_plan()
+
+    @work(group="plan", exclusive=True)
+    async def _show_plan(self) -> None:
+        try:
+            plan_fn = getattr(self.session, "plan", None)
+            if plan_fn is None:
+                from responder.commands import build_plan
+
+                plan = build_plan(self.session)  # type: ignore[arg-type]
+            else:
+                plan = plan_fn()
+        except Exception as exc:
+            self.notify(f"no plan: {type(exc).__name__}: {exc}", severity="error")
+            return
+        await self.push_screen(PlanScreen(plan))
+
+    def action_undo(self) -> None:
+        if self.containing:
+            self.notify("containment is running: undo after it finished", severity="warning")
+            return
+        if getattr(self.session, "journal", None) is None:
+            self.notify("no incident journal yet: nothing to undo", severity="warning")
+            return
+        self._undo()
+
+    @work(group="undo", exclusive=True)
+    async def _undo(self) -> None:
+        journal = self.session.journal
+        plan = journal.undo_plan()
+        if not plan:
+            self.notify("nothing to undo: no reversible write succeeded in this incident")
+            return
+        name = Path(getattr(journal, "path", "journal")).name
+        request = ConfirmationRequest(
+            "undo", "undo", f"Revert, newest first, the {len(plan)} reversible writes recorded in {name}: "
+                            "re-attach detached namespaces (only to live Tenants), restore Capsule's webhook "
+                            "matchConditions, scale Capsule back.",
+            tuple(f"{e.get('action')} {e.get('target')}" for e in plan), str(len(plan)))
+        if not await self.confirm(request):
+            self.model.add_note("undo refused", at=self.clock())
+            return
+        self.model.add_note(f"undo: reverting {len(plan)} writes", at=self.clock(), alert=True)
+        try:
+            undo = getattr(self.session, "undo", None)
+            if undo is not None:
+                result = await undo()
+            else:
+                from responder.commands import undo_journal
+
+                result = await undo_journal(self.session.client, journal)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self.model.add_note(f"undo failed: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
+            self.notify(f"undo failed: {exc}", severity="error")
+            return
+        undone, skipped, failed = (len(result.get(k) or []) for k in ("undone", "skipped", "failed"))
+        self.model.add_note(f"undo: {undone} undone, {skipped} skipped, {failed} failed", at=self.clock(),
+                            alert=bool(failed))
+        for entry in (result.get("skipped") or [])[:5]:
+            self.model.add_note(f"undo skipped {entry.get('target')}: {entry.get('reason')}", at=self.clock())
+        self.notify(f"undo: {undone} undone, {skipped} skipped, {failed} failed",
+                    severity="error" if failed else "information")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
+        yield SystemCommand("Quit responder", "Quit (asks first while an incident is open)",
+                            self.action_request_quit)
+        yield SystemCommand("Toggle dry-run", "Send every write with dryRun=All (only before an incident)",
+                            self.action_toggle_dry_run)
+        yield SystemCommand("Show plan", "What responder sees now and what it would do", self.action_plan)
+        yield SystemCommand("Undo incident writes", "Revert the reversible writes of this incident (asks first)",
+                            self.action_undo)
+        yield SystemCommand("Help: keys", "Key bindings and what the states mean", self.action_help)
+
+
+def set_dry_run(session: Any, value: bool) -> None:
+    """Switch dry-run on the session's options AND its client: the engine marks writes dry-run from
+    the options, but the client is what adds dryRun=All to the requests."""
+    session.options.dry_run = value
+    client = getattr(session, "client", None)
+    if client is not None and hasattr(client, "dry_run"):
+        client.dry_run = value
+
+
+class _FeedLogHandler(logging.Handler):
+    """Log records into the event feed while the TUI owns the terminal (stderr would tear it)."""
+
+    def __init__(self, app: ResponderApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.app.log_records.append((record.created, self.format(record).splitlines()[0], record.levelno))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def logging_into(app: ResponderApp) -> Iterator[None]:
+    root = logging.getLogger()
+    terminals = {sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__}
+    moved = [h for h in root.handlers
+             if type(h) is logging.StreamHandler and getattr(h, "stream", None) in terminals]
+    for handler in moved:
+        root.removeHandler(handler)
+    ours = _FeedLogHandler(app)
+    root.addHandler(ours)
+    try:
+        yield
+    finally:
+        root.removeHandler(ours)
+        for handler in moved:
+            root.addHandler(handler)
+
+
+async def run_tui_async(session: SessionLike, *, confirmer: TuiConfirmer | None = None, **options: Any) -> int:
+    """Run the app in the running event loop (the session's, after its preflight); the exit code:
+    0 no incident / contained / dry run, 1 not contained (or interrupted), else the failure's code."""
+    app = ResponderApp(session, confirmer=confirmer, **options)
+    with logging_into(app):
+        result = await app.run_async()
+    if result is None:
+        return app.return_code if app.return_code else app.exit_code
+    return int(result)
+
+
+def run_tui(session: SessionLike, **options: Any) -> int:
+    """Run the TUI on `session` (preflight already done) and return the exit code."""
+    return asyncio.run(run_tui_async(session, **options))

@@ -1,0 +1,168 @@
+"""`python -m responder.tui.bench`: how the TUI keeps up with a large incident. Prints JSON.
+
+10,000 namespaces (100 tenants), all at risk; then the engine's detach changes their state at
+1,000 per second for ~5 s, twice: "steady" (the rate spread over 10 ms ticks) and "burst" (1,000
+changes at once every second). Each change is what the real engine and watch deliver: a `write`
+engine event and the namespace's MODIFIED watch event (plus a step-progress per tick).
+
+Measured:
+- event-to-screen latency: from the event reaching the TUI to the end of the screen refresh that
+  shows it (the model's coalesced changes are applied on a timer; `call_after_refresh` marks the end);
+- key-press latency while the burst runs: Pilot presses `down` in the table, until the refresh after
+  it has been processed;
+- frame time: the time spent applying one frame's changes to the widgets.
+
+The app runs headless under Pilot: the compositor renders every frame but writes no bytes to a
+terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from responder.cluster.watch import ADDED, MODIFIED, WatchEvent
+from responder.detect import Trigger
+from responder.engine import EngineEvent
+from responder.tui.app import ResponderApp
+from responder.tui.replay import (FIXED_EPOCH, TENANT_CRD, Hold, ReplaySession, Scenario, crd_obj, deployment_obj,
+                                  namespace_obj, tenant_obj, webhook_obj)
+
+
+def bench_scenario(namespaces: int, tenants: int) -> tuple[Scenario, list[tuple[str, str]]]:
+    per = max(1, namespaces // tenants)
+    tenant_names = [f"tenant-{i:03d}" for i in range(tenants)]
+    names = [(t, f"{t}-ns-{j:04d}") for t in tenant_names for j in range(per)][:namespaces]
+    ts = "2026-09-21T13:33:20Z"
+    initial = [WatchEvent(ADDED, "crd", crd_obj(deleting=ts))]
+    initial += [WatchEvent(ADDED, "tenants", tenant_obj(t)) for t in tenant_names]
+    initial += [WatchEvent(ADDED, "namespaces", namespace_obj(n, t)) for t, n in names]
+    initial += [WatchEvent(ADDED, "deployment", deployment_obj(0)),
+                WatchEvent(ADDED, "validatingwebhooks", webhook_obj(exempt="responder"))]
+    contain = [EngineEvent("step-started", "detach", {"action": "detach-namespaces", "description": "bench"}),
+               Hold("bench")]
+    trigger = Trigger("crd-deleting", f"the Tenant CRD {TENANT_CRD} is being deleted", FIXED_EPOCH, (TENANT_CRD,))
+    return Scenario(initial=initial, trigger=trigger, contain=contain, identity="responder"), names
+
+
+def percentiles(samples: list[float]) -> dict[str, Any]:
+    if not samples:
+        return {"samples": 0}
+    ordered = sorted(samples)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2)
+
+    return {"samples": len(ordered), "p50": pct(50), "p90": pct(90), "p99": pct(99),
+            "max": round(ordered[-1] * 1000, 2), "mean": round(statistics.fmean(ordered) * 1000, 2)}
+
+
+async def produce(session: ReplaySession, todo: list[tuple[str, str]], *, rate: int, seconds: float,
+                  tick: float, done_before: int, total: int) -> int:
+    """Detach `rate` namespaces per second, `rate * tick` at each tick, for `seconds`."""
+    per_tick = max(1, int(rate * tick))
+    ticks = int(seconds / tick)
+    start = time.perf_counter()
+    sent = 0
+    for i in range(ticks):
+        batch, todo[:] = todo[:per_tick], todo[per_tick:]
+        for tenant, name in batch:
+            session.emit_engine(EngineEvent("write", "detach", {"action": "detach", "target": name, "method": "PATCH",
+                                                                 "dry_run": False}))
+            session.emit_watch(WatchEvent(MODIFIED, "namespaces", namespace_obj(name, tenant, rv=3, owned=False)))
+        sent += len(batch)
+        session.emit_engine(EngineEvent("step-progress", "detach", {"done": done_before + sent, "total": total,
+                                                                     "note": ""}))
+        delay = start + (i + 1) * tick - time.perf_counter()
+        await asyncio.sleep(max(0.0, delay))
+    return sent
+
+
+async def phase(app: ResponderApp, pilot: Any, session: ReplaySession, todo: list[tuple[str, str]], *, rate: int,
+                seconds: float, tick: float, done_before: int, total: int) -> dict[str, Any]:
+    await app.settle()
+    await pilot.pause()
+    assert app.latency_samples is not None
+    app.latency_samples.clear()
+    app.flush_seconds.clear()
+    keys: list[float] = []
+    started = time.perf_counter()
+    producer = asyncio.create_task(produce(session, todo, rate=rate, seconds=seconds, tick=tick,
+                                           done_before=done_before, total=total))
+    key = 0
+    while not producer.done():
+        await asyncio.sleep(0.1)
+        t0 = time.perf_counter()
+        await pilot.press("down" if key % 2 == 0 else "up")
+        await app.next_refresh()
+        keys.append(time.perf_counter() - t0)
+        key += 1
+    sent = await producer
+    elapsed = time.perf_counter() - started
+    # Let the last frame land so its events are counted.
+    for _ in range(5):
+        await asyncio.sleep(app.flush_interval)
+        await app.next_refresh()
+    return {"rate_per_s": rate, "tick_ms": round(tick * 1000), "seconds": round(elapsed, 2), "changes": sent,
+            "achieved_per_s": round(sent / elapsed, 1),
+            "event_to_screen_ms": percentiles(list(app.latency_samples)),
+            "keypress_ms": percentiles(keys), "frame_ms": percentiles(list(app.flush_seconds))}
+
+
+async def run(namespaces: int, tenants: int, rate: int, seconds: float, size: tuple[int, int]) -> dict[str, Any]:
+    scenario, names = bench_scenario(namespaces, tenants)
+    journal_dir = Path(tempfile.mkdtemp(prefix="responder-tui-bench-"))
+    session = ReplaySession(scenario, journal_dir=journal_dir, speed=0)
+    app = ResponderApp(session, track_latency=True)
+    t0 = time.perf_counter()
+    async with app.run_test(size=size) as pilot:
+        await session.reached("bench", timeout=120)
+        while app.model.pending or not app.model.ready or app.panel.table.row_count < namespaces:
+            await asyncio.sleep(0.02)
+        await app.next_refresh()
+        load = time.perf_counter() - t0
+        rows = app.panel.table.row_count
+        todo = list(names)
+        steady = await phase(app, pilot, session, todo, rate=rate, seconds=seconds, tick=0.01, done_before=0,
+                             total=namespaces)
+        burst = await phase(app, pilot, session, todo, rate=rate, seconds=seconds, tick=1.0,
+                            done_before=steady["changes"], total=namespaces)
+        await app.settle()
+        counts = dict(app.model.counts)
+        session.release("bench")
+        app.exit(0)
+    await session.close()
+    worst = max(steady["event_to_screen_ms"].get("p99", 0), burst["event_to_screen_ms"].get("p99", 0),
+                steady["keypress_ms"].get("p99", 0), burst["keypress_ms"].get("p99", 0))
+    return {"namespaces": namespaces, "tenants": tenants, "table_rows": rows, "terminal": f"{size[0]}x{size[1]}",
+            "headless": True, "initial_load_s": round(load, 2), "steady": steady, "burst": burst,
+            "final_counts": counts, "target_p99_ms": 100, "worst_p99_ms": worst, "meets_target": worst < 100,
+            "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m responder.tui.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--namespaces", type=int, default=10_000)
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=1000, help="state changes per second")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per phase (steady, then burst)")
+    parser.add_argument("--size", default="120x40", help="terminal WIDTHxHEIGHT")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.rate * args.seconds * 2 > args.namespaces:
+        parser.error("need at least rate * seconds * 2 namespaces (each change detaches a new one)")
+    result = asyncio.run(run(args.namespaces, args.tenants, args.rate, args.seconds, (width, height)))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""The TUI's model: everything the screen shows, built only from the events a session emits.
+
+Pure Python (no Textual) so it can be unit tested and benchmarked. It decides nothing about the
+incident: namespace verdicts come from `responder.triage` (the one place that classifies), the
+breaker state is read off the breaker step's own events and the Capsule Deployment's replicas,
+step states off the engine's step events.
+
+What it adds is bookkeeping for a smooth screen: it keeps the objects the watch streams deliver,
+re-triages only the namespaces an event can affect, and hands the table the rows that changed since
+it last looked, coalesced (a row changed ten times between two frames is handed over once).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from responder import triage
+from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
+from responder.engine import EngineEvent
+
+NO_TENANT = ""
+# The streams whose initial lists must be in before a verdict means anything: a namespace listed
+# before its Tenant would look orphaned (owner "not found") and show as at-risk for a frame.
+TRIAGE_STREAMS = frozenset({"crd", "tenants", "namespaces"})
+STATE_ORDER = tuple(s.value for s in triage.NsState)
+# Most urgent first: counts and tenant rows lead with what needs attention.
+URGENCY = ("at-risk", "terminating", "gone", "restoring", "detached", "re-adopted", "restored", "safe", "protected")
+BREAKER_ACTION = "trip-breaker"
+
+
+def utc_clock(at: float, *, millis: bool = True) -> str:
+    """HH:MM:SS(.mmm) in UTC, the journal's time zone, so feed and journal lines line up."""
+    stamp = _dt.datetime.fromtimestamp(at, _dt.timezone.utc)
+    return stamp.strftime("%H:%M:%S") + (f".{stamp.microsecond // 1000:03d}" if millis else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One namespace as the table shows it."""
+
+    name: str
+    tenant: str  # NO_TENANT when it belongs to none
+    state: str  # a triage.NsState value
+    reason: str
+
+
+@dataclass
+class TableChanges:
+    """What changed since the table last looked."""
+
+    added: list[Row] = field(default_factory=list)
+    updated: list[tuple[Row, Row]] = field(default_factory=list)  # (before, after)
+    removed: list[Row] = field(default_factory=list)
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)  # tenants whose counts changed
+    arrivals: list[float] = field(default_factory=list)  # perf_counter() of the events folded in
+    complete: bool = True  # False: more rows are waiting (a large re-triage is spread over frames)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.updated or self.removed or self.tenants)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLine:
+    at: float
+    resource: str
+    type: str
+    name: str
+    detail: str
+    alert: bool = False
+
+    @property
+    def text(self) -> str:
+        name = f" {self.name}" if self.name else ""
+        detail = f"  {self.detail}" if self.detail else ""
+        return f"{utc_clock(self.at)} {self.type:<8} {self.resource}{name}{detail}"
+
+
+@dataclass
+class StepView:
+    id: str
+    action: str = ""
+    description: str = ""
+    status: str = "pending"  # pending | running | waiting | finished | failed | skipped
+    summary: str = ""
+    done: int | None = None
+    total: int | None = None
+    note: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    writes: int = 0
+
+    def elapsed(self, now: float) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.finished_at if self.finished_at is not None else now) - self.started_at)
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: str
+    kind: str
+    reason: str
+    at: float
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _tenant_ref_names(ns: Mapping[str, Any]) -> set[str]:
+    return {r.get("name") or "" for r in triage.tenant_refs(ns)}
+
+
+def capsule_version(deployment: Mapping[str, Any] | None) -> str:
+    """The Capsule version from its Deployment: the controller image's tag, else the version label."""
+    if not deployment:
+        return "?"
+    containers = ((((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
+    images = [c.get("image") or "" for c in containers]
+    for image in sorted(images, key=lambda i: "capsule" not in i):
+        ref = image.split("@", 1)[0]
+        last = ref.rsplit("/", 1)[-1]
+        if ":" in last:
+            return last.rsplit(":", 1)[1]
+    labels = _meta(deployment).get("labels") or {}
+    for key in ("app.kubernetes.io/version", "version"):
+        if labels.get(key):
+            return str(labels[key])
+    return "?"
+
+
+def describe_watch(event: WatchEvent) -> tuple[str, bool]:
+    """A short detail for the feed and whether the line is an alert."""
+    obj = event.object
+    meta = _meta(obj)
+    deleting = bool(meta.get("deletionTimestamp"))
+    if event.type == TYPE_GONE:
+        return "resource type gone (its CRD was deleted)", True
+    if event.resource == "crd":
+        if event.type == DELETED:
+            return "Tenant CRD deleted", True
+        return ("DELETING (deletionTimestamp set)", True) if deleting else ("present", False)
+    if event.resource == "tenants":
+        if event.type == DELETED:
+            return "deleted", True
+        fins = len(meta.get("finalizers") or [])
+        return (f"terminating ({fins} finalizers)", True) if deleting else ("", False)
+    if event.resource == "namespaces":
+        if event.type == DELETED:
+            return "deleted", True
+        refs = triage.tenant_refs(obj)
+        owner = f"Tenant {refs[0].get('name')}" if refs else "no Tenant owner"
+        return (f"Terminating; {owner}", True) if deleting else (owner, False)
+    if event.resource == "deployment":
+        spec = (obj.get("spec") or {}).get("replicas")
+        ready = (obj.get("status") or {}).get("readyReplicas") or 0
+        if event.type == DELETED:
+            return "Capsule Deployment deleted", True
+        return f"replicas {spec}, ready {ready}", spec == 0
+    if event.resource in ("validatingwebhooks", "mutatingwebhooks"):
+        hooks = obj.get("webhooks") or []
+        conditions = sum(len(h.get("matchConditions") or []) for h in hooks)
+        return f"{len(hooks)} webhooks, {conditions} matchConditions", event.type == DELETED
+    return "", False
+
+
+def format_journal(rec: Mapping[str, Any]) -> str:
+    """One journal record as one short line."""
+    ts = str(rec.get("ts") or "")
+    ts = ts[11:19] if len(ts) >= 19 else ts
+    kind = rec.get("kind")
+    step = rec.get("step") or ""
+    if kind == "intent":
+        dry = " (dry-run)" if rec.get("dry_run") else ""
+        return f"{ts} #{rec.get('seq')} {step} {rec.get('action')} {rec.get('target')}{dry}"
+    if kind == "outcome":
+        detail = f" {rec.get('detail')}" if rec.get("detail") else ""
+        return f"{ts} #{rec.get('seq')} -> #{rec.get('intent')} {rec.get('status')}{detail}"
+    if kind == "step":
+        detail = f": {rec.get('detail')}" if rec.get("detail") else ""
+        return f"{ts} step {step} {rec.get('status')}{detail}"
+    if kind == "log":
+        return f"{ts} {step}: {rec.get('message')}"
+    if kind == "confirmation":
+        return f"{ts} {step} confirmation: {rec.get('answer')}"
+    if kind == "trigger":
+        trig = rec.get("trigger") or {}
+        return f"{ts} trigger {trig.get('kind')}: {trig.get('reason')}"
+    if kind == "undone":
+        return f"{ts} #{rec.get('seq')} undone #{rec.get('intent')}"
+    return f"{ts} {kind}"
+
+
+class TuiState:
+    """The model behind the screen. Feed it events; read rows, counts, steps, header fields."""
+
+    def __init__(self, *, protected: Iterable[str] = (), steps: Iterable[tuple[str, str, str]] = (),
+                 context: str = "", server: str = "", identity: str = "", dry_run: bool = False,
+                 auto: bool = True, yes: bool = False, feed_limit: int = 500, journal_limit: int = 200,
+                 track_latency: bool = False) -> None:
+        self.context, self.server, self.identity = context, server, identity
+        self.dry_run, self.auto, self.yes = dry_run, auto, yes
+        self.protected = frozenset(protected)
+        # The cluster picture, kept from watch events (plus one seed from the session's own view).
+        self.crd: dict[str, Any] | None = None
+        self.crd_synced = False
+        self.tenants: dict[str, dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.deployment: dict[str, Any] | None = None
+        self.known: dict[str, str] = {}  # tenant namespaces ever seen (and the shadow's): ns -> tenant
+        self.detached: dict[str, str] = {}  # persisted detach writes seen: ns -> tenant
+        self._by_tenant_ref: dict[str, set[str]] = {}  # tenant name -> namespaces referencing it
+        self.synced: set[str] = set()
+        self._listed: Counter[str] = Counter()  # ADDED before a stream's SYNCED (not fed line by line)
+        self.seeded = False
+        self._view = self._make_view()
+        # Rows and what the table has not seen yet.
+        self.rows: dict[str, Row] = {}
+        self.counts: Counter[str] = Counter()
+        self.tenant_counts: dict[str, Counter[str]] = {}
+        self._pending: dict[str, None] = {}  # names to re-triage, insertion-ordered, coalesced
+        self._arrivals: list[float] = []
+        self.track_latency = track_latency
+        # Feed, steps, journal, header.
+        self.feed: deque[FeedLine] = deque(maxlen=feed_limit)
+        self.feed_total = 0  # lines ever appended (widgets take the ones they have not shown)
+        self.steps: dict[str, StepView] = {}
+        for sid, action, description in steps:
+            self.steps[sid] = StepView(sid, action, description)
+        self.journal_tail: deque[str] = deque(maxlen=journal_limit)
+        self.journal_total = 0
+        self.breaker_result: str | None = None  # the breaker step's own verdict (data["breaker"])
+        self.incident: Incident | None = None
+        self.phase = "starting"  # starting | watching | containing | contained | not-contained | error
+        self.phase_detail = ""
+        self.waiting_confirmation: str | None = None
+        self.header_version = 0
+        self.steps_version = 0
+
+    # ---------------------------------------------------------------------------------- inputs
+
+    def seed(self, view: triage.ClusterView) -> None:
+        """Take the session's own consistent picture (after its watches synced): it adds what events
+        cannot carry (the shadow's known namespaces, the journal's detached ones)."""
+        self.protected = frozenset(view.protected) or self.protected
+        if view.crd_present and self.crd is None:
+            self.crd = {"metadata": {"name": "tenants.capsule.clastix.io"}}
+        if not view.crd_present:
+            self.crd = None
+        elif view.crd_deleting and not _meta(self.crd or {}).get("deletionTimestamp"):
+            self.crd = {**(self.crd or {}), "metadata": {**_meta(self.crd or {}), "deletionTimestamp": "seen"}}
+        self.crd_synced = True
+        self.tenants = dict(view.tenants)
+        self.namespaces = dict(view.namespaces)
+        self.known.update(view.known_namespaces)
+        self.detached.update(view.detached)
+        self._by_tenant_ref = {}
+        for name, ns in self.namespaces.items():
+            for t in _tenant_ref_names(ns):
+                self._by_tenant_ref.setdefault(t, set()).add(name)
+        self.seeded = True
+        self._view = self._make_view()
+        self._mark(set(self.namespaces) | set(self.known) | set(self.detached) | set(self.rows))
+        self.header_version += 1
+
+    @property
+    def ready(self) -> bool:
+        """Verdicts are shown once the session's picture is seeded or all triage streams listed."""
+        return self.seeded or TRIAGE_STREAMS <= self.synced
+
+    def apply_watch(self, event: WatchEvent, arrived: float | None = None) -> None:
+        if self.track_latency:
+            self._arrivals.append(arrived if arrived is not None else time.perf_counter())
+        res, kind, obj = event.resource, event.type, event.object
+        name = _meta(obj).get("name") or ""
+        self._feed_watch(event)
+        if kind == SYNCED or kind == TYPE_GONE:
+            was_ready = self.ready
+            self.synced.add(res)
+            if res == "crd":
+                self.crd_synced = True
+                self._crd_changed()
+            if not was_ready and self.ready:
+                self._mark(set(self.namespaces) | set(self.known))
+            if kind == TYPE_GONE and res == "tenants":
+                self._drop_all_tenants()
+            return
+        if res == "crd":
+            self.crd = None if kind == DELETED else obj
+            self._crd_changed()
+        elif res == "tenants":
+            if kind == DELETED:
+                self.tenants.pop(name, None)
+            else:
+                self.tenants[name] = obj
+            self._mark(self._by_tenant_ref.get(name, ()))
+        elif res == "namespaces":
+            old = self.namespaces.get(name)
+            for t in _tenant_ref_names(old) if old else ():
+                refs = self._by_tenant_ref.get(t)
+                if refs:
+                    refs.discard(name)
+            if kind == DELETED:
+                self.namespaces.pop(name, None)
+            else:
+                self.namespaces[name] = obj
+                for t in _tenant_ref_names(obj):
+                    self._by_tenant_ref.setdefault(t, set()).add(name)
+            self._mark((name,))
+        elif res == "deployment":
+            self.deployment = None if kind == DELETED else obj
+            self.header_version += 1
+
+    def apply_engine(self, event: EngineEvent, arrived: float | None = None) -> None:
+        if self.track_latency:
+            self._arrivals.append(arrived if arrived is not None else time.perf_counter())
+        data = dict(event.data)
+        step = self.steps.get(event.step)
+        if step is None:
+            step = self.steps[event.step] = StepView(event.step)
+        if event.kind != "confirm" and self.waiting_confirmation == event.step:
+            # Any later event of that step means the operator answered.
+            self.waiting_confirmation = None
+            if step.status == "waiting":
+                step.status, step.note = "running", ""
+            self.header_version += 1
+        if event.kind == "step-started":
+            step.action = data.get("action") or step.action
+            step.description = data.get("description") or step.description
+            step.status, step.started_at, step.finished_at = "running", event.at, None
+            step.done = step.total = None
+            step.summary = step.note = ""
+        elif event.kind == "step-progress":
+            step.done, step.total = data.get("done"), data.get("total")
+            step.note = data.get("note") or step.note
+        elif event.kind == "step-finished":
+            step.status = data.get("status") or "finished"
+            step.summary = data.get("summary") or ""
+            step.finished_at = event.at
+            if step.started_at is None:
+                step.started_at = event.at
+            if "breaker" in data and (step.action == BREAKER_ACTION or event.step == "breaker"):
+                self.breaker_result = str(data["breaker"])
+                self.header_version += 1
+        elif event.kind == "confirm":
+            step.status = "waiting"
+            step.note = f"waiting for confirmation: {data.get('summary', '')}"
+            self.waiting_confirmation = event.step
+        elif event.kind == "write":
+            step.writes += 1
+            if data.get("action") == "detach" and not data.get("dry_run"):
+                target = str(data.get("target") or "")
+                row = self.rows.get(target)
+                self.detached[target] = row.tenant if row else self.known.get(target, "")
+                self._mark((target,))
+        elif event.kind == "log":
+            self._add_feed(FeedLine(event.at, "engine", str(data.get("level", "info")).upper(), event.step,
+                                    str(data.get("message", "")), data.get("level") == "warning"))
+        if event.kind == "confirm":
+            self.header_version += 1
+        self.steps_version += 1
+
+    def open_incident(self, incident_id: str, kind: str, reason: str, at: float) -> None:
+        self.incident = Incident(incident_id, kind, reason, at)
+        self.phase = "containing"
+        self.header_version += 1
+
+    def set_phase(self, phase: str, detail: str = "") -> None:
+        self.phase, self.phase_detail = phase, detail
+        self.header_version += 1
+
+    def set_dry_run(self, value: bool) -> None:
+        self.dry_run = value
+        self.header_version += 1
+
+    def add_note(self, text: str, *, at: float, alert: bool = False, source: str = "responder") -> None:
+        """A line from responder itself (a log record, an undo result) into the feed."""
+        self._add_feed(FeedLine(at, source, "NOTE", "", text, alert))
+
+    def add_journal_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for rec in records:
+            self.journal_tail.append(format_journal(rec))
+            self.journal_total += 1
+        self.steps_version += 1
+
+    # --------------------------------------------------------------------------------- outputs
+
+    def flush(self, limit: int | None = None) -> TableChanges:
+        """Re-triage what events touched (at most `limit` namespaces) and return the differences."""
+        changes = TableChanges()
+        if not self.ready or not self._pending:
+            if self._arrivals and not self._pending:
+                changes.arrivals, self._arrivals = self._arrivals, []
+            return changes
+        if limit is None or limit >= len(self._pending):
+            names, self._pending = list(self._pending), {}
+        else:
+            names = []
+            for name in self._pending:
+                names.append(name)
+                if len(names) >= limit:
+                    break
+            for name in names:
+                del self._pending[name]
+        touched: set[str] = set()
+        for name in names:
+            before = self.rows.get(name)
+            after = self._triage(name)
+            if after == before:
+                continue
+            if before is not None:
+                self._count(before, -1)
+                touched.add(before.tenant)
+            if after is None:
+                del self.rows[name]
+                assert before is not None
+                changes.removed.append(before)
+                continue
+            self.rows[name] = after
+            self._count(after, +1)
+            touched.add(after.tenant)
+            if after.tenant and after.state != triage.NsState.GONE.value:
+                self.known[name] = after.tenant
+            if before is None:
+                changes.added.append(after)
+            else:
+                changes.updated.append((before, after))
+        changes.tenants = {t: dict(self.tenant_counts.get(t) or {}) for t in touched}
+        changes.complete = not self._pending
+        if changes.complete:
+            changes.arrivals, self._arrivals = self._arrivals, []
+        return changes
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take_feed(self, shown_total: int) -> list[FeedLine]:
+        """Feed lines appended after the first `shown_total` (at most what the feed still holds)."""
+        new = self.feed_total - shown_total
+        if new <= 0:
+            return []
+        lines = list(self.feed)
+        return lines[-new:] if new < len(lines) else lines
+
+    def capsule_replicas(self) -> int | None:
+        if self.deployment is None:
+            return None
+        replicas = (self.deployment.get("spec") or {}).get("replicas")
+        return int(replicas) if replicas is not None else 1
+
+    def capsule_version(self) -> str:
+        return capsule_version(self.deployment)
+
+    def mode(self) -> str:
+        if self.dry_run:
+            return "dry-run"
+        if not self.auto:
+            return "confirm"
+        return "auto --yes" if self.yes else "auto"
+
+    def breaker(self) -> tuple[str, str]:
+        """(armed | tripped | verified | unavailable | unknown, a short explanation)."""
+        replicas = self.capsule_replicas()
+        result = self.breaker_result
+        if result == "unavailable":
+            return "unavailable", "no fail-closed Capsule webhook guards namespace deletes"
+        if replicas == 0:
+            if result == "verified":
+                return "verified", "Capsule at 0; namespace deletes refused for all but responder"
+            if result:
+                return "tripped", f"Capsule at 0; not verified ({result})"
+            return "tripped", "Capsule at 0 replicas"
+        if replicas is None:
+            return "unknown", "no Capsule Deployment seen"
+        if result == "dry-run":
+            return "armed", "dry run: nothing was tripped"
+        if result == "verified":
+            return "armed", f"Capsule back at {replicas} replicas: breaker no longer holds"
+        return "armed", f"Capsule at {replicas} replicas"
+
+    def tenant_summary(self, tenant: str) -> str:
+        counts = self.tenant_counts.get(tenant) or {}
+        return " ".join(f"{s} {counts[s]}" for s in URGENCY if counts.get(s))
+
+    # -------------------------------------------------------------------------------- internals
+
+    def _make_view(self) -> triage.ClusterView:
+        crd = self.crd
+        # Until the CRD stream has listed, assume the CRD is there: "absent" would flag every tenant
+        # namespace at-risk for a frame.
+        present = crd is not None or not self.crd_synced
+        return triage.ClusterView(
+            crd_present=present, crd_deleting=bool(crd and _meta(crd).get("deletionTimestamp")),
+            tenants=self.tenants, namespaces=self.namespaces, protected=self.protected,
+            known_namespaces=self.known, detached=self.detached)
+
+    def _crd_changed(self) -> None:
+        old = (self._view.crd_present, self._view.crd_deleting)
+        self._view = self._make_view()
+        if (self._view.crd_present, self._view.crd_deleting) != old:
+            affected: set[str] = set()
+            for names in self._by_tenant_ref.values():
+                affected |= names
+            self._mark(affected)
+        self.header_version += 1
+
+    def _drop_all_tenants(self) -> None:
+        names = list(self.tenants)
+        self.tenants.clear()
+        for name in names:
+            self._mark(self._by_tenant_ref.get(name, ()))
+
+    def _mark(self, names: Iterable[str]) -> None:
+        pending = self._pending
+        for name in names:
+            pending[name] = None
+
+    def _triage(self, name: str) -> Row | None:
+        ns = self.namespaces.get(name)
+        if ns is not None:
+            verdict = triage.triage_namespace(ns, self._view)
+        elif name in self.known or name in self.detached:
+            # Gone: let triage word it, from a view holding only what responder knew of it.
+            view = triage.ClusterView(
+                crd_present=self._view.crd_present, crd_deleting=self._view.crd_deleting, tenants={},
+                namespaces={}, protected=self.protected, known_namespaces={name: self.known.get(name, "")},
+                detached={name: self.detached[name]} if name in self.detached else {})
+            verdicts = triage.triage(view)
+            if not verdicts:
+                return None
+            verdict = verdicts[0]
+        else:
+            return None
+        return Row(verdict.name, verdict.tenant or NO_TENANT, triage.NsState(verdict.state).value, verdict.reason)
+
+    def _count(self, row: Row, delta: int) -> None:
+        self.counts[row.state] += delta
+        per = self.tenant_counts.setdefault(row.tenant, Counter())
+        per[row.state] += delta
+        if per[row.state] <= 0:
+            del per[row.state]
+        if self.counts[row.state] <= 0:
+            del self.counts[row.state]
+
+    def _feed_watch(self, event: WatchEvent) -> None:
+        if event.type == SYNCED:
+            listed = self._listed.pop(event.resource, 0)
+            self._add_feed(FeedLine(event.received, event.resource, "SYNCED", "", f"listed {listed}"))
+            return
+        if event.type == ADDED and event.resource not in self.synced:
+            self._listed[event.resource] += 1  # the initial list: one summary line at SYNCED
+            return
+        detail, alert = describe_watch(event)
+        self._add_feed(FeedLine(event.received, event.resource, event.type,
+                                _meta(event.object).get("name") or "", detail, alert))
+
+    def _add_feed(self, line: FeedLine) -> None:
+        self.feed.append(line)
+        self.feed_total += 1
+
+
+__all__ = ["TuiState", "Row", "TableChanges", "FeedLine", "StepView", "Incident", "capsule_version",
+           "format_journal", "describe_watch", "utc_clock", "MODIFIED"]

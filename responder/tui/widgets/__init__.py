@@ -1,0 +1,1 @@
+"""Widgets of the main screen; each renders a part of `responder.tui.state.TuiState`."""

@@ -1,0 +1,261 @@
+"""The triage table: every namespace's state, grouped by tenant, with counts per state.
+
+It is built for 10,000+ rows: rows are keyed (`ns:<name>`, `tenant:<name>`) and never rebuilt; the
+app hands it the coalesced changes of the last frame (`TableChanges`) and it touches only those
+cells with `update_cell`. Rows are re-sorted only when rows were added or moved to another tenant.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+from textual.widgets.data_table import RowDoesNotExist
+
+from responder.tui.state import NO_TENANT, URGENCY, Row, TableChanges, TuiState
+
+STATE_STYLE = {"at-risk": "bold reverse", "terminating": "bold", "gone": "bold strike", "detached": "",
+               "safe": "", "protected": "dim", "restoring": "italic", "restored": "", "re-adopted": ""}
+NAME_WIDTH, STATE_WIDTH, REASON_WIDTH = 23, 13, 200
+
+
+class KeyedText(Text):
+    """A cell that carries the row's place in the tenant grouping (DataTable.sort sees only cells)."""
+
+    def __init__(self, text: str, sort_key: tuple, style: str = "") -> None:
+        super().__init__(text, style=style, no_wrap=True, overflow="ellipsis", end="")
+        self.sort_key = sort_key
+
+
+def group_key(tenant: str) -> tuple:
+    return (tenant == NO_TENANT, tenant)
+
+
+def tenant_label(tenant: str) -> str:
+    return tenant or "(no tenant)"
+
+
+def _cell(text: str, style: str = "") -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
+
+
+class TriageTable(DataTable):
+    """A DataTable tuned for many rows whose cells change often.
+
+    DataTable keys its row-order and line-offset caches on a counter that every `update_cell` bumps,
+    so with 10,000 rows each frame with a changed cell rebuilt two 10,000-entry lists. Here they are
+    cached until the rows themselves change (added, removed, sorted, cleared; all rows are one line
+    high), and the `refresh()` of each `update_cell` in a frame is folded into one.
+    """
+
+    DEFAULT_CSS = """
+    TriageTable { height: 1fr; scrollbar-size-vertical: 1; scrollbar-size-horizontal: 0; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_row_labels=False)
+        self._groups: dict[str, int] = {}  # tenant -> namespace rows in it
+        self._info: dict[str, str] = {}  # row key -> "name: reason" (the detail line)
+        self._structure = 0  # bumped whenever rows are added, removed or reordered
+        self._order_cache: tuple[int, int, list] | None = None
+        self._offsets_cache: tuple[int, int, list] | None = None
+        self._batching = False
+        self._refresh_wanted = False
+
+    # -- caches keyed on the row structure, not on every cell update ------------------------------
+
+    @property
+    def ordered_rows(self) -> list:
+        key = (self._structure, self.row_count)
+        if self._order_cache is None or self._order_cache[:2] != key:
+            get_key, rows = self._row_locations.get_key, self.rows
+            self._order_cache = (*key, [rows[get_key(i)] for i in range(self.row_count)])
+        return self._order_cache[2]
+
+    @property
+    def _y_offsets(self) -> list:
+        key = (self._structure, self.row_count)
+        if self._offsets_cache is None or self._offsets_cache[:2] != key:
+            offsets = []
+            for row in self.ordered_rows:
+                offsets += [(row.key, y) for y in range(row.height)]
+            self._offsets_cache = (*key, offsets)
+        return self._offsets_cache[2]
+
+    def add_row(self, *cells, height: int | None = 1, key: str | None = None, label=None):
+        self._structure += 1
+        return super().add_row(*cells, height=height, key=key, label=label)
+
+    def remove_row(self, row_key) -> None:
+        self._structure += 1
+        super().remove_row(row_key)
+
+    def sort(self, *columns, key=None, reverse: bool = False):
+        self._structure += 1
+        return super().sort(*columns, key=key, reverse=reverse)
+
+    def clear(self, columns: bool = False):
+        self._structure += 1
+        return super().clear(columns)
+
+    def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
+        if self._batching and not regions and not layout and not recompose:
+            self._refresh_wanted = True
+            return self
+        return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
+
+    def on_mount(self) -> None:
+        self.add_column("Namespace", width=NAME_WIDTH, key="name")
+        self.add_column("State", width=STATE_WIDTH, key="state")
+        self.add_column("Reason", width=REASON_WIDTH, key="reason")
+
+    def apply(self, changes: TableChanges, model: TuiState) -> None:
+        """Apply one frame's changes: add, update (only the cells that changed), remove, re-count."""
+        self._batching, self._refresh_wanted = True, False
+        try:
+            self._apply(changes, model)
+        finally:
+            self._batching = False
+            if self._refresh_wanted:
+                self.refresh()
+
+    def _apply(self, changes: TableChanges, model: TuiState) -> None:
+        resort = False
+        for row in changes.added:
+            self._join(row.tenant)
+            self.add_row(*self._cells(row), key=f"ns:{row.name}")
+            self._info[f"ns:{row.name}"] = f"{row.name} ({row.state}): {row.reason}"
+            resort = True
+        for before, after in changes.updated:
+            key = f"ns:{after.name}"
+            if before.tenant != after.tenant:
+                self._leave(before.tenant, model)
+                self._join(after.tenant)
+                self.update_cell(key, "name", self._cells(after)[0])
+                resort = True
+            if before.state != after.state:
+                self.update_cell(key, "state", _cell(after.state, STATE_STYLE.get(after.state, "")))
+            if before.reason != after.reason:
+                self.update_cell(key, "reason", _cell(after.reason))
+            self._info[key] = f"{after.name} ({after.state}): {after.reason}"
+        for row in changes.removed:
+            try:
+                self.remove_row(f"ns:{row.name}")
+            except RowDoesNotExist:
+                pass
+            self._info.pop(f"ns:{row.name}", None)
+            self._leave(row.tenant, model)
+        for tenant in changes.tenants:
+            if tenant in self._groups:
+                self._update_group(tenant, model)
+        if resort:
+            self._resort()
+
+    # -- grouping ----------------------------------------------------------------------------------
+
+    def _cells(self, row: Row) -> tuple[Text, Text, Text]:
+        return (KeyedText(f"  {row.name}", (*group_key(row.tenant), 1, row.name)),
+                _cell(row.state, STATE_STYLE.get(row.state, "")), _cell(row.reason))
+
+    def _join(self, tenant: str) -> None:
+        if tenant not in self._groups:
+            self._groups[tenant] = 0
+            self.add_row(KeyedText(f"▾ {tenant_label(tenant)}", (*group_key(tenant), 0, ""), "bold"),
+                         _cell(""), _cell(""), key=f"tenant:{tenant}")
+        self._groups[tenant] += 1
+
+    def row_info(self, row_key: str) -> str:
+        """A line about a row (for the detail line under the table)."""
+        return self._info.get(row_key, "")
+
+    def _leave(self, tenant: str, model: TuiState) -> None:
+        left = self._groups.get(tenant, 0) - 1
+        if left > 0:
+            self._groups[tenant] = left
+            return
+        self._groups.pop(tenant, None)
+        self._info.pop(f"tenant:{tenant}", None)
+        try:
+            self.remove_row(f"tenant:{tenant}")
+        except RowDoesNotExist:
+            pass
+
+    def _update_group(self, tenant: str, model: TuiState) -> None:
+        key = f"tenant:{tenant}"
+        counts = model.tenant_counts.get(tenant) or {}
+        total = self._groups[tenant]
+        urgent = next((s for s in URGENCY if counts.get(s)), "")
+        self.update_cell(key, "name", KeyedText(f"▾ {tenant_label(tenant)} ({total})",
+                                                (*group_key(tenant), 0, ""), "bold"))
+        self.update_cell(key, "state", _cell(f"{counts[urgent]} {urgent}" if urgent else "",
+                                             "bold " + STATE_STYLE.get(urgent, "")))
+        summary = model.tenant_summary(tenant)
+        self.update_cell(key, "reason", _cell(summary, "bold"))
+        self._info[key] = f"Tenant {tenant_label(tenant)}: {total} namespaces: {summary}"
+
+    def _resort(self) -> None:
+        current = None
+        if self.row_count and self.cursor_row > 0:
+            try:
+                current = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+            except Exception:
+                current = None
+        self.sort("name", key=lambda cell: cell.sort_key)
+        if current is not None:
+            try:
+                self.move_cursor(row=self.get_row_index(current), animate=False)
+            except RowDoesNotExist:
+                pass
+
+
+class TriagePanel(Vertical):
+    """Counts per state over the table."""
+
+    DEFAULT_CSS = """
+    TriagePanel { border: round $panel-lighten-2; border-title-align: left; height: 1fr; }
+    TriagePanel:focus-within { border: round $accent; }
+    TriagePanel #counts { height: 1; padding: 0 1; }
+    TriagePanel #row-detail { height: 2; padding: 0 1; color: $text-muted; border-top: hkey $panel-lighten-2; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="counts")
+        yield TriageTable(id="triage")
+        yield Static(id="row-detail")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(event.row_key.value or "")
+
+    def show_detail(self, row_key: str | None = None) -> None:
+        table = self.table
+        if row_key is None:
+            if not table.row_count:
+                return
+            try:
+                row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
+            except Exception:
+                return
+        self.query_one("#row-detail", Static).update(Text(table.row_info(row_key), overflow="ellipsis"))
+
+    def on_mount(self) -> None:
+        self.border_title = "namespaces by tenant"
+
+    @property
+    def table(self) -> TriageTable:
+        return self.query_one(TriageTable)
+
+    def show_counts(self, model: TuiState) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis", end="")
+        if not model.ready:
+            text.append("waiting for the initial lists…", "dim")
+        else:
+            text.append(f"{sum(model.counts.values())} ns", "bold")
+            for state in URGENCY:
+                n = model.counts.get(state)
+                if n:
+                    text.append("  ")
+                    text.append(f"{state} {n}", STATE_STYLE.get(state, ""))
+            if model.pending:
+                text.append(f"  (triaging {model.pending}…)", "dim")
+        self.query_one("#counts", Static).update(text)
