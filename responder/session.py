@@ -18,7 +18,7 @@ from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.detect import Detector, Trigger, late_start_trigger
 from responder.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
-from responder.errors import ApiError, ConfigError, Forbidden, ResponderError
+from responder.errors import EXIT_FORBIDDEN, ApiError, ConfigError, Forbidden, ResponderError
 from responder.journal import Journal
 from responder.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
@@ -93,12 +93,17 @@ class Session:
 
     async def preflight(self) -> None:
         """Reachability and identity, before anything else (and before any UI starts)."""
+        # An unreachable cluster should fail the preflight fast, not after the write-retry deadline.
+        deadline, self.client.retry_deadline = self.client.retry_deadline, 10.0
         try:
             self.identity = await whoami(self.client)
         except Forbidden as exc:
-            raise ResponderError(f"the cluster refused responder's identity check: {exc.api_message}",
-                                 fix="grant create on selfsubjectreviews.authentication.k8s.io "
-                                     "(see `responder manifests rbac`)") from None
+            error = ResponderError(f"the cluster refused responder's identity check: {exc.api_message}",
+                                   fix="grant responder's identity create on selfsubjectreviews.authentication.k8s.io")
+            error.exit_code = EXIT_FORBIDDEN
+            raise error from None
+        finally:
+            self.client.retry_deadline = deadline
         if not self.identity:
             raise ResponderError("the API server did not say who responder is", fix="check the credentials")
         self.options.journal_dir.mkdir(parents=True, exist_ok=True)

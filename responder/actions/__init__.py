@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from responder.actions.breaker import TripBreaker
+from responder.actions.breaker import TripBreaker, VerifyBreaker
 from responder.actions.detach import DetachNamespaces
 from responder.actions.tenants import ReleaseTenantFinalizers
 from responder.actions.terminating import HandleTerminating
 from responder.runbook.schema import ActionSpec
 
-ACTIONS = {action.spec.name: action for action in (TripBreaker(), DetachNamespaces(), ReleaseTenantFinalizers(),
+ACTIONS = {action.spec.name: action for action in (TripBreaker(), DetachNamespaces(), VerifyBreaker(), ReleaseTenantFinalizers(),
                                                   HandleTerminating())}
 
 

@@ -77,9 +77,8 @@ def exemption_patch(obj: dict[str, Any], identity: str) -> tuple[list[dict[str, 
 class TripBreaker:
     spec = ActionSpec(
         name="trip-breaker",
-        description="Scale the Capsule controller to 0, exempt responder in Capsule's fail-closed webhooks, verify.",
-        params={"verifyTimeout": ParamSpec((int, float), default=30, description="seconds to wait for the refusal"),
-                "capsuleNamespace": ParamSpec(str, default="capsule-system"),
+        description="Scale the Capsule controller to 0 and exempt responder in Capsule's fail-closed webhooks.",
+        params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
                 "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
     )
 
@@ -113,17 +112,13 @@ class TripBreaker:
         # 2. Exempt responder (and only responder) in every fail-closed Capsule webhook.
         await self.ensure_exemption(ctx, hooks)
 
-        # 3. Verify: a dry-run DELETE by responder must now be refused by the webhook.
         if ctx.dry_run:
             data["breaker"] = "dry-run"
             return StepOutcome("finished", "dry run: breaker writes sent with dryRun=All; nothing changed", data)
-        verdict = await self.verify(ctx, float(ctx.params.get("verifyTimeout", 30)))
-        data["breaker"] = verdict
-        if verdict != "verified":
-            ctx.log(f"BREAKER NOT VERIFIED: {verdict}. Containment relies on speed.", level="warning")
-            return StepOutcome("finished", f"breaker not verified ({verdict})", data)
-        return StepOutcome("finished", f"Capsule at 0 (was {original}); namespace writes refused for everyone "
-                                       f"but {ctx.options.identity}", data)
+        # Verification is its own step (verify-breaker), after detach: detaching must not wait for the
+        # controller to finish shutting down.
+        data["breaker"] = "tripped"
+        return StepOutcome("finished", f"Capsule scaled to 0 (was {original}); responder exempted", data)
 
     async def ensure_exemption(self, ctx: StepContext, hooks: list[tuple[str, dict[str, Any]]]) -> None:
         for kind, obj in hooks:
@@ -151,6 +146,27 @@ class TripBreaker:
                 else:
                     raise
 
+
+class VerifyBreaker:
+    spec = ActionSpec(
+        name="verify-breaker",
+        description="Prove the breaker holds: a dry-run namespace DELETE by responder must be refused by Capsule's webhook.",
+        params={"verifyTimeout": ParamSpec((int, float), default=30, description="seconds to wait for the refusal")},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        hooks = ctx.observer.capsule_webhooks()
+        if not any(guards_namespace_delete(h) and fails_closed(h) for _, o in hooks for h in o.get("webhooks") or []):
+            return StepOutcome("finished", "breaker unavailable: nothing to verify", {"breaker": "unavailable"})
+        if ctx.dry_run:
+            return StepOutcome("finished", "dry run: the breaker was not tripped", {"breaker": "dry-run"})
+        verdict = await self.verify(ctx, float(ctx.params.get("verifyTimeout", 30)))
+        if verdict != "verified":
+            ctx.log(f"BREAKER NOT VERIFIED: {verdict}. Containment relies on speed.", level="warning")
+            return StepOutcome("finished", f"breaker not verified ({verdict})", {"breaker": verdict})
+        return StepOutcome("finished", f"namespace deletes refused for everyone but {ctx.options.identity}",
+                           {"breaker": "verified"})
+
     async def verify(self, ctx: StepContext, timeout: float) -> str:
         probe = next((n["metadata"]["name"] for n in ctx.observer.objects("namespaces")
                       if n["metadata"]["name"] not in ctx.options.protected
@@ -166,7 +182,7 @@ class TripBreaker:
             except ApiError as exc:
                 if "failed calling webhook" in exc.api_message:
                     # The controller (0.13+) may have rewritten its configuration before it stopped.
-                    await self.ensure_exemption(ctx, await self._fresh_hooks(ctx))
+                    await TripBreaker().ensure_exemption(ctx, await self._fresh_hooks(ctx))
                     ctx.journal.record("breaker-verified", step=ctx.step.id, probe=probe,
                                        refusal=exc.api_message[:300])
                     return "verified"

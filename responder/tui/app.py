@@ -12,6 +12,7 @@ A "session" is anything with the attributes of `responder.session.Session` used 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -43,7 +44,7 @@ from responder.tui.widgets.triage_table import TriagePanel, TriageTable
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.08  # seconds between two screen updates from the model
+FLUSH_INTERVAL = 0.05  # seconds between two screen updates from the model
 FLUSH_LIMIT = 2500  # namespaces re-triaged per frame at most (a 10k re-triage spreads over frames)
 JOURNAL_POLL = 0.25
 JOURNAL_LINES = 200
@@ -108,9 +109,7 @@ class ResponderApp(App[int]):
     #feed { height: 1fr; min-height: 5; }
     Screen.-wide RunbookPanel { width: 48; }
     Screen.-wide TriagePanel #row-detail { height: 3; }
-    /* Short terminals (80x24): finished and pending steps take one line; the journal gets the rest. */
-    Screen.-short RunbookPanel StepRow.-pending .detail { display: none; }
-    Screen.-short RunbookPanel StepRow.-done .detail { display: none; }
+    /* Short terminals (80x24): steps are compact (RunbookPanel.show); the journal gets the rest. */
     Screen.-short RunbookPanel #journal-title { margin-top: 0; }
     """
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
@@ -159,6 +158,7 @@ class ResponderApp(App[int]):
         self._shown = {"header": -1, "steps": -1}
         self._journal_path: Path | None = None
         self._journal_offset = 0
+        self._frozen = False
 
     # ------------------------------------------------------------------------------ layout
 
@@ -274,6 +274,12 @@ class ResponderApp(App[int]):
             self.call_after_refresh(self._record_latency, changes.arrivals)
         if changes or changes.arrivals:
             self.flush_seconds.append(time.perf_counter() - started)
+        if not self._frozen and model.ready and not model.pending and model.rows:
+            # The cluster picture and the table's rows are now loaded and live for the whole session:
+            # move them out of the garbage collector's reach, or every full collection walks them all
+            # (measured: 100-300 ms pauses with 10,000 namespaces, in the middle of an incident).
+            self._frozen = True
+            gc.freeze()
 
     def _record_latency(self, arrivals: list[float]) -> None:
         now = time.perf_counter()

@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from responder.tui.state import TuiState, utc_clock
+from responder.tui.widgets._text import set_text
 
 BREAKER_STYLE = {"armed": "bold", "tripped": "bold", "verified": "bold reverse", "unavailable": "bold underline",
                  "unknown": "dim"}
@@ -34,7 +35,7 @@ def _line(*parts: tuple[str, str]) -> Text:
 class HeaderBar(Vertical):
     DEFAULT_CSS = """
     HeaderBar { height: 3; background: $panel; }
-    HeaderBar > Static { height: 1; padding: 0 1; }
+    HeaderBar > Static { height: 1; width: 1fr; padding: 0 1; }
     HeaderBar #banner { text-style: bold; }
     HeaderBar #banner.-incident { background: $error; color: $text; }
     HeaderBar #banner.-failed { background: $error; color: $text; text-style: bold reverse; }
@@ -47,12 +48,12 @@ class HeaderBar(Vertical):
         yield Static(id="banner")
 
     def show(self, model: TuiState) -> None:
-        self.query_one("#ident", Static).update(_line(
+        set_text(self.query_one("#ident", Static), _line(
             ("responder", "bold"), (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
             (model.server or "-", "dim")))
         breaker, why = model.breaker()
         waiting = f"awaiting your confirmation ({model.waiting_confirmation})" if model.waiting_confirmation else ""
-        self.query_one("#status", Static).update(_line(
+        set_text(self.query_one("#status", Static), _line(
             (f"Capsule {model.capsule_version()}", ""), (f"mode {model.mode()}", "bold" if model.dry_run else ""),
             ("breaker", ""), (breaker.upper(), BREAKER_STYLE.get(breaker, "")), (why, "dim"),
             (waiting, "bold reverse")))
@@ -68,4 +69,4 @@ class HeaderBar(Vertical):
             detail = model.phase_detail or ("no incident; press d to toggle dry-run, p for the plan"
                                             if model.phase == "watching" else "listing the cluster")
             text = _line((label, "bold"), (detail, ""))
-        banner.update(text)
+        set_text(banner, text)

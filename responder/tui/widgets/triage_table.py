@@ -11,9 +11,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
-from textual.widgets.data_table import RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 from responder.tui.state import NO_TENANT, URGENCY, Row, TableChanges, TuiState
+from responder.tui.widgets._text import set_text
 
 STATE_STYLE = {"at-risk": "bold reverse", "terminating": "bold", "gone": "bold strike", "detached": "",
                "safe": "", "protected": "dim", "restoring": "italic", "restored": "", "re-adopted": ""}
@@ -43,27 +44,38 @@ def _cell(text: str, style: str = "") -> Text:
 class TriageTable(DataTable):
     """A DataTable tuned for many rows whose cells change often.
 
-    DataTable keys its row-order and line-offset caches on a counter that every `update_cell` bumps,
-    so with 10,000 rows each frame with a changed cell rebuilt two 10,000-entry lists. Here they are
-    cached until the rows themselves change (added, removed, sorted, cleared; all rows are one line
-    high), and the `refresh()` of each `update_cell` in a frame is folded into one.
+    DataTable keys all its caches on one counter that every `update_cell` bumps, so with 10,000
+    rows each frame with a changed cell rebuilt two 10,000-entry lists (row order, line offsets) and
+    re-rendered every visible cell, changed or not. Here:
+    - row order and line offsets are cached until rows are added, removed, sorted or cleared (all
+      rows are one line high);
+    - `update_cell` marks the row stale instead of bumping the counter; a render bumps it only when
+      a stale row is on screen (an off-screen change costs nothing until it is scrolled into view);
+    - the `refresh()` of each `update_cell` in a frame is folded into one.
     """
 
     DEFAULT_CSS = """
     TriageTable { height: 1fr; scrollbar-size-vertical: 1; scrollbar-size-horizontal: 0; }
     """
 
+    _batching = False  # class defaults: DataTable.__init__ already refreshes
+    _refresh_wanted = False
+    _structure = 0
+    _stale_rows: set = set()
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_row_labels=False)
         self._groups: dict[str, int] = {}  # tenant -> namespace rows in it
         self._info: dict[str, str] = {}  # row key -> "name: reason" (the detail line)
         self._structure = 0  # bumped whenever rows are added, removed or reordered
+        self._stale_rows: set[RowKey] = set()  # rows changed since their cached render
         self._order_cache: tuple[int, int, list] | None = None
         self._offsets_cache: tuple[int, int, list] | None = None
-        self._batching = False
-        self._refresh_wanted = False
 
     # -- caches keyed on the row structure, not on every cell update ------------------------------
+
+    _order_cache: tuple[int, int, list] | None = None
+    _offsets_cache: tuple[int, int, list] | None = None
 
     @property
     def ordered_rows(self) -> list:
@@ -83,21 +95,53 @@ class TriageTable(DataTable):
             self._offsets_cache = (*key, offsets)
         return self._offsets_cache[2]
 
+    # Each of these bumps DataTable's counter (every cache is invalid after it): no row is stale.
+
     def add_row(self, *cells, height: int | None = 1, key: str | None = None, label=None):
         self._structure += 1
-        return super().add_row(*cells, height=height, key=key, label=label)
+        row_key = super().add_row(*cells, height=height, key=key, label=label)
+        self._stale_rows.clear()
+        return row_key
 
     def remove_row(self, row_key) -> None:
         self._structure += 1
         super().remove_row(row_key)
+        self._stale_rows.clear()
 
     def sort(self, *columns, key=None, reverse: bool = False):
         self._structure += 1
-        return super().sort(*columns, key=key, reverse=reverse)
+        result = super().sort(*columns, key=key, reverse=reverse)
+        self._stale_rows.clear()
+        return result
 
     def clear(self, columns: bool = False):
         self._structure += 1
-        return super().clear(columns)
+        result = super().clear(columns)
+        self._stale_rows.clear()
+        return result
+
+    def update_cell(self, row_key, column_key, value, *, update_width: bool = False) -> None:
+        if update_width:
+            super().update_cell(row_key, column_key, value, update_width=True)
+            self._stale_rows.clear()
+            return
+        row_key = RowKey(row_key) if isinstance(row_key, str) else row_key
+        column_key = ColumnKey(column_key) if isinstance(column_key, str) else column_key
+        if row_key not in self._row_locations or column_key not in self._column_locations:
+            raise CellDoesNotExist(f"No cell exists for row_key={row_key!r}, column_key={column_key!r}.")
+        self._data[row_key][column_key] = value
+        self._stale_rows.add(row_key)
+        self.refresh()
+
+    def render_lines(self, crop):
+        if self._stale_rows:
+            top = int(self.scroll_y)
+            get_key, stale = self._row_locations.get_key, self._stale_rows
+            window = range(max(0, top - 1), min(self.row_count, top + self.size.height + 1))
+            if any(get_key(i) in stale for i in window):
+                self._update_count += 1  # what DataTable.update_cell does, once per frame
+                stale.clear()
+        return super().render_lines(crop)
 
     def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
         if self._batching and not regions and not layout and not recompose:
@@ -215,8 +259,8 @@ class TriagePanel(Vertical):
     DEFAULT_CSS = """
     TriagePanel { border: round $panel-lighten-2; border-title-align: left; height: 1fr; }
     TriagePanel:focus-within { border: round $accent; }
-    TriagePanel #counts { height: 1; padding: 0 1; }
-    TriagePanel #row-detail { height: 2; padding: 0 1; color: $text-muted; border-top: hkey $panel-lighten-2; }
+    TriagePanel #counts { height: 1; width: 1fr; padding: 0 1; }
+    TriagePanel #row-detail { height: 2; width: 1fr; padding: 0 1; color: $text-muted; border-top: hkey $panel-lighten-2; }
     """
 
     def compose(self) -> ComposeResult:
@@ -236,7 +280,7 @@ class TriagePanel(Vertical):
                 row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or ""
             except Exception:
                 return
-        self.query_one("#row-detail", Static).update(Text(table.row_info(row_key), overflow="ellipsis"))
+        set_text(self.query_one("#row-detail", Static), Text(table.row_info(row_key), overflow="ellipsis"))
 
     def on_mount(self) -> None:
         self.border_title = "namespaces by tenant"
@@ -258,4 +302,4 @@ class TriagePanel(Vertical):
                     text.append(f"{state} {n}", STATE_STYLE.get(state, ""))
             if model.pending:
                 text.append(f"  (triaging {model.pending}…)", "dim")
-        self.query_one("#counts", Static).update(text)
+        set_text(self.query_one("#counts", Static), text)
