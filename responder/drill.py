@@ -93,6 +93,10 @@ async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, 
                 await asyncio.sleep(1)
             listing = await admin.list_all("/api/v1/namespaces")
             live = {n["metadata"]["name"]: n for n in listing["items"]}
+            alive = [n for n in namespaces if n in live and not live[n]["metadata"].get("deletionTimestamp")]
+            if session.journal is not None:
+                session.journal.record("scorecard", namespaces={"seeded": len(namespaces), "saved": len(alive),
+                                                                "lost": len(namespaces) - len(alive)})
         finally:
             await session.close()
     records = session.journal.records() if session.journal else []

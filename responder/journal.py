@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -49,8 +50,12 @@ def _timestamp() -> str:
 
 
 def _is_secret_key(key: object) -> bool:
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
+    # Cached: the same few keys recur in every record, and redaction runs on the hot write path.
     norm = key.lower().replace("-", "").replace("_", "")
     return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
 
@@ -277,7 +282,11 @@ class Journal:
         return [dict(r) for r in self._records]
 
     def _intent(self, seq: int) -> dict:
-        for rec in self._records:
+        # Seqs run 1, 2, 3... with no gaps (checked on read), so a record's seq is its position.
+        candidates = self._records[seq - 1:seq] if 0 < seq <= len(self._records) else []
+        if not candidates or candidates[0]["seq"] != seq:
+            candidates = self._records
+        for rec in candidates:
             if rec["seq"] == seq:
                 if rec.get("kind") != "intent":
                     raise ValueError(f"record {seq} in {self.path} is a {rec.get('kind')!r}, not an intent")

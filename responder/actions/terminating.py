@@ -21,14 +21,21 @@ from responder.errors import ApiError
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 
+UNCOUNTED = "<could not list>"
+
+
 async def count_content(client: KubeClient, discovery: Discovery, namespace: str) -> dict[str, int]:
-    """Objects left in a namespace, per resource type (types with none are left out)."""
+    """Objects left in a namespace, per resource type (types with none are left out). A type that
+    cannot be listed (403, 5xx) is reported under UNCOUNTED: unknown is never treated as empty,
+    or an empty-looking namespace would be finalized and its content orphaned."""
     counts: dict[str, int] = {}
 
     async def count(res) -> None:
         try:
             listing = await client.get(res.collection_path(namespace), limit=500)
-        except ApiError:
+        except ApiError as exc:
+            if exc.status not in (404, 405):  # the type went away, or cannot be listed at all
+                counts[UNCOUNTED] = counts.get(UNCOUNTED, 0) + 1
             return
         n = len(listing.get("items") or [])
         if n:

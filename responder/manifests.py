@@ -1,0 +1,300 @@
+"""`responder manifests rbac`: the least-privilege RBAC responder needs, printed for `kubectl apply -f -`.
+
+Everything comes from one declarative table, PERMISSIONS: one row per PolicyRule, saying exactly which
+verbs on which resources, who uses them (the watches, an action, undo) and why. `rbac_rules` turns the
+table into PolicyRules; `rbac_manifests` wraps them in a ClusterRole, a ClusterRoleBinding and, for a
+ServiceAccount identity, the ServiceAccount. A later `doctor` checks these same rules with
+SelfSubjectAccessReviews.
+
+No wildcard verbs, and no wildcard resources except the one content-counting rule (CONTENT_COUNTING),
+which the handle-terminating step cannot do without: it must count what is left in a Terminating
+namespace across every namespaced type the cluster serves, and those types (CRDs included) are only
+known at run time from discovery.
+
+Not granted here because every authenticated user has them by default: discovery (`/api`, `/apis`,
+ClusterRole system:discovery). The two self reviews are listed anyway (system:basic-user grants them
+too) so the role still works on a cluster that removed those defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from responder.errors import ConfigError
+
+RBAC_API = "rbac.authorization.k8s.io"
+TENANT_CRD = "tenants.capsule.clastix.io"  # responder.observe.TENANT_CRD (not imported: keep this module light)
+DEFAULT_CAPSULE_DEPLOYMENT = "capsule-controller-manager"
+CAPSULE_DEPLOYMENT = "<capsule-deployment>"  # placeholder in the table, replaced by the real name
+
+IDENTITY_KINDS = ("ServiceAccount", "User")
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One PolicyRule of responder's ClusterRole, with the reason it exists."""
+
+    group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    used_by: tuple[str, ...]  # "watch", runbook actions by name, "undo", "preflight", "doctor"
+    why: str
+    read_only: bool = False  # part of the --read-only role (doctor, plan)
+    resource_names: tuple[str, ...] = ()
+
+    @property
+    def wildcard(self) -> bool:
+        return "*" in self.resources or self.group == "*" or "*" in self.verbs
+
+
+# The table. Order is the order of the rules in the ClusterRole: reads first, then writes.
+PERMISSIONS: tuple[Permission, ...] = (
+    # ---- watches and reads (the --read-only role) -------------------------------------------------------------
+    Permission("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"),
+               ("watch",),
+               "detect the Tenant CRD's deletion; only that CRD, watched with fieldSelector metadata.name, "
+               "which is what lets resourceNames cover list and watch",
+               read_only=True, resource_names=(TENANT_CRD,)),
+    Permission("capsule.clastix.io", ("tenants",), ("get", "list", "watch"),
+               ("watch", "release-tenant-finalizers", "undo"),
+               "watch Tenants (detection, triage, the shadow copy); undo checks a Tenant's UID before re-attaching",
+               read_only=True),
+    Permission("", ("namespaces",), ("get", "list", "watch"),
+               ("watch", "detach-namespaces", "handle-terminating", "undo"),
+               "watch namespaces (triage); re-read one before a guarded write, on resume and on undo",
+               read_only=True),
+    Permission("apps", ("deployments",), ("get", "list", "watch"),
+               ("watch", "trip-breaker"),
+               "watch the Capsule controller Deployment (its replicas are journaled so undo can restore them); "
+               "only that Deployment (a ClusterRole cannot name its namespace: bind a Role in the Capsule "
+               "namespace instead if you want that too)",
+               read_only=True, resource_names=(CAPSULE_DEPLOYMENT,)),
+    Permission("admissionregistration.k8s.io", ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"),
+               ("get", "list", "watch"),
+               ("watch", "trip-breaker", "verify-breaker", "undo"),
+               "find Capsule's webhook configurations (their names differ between Capsule versions, so no "
+               "resourceNames)",
+               read_only=True),
+    Permission("authentication.k8s.io", ("selfsubjectreviews",), ("create",),
+               ("preflight",),
+               "who am I: the username the breaker exemption names (creates nothing)",
+               read_only=True),
+    Permission("authorization.k8s.io", ("selfsubjectaccessreviews",), ("create",),
+               ("doctor",),
+               "check responder's own permissions before an incident (creates nothing)",
+               read_only=True),
+    # ---- writes ---------------------------------------------------------------------------------------------
+    Permission("apps", ("deployments/scale",), ("patch",),
+               ("trip-breaker", "undo"),
+               "scale the Capsule controller to 0 (journal action scale-capsule); undo scales it back",
+               resource_names=(CAPSULE_DEPLOYMENT,)),
+    Permission("admissionregistration.k8s.io", ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"),
+               ("patch",),
+               ("trip-breaker", "verify-breaker", "undo"),
+               "add responder's own matchCondition exemption to Capsule's fail-closed webhooks (exempt-responder); "
+               "undo puts the original matchConditions back"),
+    Permission("", ("namespaces",), ("patch",),
+               ("detach-namespaces", "undo"),
+               "remove dying Tenant ownerReferences and Capsule finalizers (detach); undo re-attaches"),
+    Permission("", ("namespaces",), ("delete",),
+               ("verify-breaker",),
+               "the breaker probe: a namespace DELETE sent ONLY with dryRun=All, which Capsule's webhook must refuse. "
+               "RBAC cannot restrict a verb to dry runs, so delete is granted; responder never sends it without "
+               "dryRun=All (KubeClient.delete(..., dry_run=True))"),
+    Permission("", ("namespaces/finalize",), ("update",),
+               ("handle-terminating",),
+               "finalize empty Terminating namespaces (journal action finalize); irreversible, never undone"),
+    Permission("capsule.clastix.io", ("tenants",), ("patch",),
+               ("release-tenant-finalizers",),
+               "remove Capsule's finalizer from Tenants already being deleted (release-finalizer); irreversible"),
+    # ---- the one wildcard -----------------------------------------------------------------------------------
+    Permission("*", ("*",), ("list",),
+               ("handle-terminating",),
+               "CONTENT COUNTING: list every namespaced type the cluster serves (found by discovery at run time, CRDs "
+               "included) to count what is left in a Terminating namespace before finalizing it. list only: no get, "
+               "no watch, no writes. It lets responder read Secrets' data too (RBAC has no metadata-only list). "
+               "Do NOT remove it: a type responder cannot list counts as empty, and an empty-looking namespace "
+               "gets finalized, orphaning its content"),
+)
+
+# The content-counting rule: the only one allowed to use "*".
+CONTENT_COUNTING = next(p for p in PERMISSIONS if p.wildcard)
+
+
+def permissions(read_only: bool = False) -> list[Permission]:
+    """The table rows of the full role, or of the read-only (doctor/plan) role."""
+    return [p for p in PERMISSIONS if p.read_only or not read_only]
+
+
+def _rule(p: Permission, capsule_deployment: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"apiGroups": [p.group], "resources": list(p.resources), "verbs": list(p.verbs)}
+    if p.resource_names:
+        rule["resourceNames"] = [capsule_deployment if n == CAPSULE_DEPLOYMENT else n for n in p.resource_names]
+    return rule
+
+
+def rbac_rules(read_only: bool = False, *, capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT) -> list[dict[str, Any]]:
+    """The ClusterRole's PolicyRules, in table order."""
+    return [_rule(p, capsule_deployment) for p in permissions(read_only)]
+
+
+def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    """RBAC's own matching, for checks against these rules: does any rule allow this request?
+    `resource` may name a subresource ("deployments/scale"); `name` is the object's name (None: any/list)."""
+    for rule in rules:
+        if "nonResourceURLs" in rule:
+            continue
+        groups, resources, verbs = rule.get("apiGroups") or [], rule.get("resources") or [], rule.get("verbs") or []
+        names = rule.get("resourceNames") or []
+        if not (group in groups or "*" in groups):
+            continue
+        if not (verb in verbs or "*" in verbs):
+            continue
+        base, _, sub = resource.partition("/")
+        if not (resource in resources or "*" in resources or (sub and f"*/{sub}" in resources)):
+            continue
+        if names and (name is None or name not in names):
+            continue
+        return True
+    return False
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _object_suffix(name: str) -> str:
+    return re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.") or "identity"
+
+
+def role_name(read_only: bool = False) -> str:
+    return "responder-read-only" if read_only else "responder"
+
+
+def rbac_manifests(*, identity_kind: str = "ServiceAccount", name: str = "responder",
+                   namespace: str = "responder-system", read_only: bool = False,
+                   capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT) -> list[dict[str, Any]]:
+    """[ServiceAccount,] ClusterRole, ClusterRoleBinding for responder's identity."""
+    if identity_kind not in IDENTITY_KINDS:
+        raise ConfigError(f"unknown identity kind {identity_kind!r}", fix=f"use one of {', '.join(IDENTITY_KINDS)}")
+    if not name:
+        raise ConfigError("the identity name is empty", fix="pass --name")
+    if identity_kind == "ServiceAccount":
+        if not _DNS_SUBDOMAIN.match(name):
+            raise ConfigError(f"{name!r} is not a valid ServiceAccount name",
+                              fix="use lower-case letters, digits, '-' and '.'")
+        if not _DNS_LABEL.match(namespace or ""):
+            raise ConfigError(f"{namespace!r} is not a valid namespace name",
+                              fix="use lower-case letters, digits and '-' (at most 63)")
+    if not _DNS_SUBDOMAIN.match(capsule_deployment or ""):
+        raise ConfigError(f"{capsule_deployment!r} is not a valid Deployment name", fix="pass --capsule-deployment")
+    labels = {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "rbac"}
+    role = role_name(read_only)
+    binding = role if name == "responder" else f"{role}-{_object_suffix(name)}"
+    docs: list[dict[str, Any]] = []
+    if identity_kind == "ServiceAccount":
+        docs.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)}})
+        subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+    else:
+        subject = {"apiGroup": RBAC_API, "kind": "User", "name": name}
+    docs.append({"apiVersion": f"{RBAC_API}/v1", "kind": "ClusterRole",
+                 "metadata": {"name": role, "labels": dict(labels)},
+                 "rules": rbac_rules(read_only, capsule_deployment=capsule_deployment)})
+    docs.append({"apiVersion": f"{RBAC_API}/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": binding, "labels": dict(labels)},
+                 "roleRef": {"apiGroup": RBAC_API, "kind": "ClusterRole", "name": role},
+                 "subjects": [subject]})
+    return docs
+
+
+# ---- rendering ------------------------------------------------------------------------------------------------
+
+
+def _comment(text: str, width: int = 100, indent: str = "") -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(indent) + 2 + len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    return [f"{indent}# {ln}" for ln in lines]
+
+
+def _dump(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def render_yaml(docs: list[dict[str, Any]], *, read_only: bool = False) -> str:
+    """Multi-document YAML; every ClusterRole rule is preceded by a comment saying who needs it and why."""
+    header = ["# responder RBAC, generated by `responder manifests rbac"
+              + (" --read-only" if read_only else "") + "`.",
+              *_comment("Least privilege: every rule below is needed by the watches, a runbook action or undo; "
+                        "see responder/manifests.py (PERMISSIONS). API discovery (/api, /apis) comes from the "
+                        "default system:discovery ClusterRole every authenticated user has."),
+              *(_comment("Read-only role for `responder doctor` and `responder plan`: no write verbs, no content "
+                         "counting. It cannot contain an incident.") if read_only else []),
+              ]
+    rows = permissions(read_only)
+    out: list[str] = list(header)
+    for doc in docs:
+        out.append("---")
+        if doc.get("kind") == "ServiceAccount":
+            out.extend(_comment(f"The namespace {doc['metadata']['namespace']} must exist "
+                                f"(kubectl create namespace {doc['metadata']['namespace']})."))
+        if doc.get("kind") != "ClusterRole":
+            out.append(_dump(doc).rstrip("\n"))
+            continue
+        rest = {k: v for k, v in doc.items() if k != "rules"}
+        out.append(_dump(rest).rstrip("\n"))
+        out.append("rules:")
+        for p, rule in zip(rows, doc["rules"]):
+            out.append("")
+            out.extend(_comment(f"[{', '.join(p.used_by)}] {p.why}."))
+            out.append(_dump([rule]).rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC)")
+    kinds = manifests.add_subparsers(dest="manifest", required=True)
+    rbac = kinds.add_parser("rbac", help="least-privilege ClusterRole + ClusterRoleBinding (+ ServiceAccount)")
+    rbac.add_argument("--identity-kind", choices=IDENTITY_KINDS, default="ServiceAccount",
+                      help="who responder runs as (default ServiceAccount)")
+    rbac.add_argument("--name", default="responder", help="the ServiceAccount or User name (default responder)")
+    rbac.add_argument("--namespace", default="responder-system",
+                      help="the ServiceAccount's namespace (default responder-system)")
+    rbac.add_argument("--read-only", action="store_true",
+                      help="only the watches/reads and the self reviews: for doctor and plan")
+    rbac.add_argument("--capsule-deployment", default=DEFAULT_CAPSULE_DEPLOYMENT,
+                      help="the Capsule controller Deployment the scale rule is limited to")
+    rbac.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    rbac.set_defaults(handler=cmd_rbac)
+
+
+def cmd_rbac(args: argparse.Namespace) -> int:
+    docs = rbac_manifests(identity_kind=args.identity_kind, name=args.name, namespace=args.namespace,
+                          read_only=args.read_only, capsule_deployment=args.capsule_deployment)
+    if args.output == "json":
+        sys.stdout.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_yaml(docs, read_only=args.read_only))
+    return 0
+
+
+__all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
+           "permissions", "add_parser", "WRITE_VERBS"]

@@ -1,0 +1,221 @@
+"""`responder manifests rbac`: least privilege, derived from what the actions really send (no cluster)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from responder.cli import main
+from responder.manifests import CONTENT_COUNTING, PERMISSIONS, rbac_manifests, rbac_rules
+
+REPO = Path(__file__).resolve().parents[2]
+CAPSULE = "capsule-controller-manager"
+READ_VERBS = {"get", "list", "watch"}
+SELF_REVIEWS = {("authentication.k8s.io", "selfsubjectreviews"), ("authorization.k8s.io", "selfsubjectaccessreviews")}
+
+# What each journaled write needs: (apiGroup, resource[/subresource], verb, object name or None for any).
+# A new journal action name in responder/actions/*.py fails test_every_journal_action_is_in_the_table
+# until it is added here, and then test_rules_cover_every_action checks the ClusterRole allows it.
+ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
+    "scale-capsule": [("apps", "deployments/scale", "patch", CAPSULE), ("apps", "deployments", "get", CAPSULE)],
+    "exempt-responder": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
+                         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
+    "exempt-responder-retry": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", "any-name"),
+                               ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
+                               ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "any-name"),
+                               ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
+    "detach": [("", "namespaces", "patch", "tenant-a-ns-1"), ("", "namespaces", "get", "tenant-a-ns-1")],
+    "release-finalizer": [("capsule.clastix.io", "tenants", "patch", "tenant-a")],
+    "finalize": [("", "namespaces/finalize", "update", "tenant-a-ns-2"), ("", "namespaces", "get", "tenant-a-ns-2")],
+}
+# `responder undo`, per undo op (responder/commands.py::undo_journal).
+UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
+    "scale": [("apps", "deployments/scale", "patch", CAPSULE)],
+    "webhook-match-conditions": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", "x"),
+                                 ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "x"),
+                                 ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "x"),
+                                 ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "x")],
+    "reattach": [("", "namespaces", "get", "ns"), ("", "namespaces", "patch", "ns"),
+                 ("capsule.clastix.io", "tenants", "get", "tenant-a")],
+}
+# Not journaled: the watches (responder/observe.py), the preflight, doctor, the breaker probe, content counting.
+WATCH_NEEDS = [
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list", "tenants.capsule.clastix.io"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch", "tenants.capsule.clastix.io"),
+    ("capsule.clastix.io", "tenants", "list", None), ("capsule.clastix.io", "tenants", "watch", None),
+    ("", "namespaces", "list", None), ("", "namespaces", "watch", None),
+    ("apps", "deployments", "list", CAPSULE), ("apps", "deployments", "watch", CAPSULE),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "list", None),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "watch", None),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "list", None),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "watch", None),
+    ("authentication.k8s.io", "selfsubjectreviews", "create", None),
+    ("authorization.k8s.io", "selfsubjectaccessreviews", "create", None),
+]
+PROBE_NEEDS = [("", "namespaces", "delete", "tenant-a-ns-1")]  # verify-breaker, only ever with dryRun=All
+CONTENT_NEEDS = [("", "configmaps", "list", None), ("", "secrets", "list", None), ("apps", "deployments", "list", None),
+                 ("example.com", "widgets", "list", None)]
+
+
+def covers(rules: list[dict], group: str, resource: str, verb: str, name: str | None) -> bool:
+    """RBAC matching, written independently of responder.manifests.allows."""
+    for rule in rules:
+        if group not in rule["apiGroups"] and "*" not in rule["apiGroups"]:
+            continue
+        if verb not in rule["verbs"] and "*" not in rule["verbs"]:
+            continue
+        if resource not in rule["resources"] and "*" not in rule["resources"]:
+            continue
+        names = rule.get("resourceNames")
+        if names and name not in names:
+            continue
+        return True
+    return False
+
+
+def _actions_source() -> str:
+    return "\n".join(p.read_text() for p in sorted((REPO / "responder" / "actions").glob("*.py")))
+
+
+def test_every_journal_action_is_in_the_table():
+    source = _actions_source()
+    used = set(re.findall(r'(?:ctx\.write|WriteRequest)\(\s*"([a-z][a-z0-9-]*)"', source))
+    assert {"scale-capsule", "exempt-responder", "detach", "release-finalizer", "finalize"} <= used
+    assert used == set(ACTION_NEEDS), "a journal action was added or removed: update ACTION_NEEDS"
+
+
+def test_every_undo_op_is_in_the_table():
+    ops = set(re.findall(r'undo=\{"op":\s*"([a-z][a-z0-9-]*)"', _actions_source()))
+    handled = set(re.findall(r'op == "([a-z][a-z0-9-]*)"', (REPO / "responder" / "commands.py").read_text()))
+    assert ops == set(UNDO_NEEDS) and handled == set(UNDO_NEEDS)
+
+
+@pytest.mark.parametrize("action", sorted(ACTION_NEEDS))
+def test_rules_cover_every_action(action):
+    rules = rbac_rules(False)
+    for need in ACTION_NEEDS[action]:
+        assert covers(rules, *need), f"{action} needs {need}"
+
+
+@pytest.mark.parametrize("op", sorted(UNDO_NEEDS))
+def test_rules_cover_every_undo_op(op):
+    rules = rbac_rules(False)
+    for need in UNDO_NEEDS[op]:
+        assert covers(rules, *need), f"undo {op} needs {need}"
+
+
+def test_rules_cover_watches_probe_and_content_counting():
+    rules = rbac_rules(False)
+    for need in WATCH_NEEDS + PROBE_NEEDS + CONTENT_NEEDS:
+        assert covers(rules, *need), need
+
+
+def test_scale_is_limited_to_the_capsule_deployment():
+    rules = rbac_rules(False)
+    assert not covers(rules, "apps", "deployments/scale", "patch", "some-other-app")
+    assert not covers(rules, "apps", "deployments", "patch", CAPSULE)
+    custom = rbac_rules(False, capsule_deployment="capsule")
+    assert covers(custom, "apps", "deployments/scale", "patch", "capsule")
+    assert not covers(custom, "apps", "deployments/scale", "patch", CAPSULE)
+
+
+def test_nothing_beyond_what_is_needed():
+    rules = rbac_rules(False)
+    for need in [("", "namespaces", "create", None), ("", "namespaces", "update", "x"), ("", "secrets", "get", "s"),
+                 ("", "secrets", "watch", None), ("capsule.clastix.io", "tenants", "delete", "t"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "patch", "tenants.capsule.clastix.io"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "get", "other.example.com"),
+                 ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "delete", "x"),
+                 ("rbac.authorization.k8s.io", "clusterrolebindings", "create", None),
+                 ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None)]:
+        assert not covers(rules, *need), need
+
+
+def test_no_wildcards_except_the_content_counting_rule():
+    rules = rbac_rules(False)
+    wild = [r for r in rules if "*" in r["apiGroups"] or "*" in r["resources"] or "*" in r["verbs"]
+            or any("*" in res for res in r["resources"])]
+    assert wild == [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["list"]}]
+    assert not any("*" in r["verbs"] for r in rules)
+    # It is documented in the table, and only used by handle-terminating.
+    assert CONTENT_COUNTING.used_by == ("handle-terminating",) and "CONTENT COUNTING" in CONTENT_COUNTING.why
+    assert sum(p.wildcard for p in PERMISSIONS) == 1
+
+
+def test_read_only_has_no_write_verbs():
+    ro = rbac_rules(True)
+    assert ro and all("*" not in r["apiGroups"] + r["resources"] + r["verbs"] for r in ro)
+    for rule in ro:
+        pairs = {(g, res) for g in rule["apiGroups"] for res in rule["resources"]}
+        if pairs <= SELF_REVIEWS:
+            assert rule["verbs"] == ["create"]  # a review creates nothing
+        else:
+            assert set(rule["verbs"]) <= READ_VERBS, rule
+    for need in WATCH_NEEDS:
+        assert covers(ro, *need), need
+    for needs in [*ACTION_NEEDS.values(), *UNDO_NEEDS.values(), PROBE_NEEDS]:
+        for need in needs:
+            if need[2] not in READ_VERBS:
+                assert not covers(ro, *need), need
+    assert not covers(ro, "", "secrets", "list", None)  # no content counting in the read-only role
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["manifests", "rbac", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_yaml_service_account(capsys):
+    code, out = _run(capsys)
+    assert code == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    sa, role, binding = docs
+    assert sa["metadata"] == {"name": "responder", "namespace": "responder-system",
+                              "labels": sa["metadata"]["labels"]}
+    assert role["apiVersion"] == "rbac.authorization.k8s.io/v1" and role["rules"] == rbac_rules(False)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "responder", "namespace": "responder-system"}]
+    # The rules are commented for the operator who reads before applying.
+    assert "dryRun=All" in out and "CONTENT COUNTING" in out and out.count("\n# [") == len(role["rules"])
+
+
+def test_yaml_user(capsys):
+    code, out = _run(capsys, "--identity-kind", "User", "--name", "oncall-responder")
+    assert code == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"]
+    assert docs[1]["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                    "name": "oncall-responder"}]
+    assert docs[1]["roleRef"]["name"] == docs[0]["metadata"]["name"]
+
+
+def test_read_only_and_custom_names(capsys):
+    code, out = _run(capsys, "--read-only", "--name", "resp", "--namespace", "ops")
+    assert code == 0
+    sa, role, binding = [d for d in yaml.safe_load_all(out) if d]
+    assert role["rules"] == rbac_rules(True)
+    assert role["metadata"]["name"] != "responder"  # the read-only role never shadows the full one
+    assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == ("resp", "ops")
+    assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "resp", "namespace": "ops"}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_json_output_is_a_list(capsys):
+    code, out = _run(capsys, "-o", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["kind"] == "List" and [i["kind"] for i in data["items"]] == ["ServiceAccount", "ClusterRole",
+                                                                          "ClusterRoleBinding"]
+    assert data["items"] == rbac_manifests()
+
+
+def test_bad_names_are_bad_input(capsys):
+    assert main(["manifests", "rbac", "--name", "Not_Valid"]) == 2
+    assert "not a valid ServiceAccount name" in capsys.readouterr().err
+    assert main(["manifests", "rbac", "--namespace", "UPPER"]) == 2
