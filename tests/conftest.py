@@ -35,11 +35,32 @@ class LabManager:
         if self.current is None:
             for other in ("0.14", "0.12"):  # leftovers of an interrupted run
                 Lab(LAB_ROOT / f"capsule-{other}").down(wipe=True)
+        if not fresh and self.current is not None and not self._healthy(lab):
+            fresh = True  # an earlier test ran an incident on it (CRD deleted, Capsule scaled down)
         if fresh or self.current is None:
             lab.down(wipe=True)
             lab.up(capsule=line, out=sys.stderr)
         self.current, self.line = lab, line
         return lab
+
+    @staticmethod
+    def _healthy(lab: Lab) -> bool:
+        """The Tenant CRD is there and not deleting, and Capsule runs."""
+        import asyncio
+
+        async def probe() -> bool:
+            async with lab.admin_client() as client:
+                crd = await client.get_or_none(
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tenants.capsule.clastix.io")
+                deployment = await client.get_or_none(
+                    "/apis/apps/v1/namespaces/capsule-system/deployments/capsule-controller-manager")
+            return bool(crd and not crd["metadata"].get("deletionTimestamp") and deployment
+                        and deployment["spec"].get("replicas") == 1)
+
+        try:
+            return asyncio.run(probe())
+        except Exception:
+            return False
 
     def close(self) -> None:
         if self.current is not None:
