@@ -115,36 +115,58 @@ async def _headless_confirm(request) -> bool:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    if not args.headless:
-        raise ConfigError("the TUI is not built yet", fix="pass --headless")
     access = load_cluster_access(args.kubeconfig, args.context)
     options = session_options(args, runbook=args.runbook, dry_run=args.dry_run, auto=not args.confirm, yes=args.yes)
+    if not args.headless:
+        from responder.tui.app import TuiConfirmer, run_tui_async
 
-    async def go() -> int:
-        session = Session(access, options, confirmer=_headless_confirm)
-        session.engine_listeners.append(HeadlessPrinter())
-        await session.preflight()
-        await session.start()
-        try:
-            print(f"watching {access.server} as {session.identity} (context {access.context}, "
-                  f"{'DRY RUN' if options.dry_run else 'live'})", file=sys.stderr, flush=True)
-            session.check_late_start()
-            if not session.incident_opened.is_set():
-                try:
-                    await asyncio.wait_for(session.incident_opened.wait(), args.timeout)
-                except asyncio.TimeoutError:
-                    print("no incident within the timeout", file=sys.stderr)
-                    return EXIT_OK
-            assert session.trigger is not None and session.journal is not None
-            print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
-            await session.contain()
-            summary = summarize(session)
-            emit(summary, args.output)
-            return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
-        finally:
-            await session.close()
+        async def tui() -> int:
+            confirmer = TuiConfirmer()  # shows the confirmation modal once the app runs
+            session = Session(access, options, confirmer=confirmer)
+            try:
+                await session.preflight()  # before the UI: a refused or unreachable cluster fails in plain text
+                return await run_tui_async(session, confirmer=confirmer)
+            finally:
+                await session.close()
+                if session.journal is not None:
+                    print(f"incident journal: {session.journal.path}", file=sys.stderr)
 
-    return asyncio.run(go())
+        return asyncio.run(tui())
+
+    async def watch_then_contain(session: Session) -> int | None:
+        print(f"watching {access.server} as {session.identity} (context {access.context}, "
+              f"{'DRY RUN' if options.dry_run else 'live'})", file=sys.stderr, flush=True)
+        session.check_late_start()
+        if not session.incident_opened.is_set():
+            try:
+                await asyncio.wait_for(session.incident_opened.wait(), args.timeout)
+            except asyncio.TimeoutError:
+                print("no incident within the timeout", file=sys.stderr)
+                return EXIT_OK
+        assert session.trigger is not None and session.journal is not None
+        print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
+        return None
+
+    return asyncio.run(run_headless(access, options, watch_then_contain, args.output))
+
+
+async def run_headless(access, options: SessionOptions, open_incident, output: str | None) -> int:
+    """The headless lifecycle shared by watch and run: preflight, observe, open the incident
+    (`open_incident` may return an exit code to stop early), contain, print the summary."""
+    session = Session(access, options, confirmer=_headless_confirm)
+    session.engine_listeners.append(HeadlessPrinter())
+    await session.preflight()
+    await session.start()
+    try:
+        early = await open_incident(session)
+        if early is not None:
+            return early
+        await session.contain()
+        summary = summarize(session)
+        emit(summary, output)
+        return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
+    finally:
+        await session.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -164,27 +186,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if journal_dir is not None:
         options.journal_dir = journal_dir
 
-    async def go() -> int:
+    async def open_manual_incident(session: Session) -> None:
         from responder.detect import Trigger
 
-        session = Session(access, options, confirmer=_headless_confirm)
-        session.engine_listeners.append(HeadlessPrinter())
-        await session.preflight()
-        await session.start()
-        try:
-            if journal is not None:
-                session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)
-                journal.record("resumed", pending=[p["seq"] for p in journal.pending()])
-            else:
-                session.open_incident(Trigger("manual", "started by `responder run`", time.time()))
-            await session.contain()
-            summary = summarize(session)
-            emit(summary, args.output)
-            return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
-        finally:
-            await session.close()
+        if journal is not None:
+            session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)
+            journal.record("resumed", pending=[p["seq"] for p in journal.pending()])
+        else:
+            session.open_incident(Trigger("manual", "started by `responder run`", time.time()))
 
-    return asyncio.run(go())
+    return asyncio.run(run_headless(access, options, open_manual_incident, args.output))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -153,6 +153,7 @@ class StepContext:
                                          sync=False)
                     return exc
             self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "", sync=False)
+            self.emit("write", action=r.action, target=r.target, method=r.method, dry_run=self.dry_run)
             return response
 
         try:

@@ -91,6 +91,14 @@ class Session:
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
 
+    def set_dry_run(self, dry_run: bool) -> None:
+        """Switch dry-run before an incident opens (the TUI's toggle): options and client together,
+        so the engine and the wire never disagree."""
+        if self.incident_opened.is_set():
+            raise ResponderError("dry-run cannot change once an incident is open", fix="start a new session")
+        self.options.dry_run = dry_run
+        self.client.dry_run = dry_run
+
     async def preflight(self) -> None:
         """Reachability and identity, before anything else (and before any UI starts)."""
         # An unreachable cluster should fail the preflight fast, not after the write-retry deadline.

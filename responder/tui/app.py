@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -44,9 +44,11 @@ from responder.tui.widgets.triage_table import TriagePanel, TriageTable
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.05  # seconds between two screen updates from the model
+FLUSH_INTERVAL = 0.05  # at most one screen update from the model per 50 ms (coalescing window)
+PUMP_INTERVAL = 0.01  # how often the pump looks for changes: a lone event waits <= 10 ms, not 50
 FLUSH_LIMIT = 2500  # namespaces re-triaged per frame at most (a 10k re-triage spreads over frames)
-JOURNAL_POLL = 0.25
+JOURNAL_POLL = 0.25  # while no incident is open
+JOURNAL_POLL_INCIDENT = 0.05  # the journal says which namespaces responder detached
 JOURNAL_LINES = 200
 
 
@@ -80,25 +82,34 @@ class TuiConfirmer:
         return await app.confirm(request)
 
 
-def read_journal_tail(path: Path, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Records appended to a journal file since `offset` (complete lines only; the last `limit`)."""
+def read_journal(path: Path, offset: int, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """What a journal file gained since `offset` (complete lines only): its last `limit` records, every
+    `intent` record, and the new offset."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
     except FileNotFoundError:
-        return [], offset
+        return [], [], offset
     end = data.rfind(b"\n")
     if end < 0:
-        return [], offset
-    lines = data[:end].split(b"\n")[-limit:]
-    records = []
-    for line in lines:
+        return [], [], offset
+    lines = data[:end].split(b"\n")
+    tail_from = max(0, len(lines) - limit)
+    tail, intents = [], []
+    for i, line in enumerate(lines):
+        is_intent = b'"kind":"intent"' in line
+        if i < tail_from and not is_intent:
+            continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
-    return records, offset + end + 1
+        if i >= tail_from:
+            tail.append(record)
+        if is_intent:
+            intents.append(record)
+    return tail, intents, offset + end + 1
 
 
 class ResponderApp(App[int]):
@@ -148,7 +159,7 @@ class ResponderApp(App[int]):
                               auto=bool(getattr(options, "auto", True)), yes=bool(getattr(options, "yes", False)),
                               journal_limit=JOURNAL_LINES, track_latency=track_latency)
         self.latency_samples: list[float] | None = [] if track_latency else None
-        self.flush_seconds: list[float] = []
+        self.flush_seconds: deque[float] = deque(maxlen=10_000)  # recent frame times (the benchmark reads them)
         self.log_records: deque[tuple[float, str, int]] = deque(maxlen=200)
         self.incident_open = False
         self.containing = False
@@ -158,7 +169,10 @@ class ResponderApp(App[int]):
         self._shown = {"header": -1, "steps": -1}
         self._journal_path: Path | None = None
         self._journal_offset = 0
+        self._journal_lock = asyncio.Lock()  # the poller and settle() must not read the same lines twice
         self._frozen = False
+        self._last_flush = 0.0
+        self._flushed_sig: tuple = ()
 
     # ------------------------------------------------------------------------------ layout
 
@@ -173,7 +187,7 @@ class ResponderApp(App[int]):
     def on_mount(self) -> None:
         self.session.observer.subscribe(self._on_watch_event)
         self.session.engine_listeners.append(self._on_engine_event)
-        self.set_interval(self.flush_interval, self._flush_model, name="flush")
+        self.set_interval(PUMP_INTERVAL, self._pump, name="pump")
         self.set_interval(1.0, self._tick, name="tick")
         self.header = self.query_one(HeaderBar)
         self.panel = self.query_one(TriagePanel)
@@ -246,8 +260,19 @@ class ResponderApp(App[int]):
 
     # ---------------------------------------------------------------------- screen updates
 
+    def _pump(self) -> None:
+        """Flush when the model changed, at most once per flush interval: a lone event shows within
+        a pump tick, a stream of them is batched into one update per interval."""
+        if time.perf_counter() - self._last_flush < self.flush_interval:
+            return
+        model = self.model
+        sig = (model.pending, model.feed_total, model.header_version, model.steps_version, model.ready,
+               len(self.log_records), model.has_arrivals)
+        if model.pending or sig != self._flushed_sig:
+            self._flush_model()
+
     def _flush_model(self, limit: int | None = -1) -> None:
-        started = time.perf_counter()
+        started = self._last_flush = time.perf_counter()
         model = self.model
         while self.log_records:
             at, message, level = self.log_records.popleft()
@@ -279,7 +304,10 @@ class ResponderApp(App[int]):
             # move them out of the garbage collector's reach, or every full collection walks them all
             # (measured: 100-300 ms pauses with 10,000 namespaces, in the middle of an incident).
             self._frozen = True
+            gc.collect()  # once, before freezing: garbage must not be frozen with the live objects
             gc.freeze()
+        self._flushed_sig = (model.pending, model.feed_total, model.header_version, model.steps_version,
+                             model.ready, len(self.log_records), model.has_arrivals)
 
     def _record_latency(self, arrivals: list[float]) -> None:
         now = time.perf_counter()
@@ -293,7 +321,8 @@ class ResponderApp(App[int]):
     @work(group="journal", exclusive=True, name="journal-tail")
     async def _tail_journal(self) -> None:
         while True:
-            await asyncio.sleep(self.journal_poll)
+            await asyncio.sleep(min(self.journal_poll, JOURNAL_POLL_INCIDENT) if self.incident_open
+                                else self.journal_poll)
             await self.sync_journal()
 
     async def sync_journal(self) -> None:
@@ -302,12 +331,15 @@ class ResponderApp(App[int]):
         path = getattr(journal, "path", None)
         if path is None:
             return
-        if path != self._journal_path:
-            self._journal_path, self._journal_offset = Path(path), 0
-        records, self._journal_offset = await asyncio.to_thread(
-            read_journal_tail, self._journal_path, self._journal_offset, JOURNAL_LINES)
-        if records:
-            self.model.add_journal_records(records)
+        async with self._journal_lock:
+            if path != self._journal_path:
+                self._journal_path, self._journal_offset = Path(path), 0
+            tail, intents, self._journal_offset = await asyncio.to_thread(
+                read_journal, self._journal_path, self._journal_offset, JOURNAL_LINES)
+        if intents:
+            self.model.add_journal_intents(intents)
+        if tail:
+            self.model.add_journal_records(tail)
 
     async def settle(self) -> None:
         """Bring the screen fully up to date with the model now (tests, benchmark)."""
@@ -325,10 +357,7 @@ class ResponderApp(App[int]):
     # ----------------------------------------------------------------------------- actions
 
     def action_request_quit(self) -> None:
-        if not self.incident_open and self.failure is None:
-            self.exit(self.exit_code, return_code=self.exit_code)
-            return
-        if self.failure is not None and not self.incident_open:
+        if not self.incident_open:  # nothing to interrupt: quit at once
             self.exit(self.exit_code, return_code=self.exit_code)
             return
         journal = getattr(getattr(self.session, "journal", None), "path", None)
@@ -453,12 +482,8 @@ class ResponderApp(App[int]):
 
 
 def set_dry_run(session: Any, value: bool) -> None:
-    """Switch dry-run on the session's options AND its client: the engine marks writes dry-run from
-    the options, but the client is what adds dryRun=All to the requests."""
-    session.options.dry_run = value
-    client = getattr(session, "client", None)
-    if client is not None and hasattr(client, "dry_run"):
-        client.dry_run = value
+    """Switch dry-run through the session: options and client together."""
+    session.set_dry_run(value)
 
 
 class _FeedLogHandler(logging.Handler):
@@ -476,12 +501,23 @@ class _FeedLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    if type(handler) is not logging.StreamHandler:  # FileHandler & co. are StreamHandler subclasses
+        return False
+    stream = getattr(handler, "stream", None)
+    if stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
+        return True
+    try:
+        return stream.fileno() in (1, 2) or stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 @contextmanager
 def logging_into(app: ResponderApp) -> Iterator[None]:
+    """While the TUI owns the terminal, log records go to its feed instead of stderr."""
     root = logging.getLogger()
-    terminals = {sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__}
-    moved = [h for h in root.handlers
-             if type(h) is logging.StreamHandler and getattr(h, "stream", None) in terminals]
+    moved = [h for h in root.handlers if _writes_to_terminal(h)]
     for handler in moved:
         root.removeHandler(handler)
     ours = _FeedLogHandler(app)

@@ -33,7 +33,8 @@ from responder.session import resolve_runbook
 TENANT_API = "capsule.clastix.io/v1beta2"
 TENANT_CRD = "tenants.capsule.clastix.io"
 STREAMS = ("crd", "tenants", "namespaces", "deployment", "validatingwebhooks", "mutatingwebhooks")
-FIXED_EPOCH = 1_790_000_000.0  # 2026-09-21T13:33:20Z: frozen time for tests
+FIXED_EPOCH = 1_790_000_000.0  # 2026-09-21T14:13:20Z: frozen time for tests
+BATCHED_WRITES = frozenset({"detach", "release-finalizer"})  # written with StepContext.write_many
 
 
 # ------------------------------------------------------------------------------ script items
@@ -178,6 +179,7 @@ class ReplayJournal:
         self._plan = list(undo_plan)
         self._records: list[dict[str, Any]] = []
         self._fh = open(self.path, "a", encoding="utf-8")
+        self.autoflush = True  # the benchmark writes a tick's records with one flush
 
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
         at = _dt.datetime.fromtimestamp(self._clock(), _dt.timezone.utc)
@@ -186,8 +188,12 @@ class ReplayJournal:
                  "incident": self.incident_id, "kind": kind, **fields}
         self._records.append(entry)
         self._fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._fh.flush()
+        if self.autoflush:
+            self._fh.flush()
         return entry
+
+    def flush(self) -> None:
+        self._fh.flush()
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._records]
@@ -262,6 +268,11 @@ class ReplaySession:
         self.played = 0
 
     # -- what the TUI calls ---------------------------------------------------------------------
+
+    def set_dry_run(self, dry_run: bool) -> None:
+        """Same contract as Session.set_dry_run."""
+        self.options.dry_run = dry_run
+        self.client.dry_run = dry_run
 
     async def preflight(self) -> None:
         return None
@@ -359,22 +370,33 @@ class ReplaySession:
             if self.speed == 0 and self.played % 256 == 0:
                 await asyncio.sleep(0)  # let the UI breathe between chunks of a fast replay
 
-    def emit_watch(self, event: WatchEvent) -> None:
-        self.observer.deliver(replace(event, received=self.clock()))
+    def emit_watch(self, event: WatchEvent, *, restamp: bool = True) -> None:
+        self.observer.deliver(replace(event, received=self.clock()) if restamp else event)
 
-    def emit_engine(self, event: EngineEvent) -> None:
-        event = replace(event, at=self.clock())
+    def emit_engine(self, event: EngineEvent, *, restamp: bool = True) -> None:
+        """Journal what the real engine journals for this event, then give it to the listeners, except
+        `write` events of the batched actions: `StepContext.write_many` journals those without
+        emitting an event."""
+        if restamp:
+            event = replace(event, at=self.clock())
         journal, data = self.journal, dict(event.data)
-        if journal is not None:  # what the real engine journals for the same event
+        if journal is not None:
             if event.kind in ("step-started", "step-finished"):
                 status = "started" if event.kind == "step-started" else data.get("status", "finished")
                 journal.record("step", step=event.step, status=status, detail=data.get("summary", ""))
             elif event.kind == "write":
+                undo = None
+                if data.get("action") == "detach":
+                    ns = self.observer.stores["namespaces"].get(str(data.get("target"))) or {}
+                    undo = {"op": "reattach", "namespace": data.get("target"),
+                            "ownerReferences": triage.tenant_refs(ns)}
                 seq = journal.record("intent", step=event.step, action=data.get("action"),
-                                     target=data.get("target"), dry_run=bool(data.get("dry_run")))["seq"]
+                                     target=data.get("target"), undo=undo, dry_run=bool(data.get("dry_run")))["seq"]
                 journal.record("outcome", intent=seq, status="ok", detail="dry-run" if data.get("dry_run") else "")
             elif event.kind == "log":
                 journal.record("log", step=event.step, level=data.get("level", "info"), message=data.get("message"))
+        if event.kind == "write" and data.get("action") in BATCHED_WRITES:
+            return
         if event.kind == "step-finished":
             self.results[event.step] = SimpleNamespace(status=data.get("status"), summary=data.get("summary", ""),
                                                        data=data)
@@ -391,7 +413,7 @@ def demo_scenario(*, tenants: int = 12, per_tenant: int = 8, terminating: int = 
                   chunk: int = 16) -> Scenario:
     """A Tenant CRD deletion, contained: breaker, detach (with progress), Tenant finalizers,
     Terminating namespaces. Shapes and summaries follow what the real actions emit."""
-    ts = "2026-09-21T13:33:20Z"
+    ts = "2026-09-21T14:13:20Z"
     tenant_names = [f"tenant-{chr(ord('a') + i % 26)}{'' if i < 26 else i // 26}" for i in range(tenants)]
     ns_names = [(t, f"{t}-ns-{j:02d}") for t in tenant_names for j in range(per_tenant)]
     doomed = {name for _, name in ns_names[:terminating]}  # already Terminating when responder reacts
@@ -409,83 +431,96 @@ def demo_scenario(*, tenants: int = 12, per_tenant: int = 8, terminating: int = 
         before += [watch(MODIFIED, "namespaces", namespace_obj(n, t, rv=2, terminating=ts))
                    for t, n in ns_names if n in doomed]
 
-    steps = load_runbook(resolve_runbook(None), action_specs()).steps
-    by_id = {s.id: s for s in steps}
+    steps = [s for s in load_runbook(resolve_runbook(None), action_specs()).steps if s.phase == "contain"]
     live = [(t, n) for t, n in ns_names if n not in doomed]
 
-    def step(sid: str, body: list[Item], finished: dict[str, Any]) -> list[Item]:
-        s = by_id[sid]
-        start = engine("step-started", sid, action=s.action, description=s.description)
-        end = engine("step-finished", sid, **finished)
+    def step(s, body: list[Item], finished: dict[str, Any]) -> list[Item]:
+        start = engine("step-started", s.id, action=s.action, description=s.description)
+        end = engine("step-finished", s.id, **finished)
         if not confirm_steps:
             return [start, *body, end]
-        request = ConfirmationRequest(sid, s.action, f"run step {sid} ({s.action}): {s.description}", (), sid)
-        refused = engine("step-finished", sid, status="skipped", summary="not confirmed")
+        request = ConfirmationRequest(s.id, s.action, f"run step {s.id} ({s.action}): {s.description}", (), s.id)
+        refused = engine("step-finished", s.id, status="skipped", summary="not confirmed")
         return [start, Ask(request, yes=(*body, end), no=(refused,))]
 
-    def contain(dry_run: bool) -> list[Item]:
-        breaker: list[Item] = [engine("write", "breaker", action="scale-capsule", target="capsule-controller-manager",
-                                      method="PATCH", dry_run=dry_run)]
+    def trip_breaker(sid: str, dry_run: bool) -> tuple[list[Item], dict[str, Any]]:
+        body: list[Item] = [engine("write", sid, action="scale-capsule", target="capsule-controller-manager",
+                                   method="PATCH", dry_run=dry_run)]
         if not dry_run:
-            breaker += [watch(MODIFIED, "deployment", deployment_obj(0, rv=2, ready=2)), Pause(pace)]
-        breaker += [engine("write", "breaker", action="exempt-responder",
-                           target="ValidatingWebhookConfiguration/capsule-validating-webhook-configuration",
-                           method="PATCH", dry_run=dry_run)]
-        if not dry_run:
-            breaker += [watch(MODIFIED, "validatingwebhooks", webhook_obj(exempt=identity, rv=2)), Pause(pace * 4),
-                        watch(MODIFIED, "deployment", deployment_obj(0, rv=3, ready=0))]
-        breaker_done = (
-            {"status": "finished", "summary": "dry run: breaker writes sent with dryRun=All; nothing changed",
-             "breaker": "dry-run", "original_replicas": 2} if dry_run else
-            {"status": "finished", "summary": f"Capsule at 0 (was 2); namespace writes refused for everyone "
-                                              f"but {identity}", "breaker": "verified", "original_replicas": 2})
+            body += [watch(MODIFIED, "deployment", deployment_obj(0, rv=2, ready=2)), Pause(pace)]
+        body += [engine("write", sid, action="exempt-responder",
+                        target="ValidatingWebhookConfiguration/capsule-validating-webhook-configuration",
+                        method="PATCH", dry_run=dry_run)]
+        if dry_run:
+            return body, {"status": "finished", "breaker": "dry-run", "original_replicas": 2,
+                          "summary": "dry run: breaker writes sent with dryRun=All; nothing changed"}
+        body += [watch(MODIFIED, "validatingwebhooks", webhook_obj(exempt=identity, rv=2)), Pause(pace * 4),
+                 watch(MODIFIED, "deployment", deployment_obj(0, rv=3, ready=0))]
+        return body, {"status": "finished", "summary": "Capsule scaled to 0 (was 2); responder exempted",
+                      "breaker": "tripped", "original_replicas": 2}
 
-        detach: list[Item] = [engine("step-progress", "detach", done=0, total=len(live),
-                                     note=f"pass 1: {len(live)} at risk")]
+    def verify_breaker(sid: str, dry_run: bool) -> tuple[list[Item], dict[str, Any]]:
+        if dry_run:
+            return [], {"status": "finished", "summary": "dry run: the breaker was not tripped", "breaker": "dry-run"}
+        return [Pause(pace * 2)], {"status": "finished", "breaker": "verified",
+                                   "summary": f"namespace deletes refused for everyone but {identity}"}
+
+    def detach(sid: str, dry_run: bool) -> tuple[list[Item], dict[str, Any]]:
+        body: list[Item] = [engine("step-progress", sid, done=0, total=len(live), note=f"pass 1: {len(live)} at risk")]
         for i in range(0, len(live), chunk):
-            for t, n in live[i:i + chunk]:
-                detach.append(engine("write", "detach", action="detach", target=n, method="PATCH", dry_run=dry_run))
-                if not dry_run:
-                    detach.append(watch(MODIFIED, "namespaces", namespace_obj(n, t, rv=3, owned=False)))
-            detach.append(engine("step-progress", "detach", done=min(i + chunk, len(live)), total=len(live),
-                                 note=""))
-            if hold_mid_detach and i < len(live) // 2 <= i + chunk:
-                detach.append(Hold("mid-detach"))
-            detach.append(Pause(pace))
-        detach_done = ({"status": "finished", "summary": f"dry run: would detach {len(live)} namespaces",
-                        "detached": len(live)} if dry_run else
-                       {"status": "finished", "summary": f"detached {len(live)} namespaces in 0.84s",
-                        "detached": len(live), "seconds": 0.84})
-
-        release: list[Item] = []
-        for t in tenant_names:
-            release.append(engine("write", "tenant-finalizers", action="release-finalizer", target=t,
-                                  method="PATCH", dry_run=dry_run))
+            batch = live[i:i + chunk]
+            body += [engine("write", sid, action="detach", target=n, method="PATCH", dry_run=dry_run) for _, n in batch]
             if not dry_run:
-                release += [watch(MODIFIED, "tenants", tenant_obj(t, rv=3, deleting=ts, finalizers=False)),
-                            watch(DELETED, "tenants", tenant_obj(t, rv=3, deleting=ts, finalizers=False))]
-        release.append(Pause(pace))
-        release_done = {"status": "finished", "released": len(tenant_names),
-                        "summary": f"released {len(tenant_names)} terminating Tenants (their namespaces are detached)"}
+                body += [watch(MODIFIED, "namespaces", namespace_obj(n, t, rv=3, owned=False)) for t, n in batch]
+            body.append(engine("step-progress", sid, done=min(i + chunk, len(live)), total=len(live), note=""))
+            if hold_mid_detach and i < len(live) // 2 <= i + chunk:
+                body.append(Hold("mid-detach"))
+            body.append(Pause(pace))
+        if dry_run:
+            return body, {"status": "finished", "summary": f"dry run: would detach {len(live)} namespaces",
+                          "detached": len(live)}
+        return body, {"status": "finished", "summary": f"detached {len(live)} namespaces in 0.84s",
+                      "detached": len(live), "seconds": 0.84}
 
-        term: list[Item] = []
+    def release(sid: str, dry_run: bool) -> tuple[list[Item], dict[str, Any]]:
+        body: list[Item] = []
+        for t in tenant_names:
+            body.append(engine("write", sid, action="release-finalizer", target=t, method="PATCH", dry_run=dry_run))
+            if not dry_run:
+                body += [watch(MODIFIED, "tenants", tenant_obj(t, rv=3, deleting=ts, finalizers=False)),
+                         watch(DELETED, "tenants", tenant_obj(t, rv=3, deleting=ts, finalizers=False))]
+        body.append(Pause(pace))
+        return body, {"status": "finished", "released": len(tenant_names),
+                      "summary": f"released {len(tenant_names)} terminating Tenants (their namespaces are detached)"}
+
+    def handle_terminating(sid: str, dry_run: bool) -> tuple[list[Item], dict[str, Any]]:
+        body: list[Item] = []
         empty = sorted(doomed)[: max(0, len(doomed) - 1)]
         for n in sorted(doomed):
             if n in empty:
-                term.append(engine("write", "terminating", action="finalize", target=n, method="PUT",
-                                   dry_run=dry_run))
+                body.append(engine("write", sid, action="finalize", target=n, method="PUT", dry_run=dry_run))
                 if not dry_run:
-                    term.append(watch(DELETED, "namespaces",
+                    body.append(watch(DELETED, "namespaces",
                                       namespace_obj(n, n.split("-ns-")[0], rv=4, terminating=ts)))
             else:
-                term.append(engine("log", "terminating", level="info",
+                body.append(engine("log", sid, level="info",
                                    message=f"{n} is Terminating with content left: configmaps=2, secrets=3"))
-        term_done = {"status": "finished", "summary": f"{len(doomed)} Terminating tenant namespaces: {len(empty)} "
-                                                      f"finalized, {len(doomed) - len(empty)} still hold content"}
-        return (step("breaker", breaker, breaker_done) + [Pause(pace * 4)]
-                + step("detach", detach, detach_done) + [Pause(pace * 4)]
-                + step("tenant-finalizers", release, release_done) + [Pause(pace * 4)]
-                + step("terminating", term, term_done))
+        return body, {"status": "finished", "summary": f"{len(doomed)} Terminating tenant namespaces: {len(empty)} "
+                                                       f"finalized, {len(doomed) - len(empty)} still hold content"}
+
+    by_action = {"trip-breaker": trip_breaker, "verify-breaker": verify_breaker, "detach-namespaces": detach,
+                 "release-tenant-finalizers": release, "handle-terminating": handle_terminating}
+
+    def contain(dry_run: bool) -> list[Item]:
+        """The runbook's contain steps in their order (a step this demo does not know just finishes)."""
+        items: list[Item] = []
+        for s in steps:
+            build = by_action.get(s.action)
+            body, finished = build(s.id, dry_run) if build else ([], {"status": "finished", "summary": "replayed"})
+            if items:
+                items.append(Pause(pace * 4))
+            items += step(s, body, finished)
+        return items
 
     trigger = Trigger("crd-deleting", f"the Tenant CRD {TENANT_CRD} is being deleted (deletionTimestamp {ts})",
                       FIXED_EPOCH, (TENANT_CRD,)) if incident else None

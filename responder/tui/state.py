@@ -8,6 +8,12 @@ step states off the engine's step events.
 What it adds is bookkeeping for a smooth screen: it keeps the objects the watch streams deliver,
 re-triages only the namespaces an event can affect, and hands the table the rows that changed since
 it last looked, coalesced (a row changed ten times between two frames is handed over once).
+
+Which namespaces responder detached (triage needs it, as `Session.view()` reads it from the journal)
+comes from the incident journal's `detach` intents (batched writes emit no engine `write` event) and
+from `write` events when there are some. (Until the journal is read, a namespace whose Tenant
+reference was just removed shows what triage says without that record: safe, "tenant label without
+ownerReference"; the app reads the journal every 50 ms during an incident.)
 """
 
 from __future__ import annotations
@@ -27,10 +33,9 @@ NO_TENANT = ""
 # The streams whose initial lists must be in before a verdict means anything: a namespace listed
 # before its Tenant would look orphaned (owner "not found") and show as at-risk for a frame.
 TRIAGE_STREAMS = frozenset({"crd", "tenants", "namespaces"})
-STATE_ORDER = tuple(s.value for s in triage.NsState)
 # Most urgent first: counts and tenant rows lead with what needs attention.
 URGENCY = ("at-risk", "terminating", "gone", "restoring", "detached", "re-adopted", "restored", "safe", "protected")
-BREAKER_ACTION = "trip-breaker"
+DETACH_ACTION = "detach"
 
 
 def utc_clock(at: float, *, millis: bool = True) -> str:
@@ -224,7 +229,8 @@ class TuiState:
         self.counts: Counter[str] = Counter()
         self.tenant_counts: dict[str, Counter[str]] = {}
         self._pending: dict[str, None] = {}  # names to re-triage, insertion-ordered, coalesced
-        self._arrivals: list[float] = []
+        self._arrivals: list[float] = []  # events shown by the next frame, whatever it holds
+        self._row_arrivals: dict[str, list[float]] = {}  # namespace events: shown with their row
         self.track_latency = track_latency
         # Feed, steps, journal, header.
         self.feed: deque[FeedLine] = deque(maxlen=feed_limit)
@@ -255,8 +261,12 @@ class TuiState:
         elif view.crd_deleting and not _meta(self.crd or {}).get("deletionTimestamp"):
             self.crd = {**(self.crd or {}), "metadata": {**_meta(self.crd or {}), "deletionTimestamp": "seen"}}
         self.crd_synced = True
+        was_ready, flags = self.ready, (self._view.crd_present, self._view.crd_deleting)
+        old_tenants, old_namespaces = self.tenants, self.namespaces
         self.tenants = dict(view.tenants)
         self.namespaces = dict(view.namespaces)
+        new_known = {n for n, t in view.known_namespaces.items() if self.known.get(n) != t}
+        new_detached = {n for n, t in view.detached.items() if self.detached.get(n) != t}
         self.known.update(view.known_namespaces)
         self.detached.update(view.detached)
         self._by_tenant_ref = {}
@@ -265,7 +275,13 @@ class TuiState:
                 self._by_tenant_ref.setdefault(t, set()).add(name)
         self.seeded = True
         self._view = self._make_view()
-        self._mark(set(self.namespaces) | set(self.known) | set(self.detached) | set(self.rows))
+        same_tenants = old_tenants.keys() == self.tenants.keys() and all(
+            old_tenants[k] is v for k, v in self.tenants.items())
+        if not was_ready or flags != (self._view.crd_present, self._view.crd_deleting) or not same_tenants:
+            self._mark(set(self.namespaces) | set(self.known) | set(self.detached) | set(self.rows))
+        else:  # the events already gave the same objects: re-triage only what the view adds or changes
+            self._mark({n for n, ns in self.namespaces.items() if old_namespaces.get(n) is not ns}
+                       | (set(old_namespaces) - set(self.namespaces)) | new_known | new_detached)
         self.header_version += 1
 
     @property
@@ -274,10 +290,14 @@ class TuiState:
         return self.seeded or TRIAGE_STREAMS <= self.synced
 
     def apply_watch(self, event: WatchEvent, arrived: float | None = None) -> None:
-        if self.track_latency:
-            self._arrivals.append(arrived if arrived is not None else time.perf_counter())
         res, kind, obj = event.resource, event.type, event.object
         name = _meta(obj).get("name") or ""
+        if self.track_latency:
+            at = arrived if arrived is not None else time.perf_counter()
+            if res == "namespaces" and kind in (ADDED, MODIFIED, DELETED):
+                self._row_arrivals.setdefault(name, []).append(at)
+            else:
+                self._arrivals.append(at)
         self._feed_watch(event)
         if kind == SYNCED or kind == TYPE_GONE:
             was_ready = self.ready
@@ -344,7 +364,7 @@ class TuiState:
             step.finished_at = event.at
             if step.started_at is None:
                 step.started_at = event.at
-            if "breaker" in data and (step.action == BREAKER_ACTION or event.step == "breaker"):
+            if "breaker" in data:  # trip-breaker: tripped/unavailable/dry-run; verify-breaker: verified/...
                 self.breaker_result = str(data["breaker"])
                 self.header_version += 1
         elif event.kind == "confirm":
@@ -353,11 +373,8 @@ class TuiState:
             self.waiting_confirmation = event.step
         elif event.kind == "write":
             step.writes += 1
-            if data.get("action") == "detach" and not data.get("dry_run"):
-                target = str(data.get("target") or "")
-                row = self.rows.get(target)
-                self.detached[target] = row.tenant if row else self.known.get(target, "")
-                self._mark((target,))
+            if data.get("action") == DETACH_ACTION and not data.get("dry_run"):
+                self._detached(str(data.get("target") or ""), None)
         elif event.kind == "log":
             self._add_feed(FeedLine(event.at, "engine", str(data.get("level", "info")).upper(), event.step,
                                     str(data.get("message", "")), data.get("level") == "warning"))
@@ -383,19 +400,28 @@ class TuiState:
         self._add_feed(FeedLine(at, source, "NOTE", "", text, alert))
 
     def add_journal_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """The journal's latest records (for the lines under the runbook)."""
         for rec in records:
             self.journal_tail.append(format_journal(rec))
             self.journal_total += 1
         self.steps_version += 1
+
+    def add_journal_intents(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Every `intent` record of the journal: persisted `detach` intents mark their namespace as
+        detached by responder. (The intent, not its outcome: the namespace's MODIFIED event may come
+        first. A detach that failed leaves the Tenant reference, and triage still says at-risk.)"""
+        for rec in records:
+            if rec.get("kind") == "intent" and rec.get("action") == DETACH_ACTION and not rec.get("dry_run"):
+                refs = (rec.get("undo") or {}).get("ownerReferences") or []
+                self._detached(str(rec.get("target") or ""), (refs[0].get("name") if refs else None))
 
     # --------------------------------------------------------------------------------- outputs
 
     def flush(self, limit: int | None = None) -> TableChanges:
         """Re-triage what events touched (at most `limit` namespaces) and return the differences."""
         changes = TableChanges()
+        changes.arrivals, self._arrivals = self._arrivals, []
         if not self.ready or not self._pending:
-            if self._arrivals and not self._pending:
-                changes.arrivals, self._arrivals = self._arrivals, []
             return changes
         if limit is None or limit >= len(self._pending):
             names, self._pending = list(self._pending), {}
@@ -408,6 +434,9 @@ class TuiState:
             for name in names:
                 del self._pending[name]
         touched: set[str] = set()
+        if self._row_arrivals:
+            for name in names:
+                changes.arrivals.extend(self._row_arrivals.pop(name, ()))
         for name in names:
             before = self.rows.get(name)
             after = self._triage(name)
@@ -432,13 +461,15 @@ class TuiState:
                 changes.updated.append((before, after))
         changes.tenants = {t: dict(self.tenant_counts.get(t) or {}) for t in touched}
         changes.complete = not self._pending
-        if changes.complete:
-            changes.arrivals, self._arrivals = self._arrivals, []
         return changes
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def has_arrivals(self) -> bool:
+        return bool(self._arrivals)  # (row arrivals come with pending rows)
 
     def take_feed(self, shown_total: int) -> list[FeedLine]:
         """Feed lines appended after the first `shown_total` (at most what the feed still holds)."""
@@ -473,9 +504,9 @@ class TuiState:
         if replicas == 0:
             if result == "verified":
                 return "verified", "Capsule at 0; namespace deletes refused for all but responder"
-            if result:
-                return "tripped", f"Capsule at 0; not verified ({result})"
-            return "tripped", "Capsule at 0 replicas"
+            if result in (None, "tripped", "dry-run"):
+                return "tripped", "Capsule at 0 replicas" + ("; not verified yet" if result == "tripped" else "")
+            return "tripped", f"Capsule at 0; NOT verified ({result})"
         if replicas is None:
             return "unknown", "no Capsule Deployment seen"
         if result == "dry-run":
@@ -489,6 +520,13 @@ class TuiState:
         return " ".join(f"{s} {counts[s]}" for s in URGENCY if counts.get(s))
 
     # -------------------------------------------------------------------------------- internals
+
+    def _detached(self, name: str, tenant: str | None) -> None:
+        if not name or name in self.detached:
+            return
+        row = self.rows.get(name)
+        self.detached[name] = tenant or (row.tenant if row else "") or self.known.get(name, "")
+        self._mark((name,))
 
     def _make_view(self) -> triage.ClusterView:
         crd = self.crd
@@ -566,4 +604,4 @@ class TuiState:
 
 
 __all__ = ["TuiState", "Row", "TableChanges", "FeedLine", "StepView", "Incident", "capsule_version",
-           "format_journal", "describe_watch", "utc_clock", "MODIFIED"]
+           "format_journal", "describe_watch", "utc_clock"]

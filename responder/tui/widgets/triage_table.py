@@ -49,9 +49,11 @@ class TriageTable(DataTable):
     re-rendered every visible cell, changed or not. Here:
     - row order and line offsets are cached until rows are added, removed, sorted or cleared (all
       rows are one line high);
-    - `update_cell` marks the row stale instead of bumping the counter; a render bumps it only when
-      a stale row is on screen (an off-screen change costs nothing until it is scrolled into view);
-    - the `refresh()` of each `update_cell` in a frame is folded into one.
+    - `update_cell` marks the row stale instead of bumping the counter; a render drops the cached
+      renders of the stale rows that are on screen, and only theirs (an off-screen change costs
+      nothing until it is scrolled into view, an on-screen one re-renders one row, not the screen);
+    - the `refresh()` of each `update_cell` in a frame is folded into one, and skipped when none of
+      the frame's changes is on screen.
     """
 
     DEFAULT_CSS = """
@@ -133,15 +135,31 @@ class TriageTable(DataTable):
         self._stale_rows.add(row_key)
         self.refresh()
 
+    def _window(self) -> range:
+        """Row indexes on screen (one more each side)."""
+        top = int(self.scroll_y)
+        return range(max(0, top - 1), min(self.row_count, top + self.size.height + 1))
+
     def render_lines(self, crop):
         if self._stale_rows:
-            top = int(self.scroll_y)
             get_key, stale = self._row_locations.get_key, self._stale_rows
-            window = range(max(0, top - 1), min(self.row_count, top + self.size.height + 1))
-            if any(get_key(i) in stale for i in window):
-                self._update_count += 1  # what DataTable.update_cell does, once per frame
-                stale.clear()
+            shown = {key: i for i in self._window() if (key := get_key(i)) in stale}
+            if shown:
+                self._forget(shown)
+                stale.difference_update(shown)
         return super().render_lines(crop)
+
+    def _forget(self, rows: dict) -> None:
+        """Drop DataTable's cached renders of these rows ({row key: row index}), keep all others.
+        (Keys as DataTable builds them: row key first for rows and cells, the absolute line for
+        lines, the row index second for renderables; every row is one line high.)"""
+        header = self.header_height if self.show_header else 0
+        lines = {i + header for i in rows.values()}
+        indexes = set(rows.values())
+        for cache, position, wanted in ((self._row_render_cache, 0, rows), (self._cell_render_cache, 0, rows),
+                                        (self._line_cache, 0, lines), (self._row_renderable_cache, 1, indexes)):
+            for key in [k for k in cache.keys() if k[position] in wanted]:
+                cache.discard(key)
 
     def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
         if self._batching and not regions and not layout and not recompose:
@@ -157,12 +175,19 @@ class TriageTable(DataTable):
     def apply(self, changes: TableChanges, model: TuiState) -> None:
         """Apply one frame's changes: add, update (only the cells that changed), remove, re-count."""
         self._batching, self._refresh_wanted = True, False
+        structure = self._structure
         try:
             self._apply(changes, model)
         finally:
             self._batching = False
-            if self._refresh_wanted:
+            if self._refresh_wanted and (structure != self._structure or self._on_screen(changes)):
                 self.refresh()
+
+    def _on_screen(self, changes: TableChanges) -> bool:
+        window, where = self._window(), self._row_locations.get
+        keys = [f"ns:{after.name}" for _, after in changes.updated]
+        keys += [f"tenant:{tenant}" for tenant in changes.tenants]
+        return any(where(RowKey(key)) in window for key in keys)
 
     def _apply(self, changes: TableChanges, model: TuiState) -> None:
         resort = False
@@ -260,7 +285,8 @@ class TriagePanel(Vertical):
     TriagePanel { border: round $panel-lighten-2; border-title-align: left; height: 1fr; }
     TriagePanel:focus-within { border: round $accent; }
     TriagePanel #counts { height: 1; width: 1fr; padding: 0 1; }
-    TriagePanel #row-detail { height: 2; width: 1fr; padding: 0 1; color: $text-muted; border-top: hkey $panel-lighten-2; }
+    TriagePanel #row-detail { height: 2; width: 1fr; padding: 0 1; color: $text-muted;
+                              border-top: hkey $panel-lighten-2; }
     """
 
     def compose(self) -> ComposeResult:
