@@ -122,6 +122,12 @@ async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, 
         "recovery": "not yet automated: Velero restore, Tenant recreation and re-adoption land with the recovery work",
     }
     card["passed"] = card["saved"] == len(namespaces)
+    if session.journal is not None:
+        from responder.report import build_report, render_markdown
+
+        report_path = session.journal.path.with_suffix(".md")
+        report_path.write_text(render_markdown(build_report(records, journal_path=session.journal.path)))
+        card["report"] = str(report_path)
     return card
 
 
@@ -143,6 +149,7 @@ def print_scorecard(card: dict[str, Any]) -> None:
         f"  time to contain              {card['time_to_contain_s']} s",
         f"  detach throughput            {card['detach_per_second']} namespaces/s",
         f"  journal                      {card['journal']}",
+        f"  postmortem report            {card.get('report')}",
         f"  recovery                     {card['recovery']}",
     ]
     print("\n".join(lines))
