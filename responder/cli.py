@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from responder.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ResponderError
 
@@ -13,7 +14,7 @@ from responder.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ResponderError
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on bad flags, which is our bad-input code too; keep its message to one line."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n  fix: see `{self.prog} --help`\n")
 
 

@@ -17,7 +17,7 @@ from responder import triage
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
-from responder.errors import (EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, JournalError)
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, JournalError
 from responder.journal import Journal
 from responder.observe import CapsuleTarget
 from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
@@ -364,5 +364,3 @@ async def _reattach(client: KubeClient, payload: dict[str, Any]) -> str | None:
     await client.patch(f"/api/v1/namespaces/{payload['namespace']}", ops, patch_type=JSON_PATCH)
     return None
 
-
-__all__ = ["add_parsers", "ConfigError"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE
 from responder.lab.control_plane import Lab
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook
+from responder.session import Session, SessionOptions, resolve_runbook
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -154,5 +153,3 @@ def print_scorecard(card: dict[str, Any]) -> None:
     ]
     print("\n".join(lines))
 
-
-__all__ = ["add_parser", "run_drill", "json", "default_journal_dir"]

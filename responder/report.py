@@ -415,7 +415,6 @@ def _name_list(names: list[str]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     r = report
     dry = r.get("dry_run")
-    verb = "would have been" if dry else "were"
     out: list[str] = [f"# Incident {r.get('incident') or '(unknown id)'}: postmortem", ""]
     if dry:
         out += ["> **DRY RUN**: every write was sent with dryRun=All; nothing in the cluster changed.", ""]

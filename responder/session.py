@@ -18,7 +18,7 @@ from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.detect import Detector, Trigger, late_start_trigger
 from responder.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
-from responder.errors import EXIT_FORBIDDEN, ApiError, ConfigError, Forbidden, ResponderError
+from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError
 from responder.journal import Journal
 from responder.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
@@ -198,15 +198,3 @@ def summarize(session: Session) -> dict[str, Any]:
         "namespaces": triage.count_by_state(rows),
         "contained": session.contained(),
     }
-
-
-async def wait_for_trigger(session: Session, timeout: float | None) -> bool:
-    try:
-        await asyncio.wait_for(session.incident_opened.wait(), timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
-
-
-__all__ = ["Session", "SessionOptions", "summarize", "wait_for_trigger", "resolve_runbook", "default_journal_dir",
-           "ApiError"]

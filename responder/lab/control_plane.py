@@ -25,7 +25,7 @@ from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import processes
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
-from responder.lab.capsule import (CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
+from responder.lab.capsule import (CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
                                    objects_to_apply, render_chart)
 from responder.lab.pki import LabPKI
 from responder.lab.processes import ProcessRecord
@@ -157,8 +157,8 @@ class Lab:
                  "ports": ports, "binaries": {k: str(v) for k, v in binaries.items()}, "processes": {},
                  "started_at": time.time()}
         self._save(state)
-        self.write_kubeconfig(self.kubeconfig, ADMIN_USER,
-                              cert=tuple(vars(self.pki.client(ADMIN_USER, ("system:masters",))).values()))
+        admin = self.pki.client(ADMIN_USER, ("system:masters",))
+        self.write_kubeconfig(self.kubeconfig, ADMIN_USER, cert=(admin.cert, admin.key))
         try:
             self._start_etcd(state, binaries["etcd"])
             self._start_apiserver(state, binaries["kube-apiserver"])
