@@ -43,6 +43,12 @@ class LabManager:
         self.current, self.line = lab, line
         return lab
 
+    def release(self) -> None:
+        """Stop the shared lab so a test can start its own (one lab per machine)."""
+        if self.current is not None:
+            self.current.down(wipe=True)
+            self.current = self.line = None
+
     @staticmethod
     def _healthy(lab: Lab) -> bool:
         """The Tenant CRD is there and not deleting, and Capsule runs."""
