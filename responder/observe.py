@@ -143,11 +143,16 @@ class ClusterObserver:
         )
 
     def capsule_webhooks(self) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for name, kind in (("validatingwebhooks", "ValidatingWebhookConfiguration"),
-                           ("mutatingwebhooks", "MutatingWebhookConfiguration")):
-            out.extend((kind, obj) for obj in self.objects(name) if is_capsule_webhook(obj))
-        return out
+        return capsule_webhooks_in(self.objects)
+
+
+WEBHOOK_STREAMS = (("validatingwebhooks", "ValidatingWebhookConfiguration", VWC_PATH),
+                   ("mutatingwebhooks", "MutatingWebhookConfiguration", MWC_PATH))
+
+
+def capsule_webhooks_in(objects: Callable[[str], list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, configuration) for Capsule's webhook configurations among the objects of each stream."""
+    return [(kind, obj) for name, kind, _ in WEBHOOK_STREAMS for obj in objects(name) if is_capsule_webhook(obj)]
 
 
 def is_capsule_webhook(obj: dict[str, Any]) -> bool:

@@ -191,10 +191,8 @@ class VerifyBreaker:
         return f"not refused within {timeout:.0f}s: {last}"
 
     async def _fresh_hooks(self, ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-        from responder.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
+        """Read the configurations again (not from the watch): the controller may have just rewritten them."""
+        from responder.observe import WEBHOOK_STREAMS, capsule_webhooks_in
 
-        out = []
-        for kind, path in (("ValidatingWebhookConfiguration", VWC_PATH), ("MutatingWebhookConfiguration", MWC_PATH)):
-            listing = await ctx.client.get(path)
-            out.extend((kind, o) for o in listing.get("items") or [] if is_capsule_webhook(o))
-        return out
+        listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
+        return capsule_webhooks_in(lambda name: listings[name])

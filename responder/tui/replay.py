@@ -26,7 +26,7 @@ from responder.actions import action_specs
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, WatchEvent
 from responder.detect import Trigger
 from responder.engine import ConfirmationRequest, EngineEvent
-from responder.observe import CapsuleTarget, is_capsule_webhook
+from responder.observe import CapsuleTarget, capsule_webhooks_in
 from responder.runbook.schema import Runbook, load_runbook
 from responder.session import resolve_runbook
 
@@ -232,11 +232,7 @@ class ReplayObserver:
         return list(self.stores.get(name, {}).values())
 
     def capsule_webhooks(self) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for name, kind in (("validatingwebhooks", "ValidatingWebhookConfiguration"),
-                           ("mutatingwebhooks", "MutatingWebhookConfiguration")):
-            out.extend((kind, obj) for obj in self.objects(name) if is_capsule_webhook(obj))
-        return out
+        return capsule_webhooks_in(self.objects)
 
 
 class ReplaySession:
