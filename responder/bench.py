@@ -22,7 +22,7 @@ from typing import Any
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_OK
 from responder.lab.build import CAPSULE_VERSIONS
-from responder.lab.control_plane import Lab
+from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
 from responder.session import Session, SessionOptions, resolve_runbook
@@ -74,11 +74,7 @@ async def contain_once(lab: Lab, namespaces: int, *, http2: bool, connections: i
     async with lab.admin_client() as admin:
         seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant, with_content=False)
         kubeconfig = lab.mint_user("responder")
-        await admin.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "responder-bench"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "responder"}]})
+        await bind_cluster_admin(admin, "responder")
         runbook = lab.dir / "bench-runbook.yaml"
         runbook.write_text(resolve_runbook(None).read_text().replace("concurrency: 64", f"concurrency: {in_flight}"))
         options = SessionOptions(runbook=runbook, journal_dir=lab.dir / "incidents", yes=True, concurrency=connections,

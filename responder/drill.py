@@ -19,7 +19,7 @@ from responder.cluster.kubeconfig import load_cluster_access
 from responder.commands import HeadlessPrinter, emit
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE
-from responder.lab.control_plane import Lab
+from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
 from responder.session import Session, SessionOptions, resolve_runbook
@@ -66,15 +66,7 @@ async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, 
         seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant)
         print(f"drill: seeded {len(seeded.namespaces)} namespaces in {seeded.seconds:.1f}s", file=out, flush=True)
         responder_kubeconfig = lab.mint_user("responder")
-        await admin.request("PATCH", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/responder-drill",
-                            content_type="application/apply-patch+yaml",
-                            params={"fieldManager": "responder-drill", "force": "true"},
-                            body={"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                                  "metadata": {"name": "responder-drill"},
-                                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                              "name": "cluster-admin"},
-                                  "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                                "name": "responder"}]})
+        await bind_cluster_admin(admin, "responder")
         access = load_cluster_access(str(responder_kubeconfig))
         session = Session(access, SessionOptions(runbook=resolve_runbook(None), journal_dir=journal_dir, yes=True))
         session.engine_listeners.append(HeadlessPrinter())

@@ -410,3 +410,13 @@ async def wait_crds_established(client: KubeClient, names: list[str], timeout: f
     if pending:
         raise LabError(f"CRDs not established: {', '.join(sorted(pending))}", fix="check kube-apiserver.log")
 
+
+
+async def bind_cluster_admin(client: KubeClient, user: str) -> None:
+    """Bind a lab user to cluster-admin (idempotent: server-side apply). Least privilege is
+    `responder manifests rbac`; drills and benchmarks use the broad role."""
+    await apply_objects(client, [{
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{user}-cluster-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -19,24 +18,6 @@ from responder.lab.control_plane import Lab
 from responder.lab.incident import delete_tenant_crd, read_audit
 
 RESPONDER = [sys.executable, "-m", "responder"]
-
-
-def responder_identity(lab: Lab, name: str = "responder") -> Path:
-    """A kubeconfig for responder's own user, bound to cluster-admin (least privilege: issue 7)."""
-    kubeconfig = lab.mint_user(name)
-    return kubeconfig
-
-
-async def bind_cluster_admin(client: KubeClient, user: str) -> None:
-    body = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": f"{user}-cluster-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
-    try:
-        await client.create("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", body)
-    except Exception as exc:  # already bound in this lab
-        if getattr(exc, "status", None) != 409:
-            raise
 
 
 @dataclass
@@ -131,9 +112,3 @@ async def trigger(lab: Lab) -> float:
 
 def client_for(kubeconfig: Path) -> KubeClient:
     return KubeClient(load_cluster_access(str(kubeconfig)))
-
-
-async def sleep_until(t: float) -> None:
-    delay = t - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -12,10 +12,12 @@ import pytest
 
 from responder.actions.breaker import EXEMPTION_NAME
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
+from responder.lab.control_plane import bind_cluster_admin
+from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 from responder.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
-from .incident_helpers import (bind_cluster_admin, client_for, namespace_states, persisted_writes_by, read_journal,
+from .incident_helpers import (client_for, namespace_states, persisted_writes_by, read_journal,
                                run_responder, start_watch, trigger)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
@@ -114,7 +116,7 @@ async def test_dry_run_writes_nothing_and_loses_like_no_responder(lab_manager, t
     assert deployment["spec"]["replicas"] == 1
     writes = persisted_writes_by(lab.audit_log, "responder", since=started - 5)
     assert writes == [], [w["requestURI"] for w in writes]
-    dry = [e for e in __import__("responder.lab.incident", fromlist=["read_audit"]).read_audit(lab.audit_log, since=started - 5)
+    dry = [e for e in read_audit(lab.audit_log, since=started - 5)
            if (e.get("user") or {}).get("username") == "responder" and "dryRun=All" in e.get("requestURI", "")]
     assert dry, "the dry run should have sent its writes with dryRun=All"
 
