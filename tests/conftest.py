@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,9 @@ import pytest
 from responder.lab.control_plane import Lab
 
 LAB_ROOT = Path(os.environ.get("RESPONDER_TEST_LAB_ROOT", "/tmp/responder-test-labs"))
+# Test sessions on one machine take turns with the lab (Capsule's health port is fixed): a session holds
+# this lock from its first lab until it ends, and the others wait for it.
+MACHINE_LAB_LOCK = Path(os.environ.get("RESPONDER_LAB_LOCK", "/tmp/responder-lab.lock"))
 
 
 class LabManager:
@@ -20,6 +25,20 @@ class LabManager:
     def __init__(self) -> None:
         self.current: Lab | None = None
         self.line: str | None = None
+        self._lock_fd: int | None = None
+
+    def _hold_machine_lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(MACHINE_LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"lab: another test session holds {MACHINE_LAB_LOCK}; waiting for it", file=sys.stderr)
+            started = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print(f"lab: got the machine lab lock after {time.monotonic() - started:.0f}s", file=sys.stderr)
+        self._lock_fd = fd
 
     async def get(self, line: str, *, fresh: bool = False) -> Lab:
         """Async tests call this; starting a lab blocks, so it runs in a thread."""
@@ -28,6 +47,7 @@ class LabManager:
         return await asyncio.to_thread(self.get_sync, line, fresh=fresh)
 
     def get_sync(self, line: str, *, fresh: bool = False) -> Lab:
+        self._hold_machine_lock()
         lab = Lab(LAB_ROOT / f"capsule-{line}")
         if self.current is not None and (self.line != line or fresh):
             self.current.down(wipe=True)
@@ -45,6 +65,7 @@ class LabManager:
 
     def release(self) -> None:
         """Stop the shared lab so a test can start its own (one lab per machine)."""
+        self._hold_machine_lock()  # kept: the caller starts its own lab next
         if self.current is not None:
             self.current.down(wipe=True)
             self.current = self.line = None
@@ -71,6 +92,9 @@ class LabManager:
     def close(self) -> None:
         if self.current is not None:
             self.current.down(wipe=os.environ.get("RESPONDER_KEEP_LAB") is None)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 @pytest.fixture(scope="session")
