@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -14,10 +15,11 @@ from typing import Any
 import yaml
 
 from responder import triage
+from responder.actions.breaker import restore_match_conditions_patch
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, JournalError
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, Forbidden, JournalError, Unauthorized
 from responder.journal import Journal
 from responder.observe import CapsuleTarget
 from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
@@ -37,6 +39,32 @@ def cluster_flags() -> argparse.ArgumentParser:
     return common
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def open_journal_file(path: Path) -> Journal:
+    """A journal named on the command line (--resume, undo), checked before any credentials are loaded."""
+    if path.is_dir():
+        raise JournalError(f"journal {path} is a directory, not a journal file",
+                           fix="pass the inc-*.jsonl file inside it (printed by watch/run)")
+    if not path.is_file():
+        raise JournalError(f"journal {path} does not exist", fix="pass the inc-*.jsonl path printed by watch/run")
+    journal = Journal.open(path)
+    records = journal.records()
+    if not records or records[0].get("kind") != "incident-opened":
+        journal.close()
+        raise JournalError(f"{path} is not a responder journal (its first record is not incident-opened)",
+                           fix="pass the inc-*.jsonl path printed by watch/run")
+    return journal
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     common = cluster_flags()
     watch = sub.add_parser("watch", parents=[common], help="watch the cluster; on an incident, run the runbook")
@@ -47,7 +75,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--dry-run", action="store_true", help="send every write with dryRun=All: nothing persists")
     watch.add_argument("--yes", action="store_true", help="pre-confirm destructive steps")
     watch.add_argument("--headless", action="store_true", help="no TUI: log lines on stderr, summary on stdout")
-    watch.add_argument("--timeout", type=float, default=None, help="give up watching after this many seconds")
+    watch.add_argument("--timeout", type=positive_seconds, default=None, help="give up watching after this many seconds")
     watch.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     watch.set_defaults(handler=cmd_watch)
 
@@ -155,34 +183,43 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
     (`open_incident` may return an exit code to stop early), contain, print the summary."""
     session = Session(access, options, confirmer=_headless_confirm)
     session.engine_listeners.append(HeadlessPrinter())
-    await session.preflight()
-    await session.start()
     try:
+        await session.preflight()
+        await session.start()
         early = await open_incident(session)
         if early is not None:
             return early
         await session.contain()
+        if session.has_phase("recover") and not options.dry_run:
+            # Recovery writes (Tenants, Restore, re-adoption) are confirmed steps: --yes, or they are skipped.
+            await session.recover()
         summary = summarize(session)
         emit(summary, output)
-        return EXIT_OK if summary["contained"] or options.dry_run else EXIT_NOT_CONTAINED
+        if options.dry_run:
+            return EXIT_OK
+        recovered = summary.get("recovery") is None or summary["recovery"]["verified"]
+        return EXIT_OK if summary["contained"] and recovered else EXIT_NOT_CONTAINED
     finally:
         await session.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    access = load_cluster_access(args.kubeconfig, args.context)
     journal = None
     if args.resume:
-        if not args.resume.is_file():
-            raise JournalError(f"journal {args.resume} does not exist", fix="pass the .jsonl path printed by watch/run")
-        journal = Journal.open(args.resume)
+        journal = open_journal_file(args.resume)
         meta = next((r for r in journal.records() if r.get("kind") == "incident-opened"), {})
         runbook = args.runbook or (meta.get("meta") or {}).get("runbook") or meta.get("runbook")
         dry_run = bool((meta.get("meta") or {}).get("dry_run", meta.get("dry_run", False))) or args.dry_run
         journal_dir = args.resume.parent
     else:
         runbook, dry_run, journal_dir = args.runbook, args.dry_run, None
-    options = session_options(args, runbook=runbook, dry_run=dry_run, auto=True, yes=args.yes)
+    try:
+        options = session_options(args, runbook=runbook, dry_run=dry_run, auto=True, yes=args.yes)
+        access = load_cluster_access(args.kubeconfig, args.context)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
     if journal_dir is not None:
         options.journal_dir = journal_dir
 
@@ -204,9 +241,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         session = Session(access, options)
-        await session.preflight()
-        await session.start()
         try:
+            await session.preflight()
+            await session.start()
             return build_plan(session)
         finally:
             await session.close()
@@ -275,10 +312,12 @@ def print_plan_table(plan: dict[str, Any]) -> None:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    if not args.journal_file.is_file():
-        raise JournalError(f"journal {args.journal_file} does not exist", fix="pass the .jsonl path of an incident")
-    access = load_cluster_access(args.kubeconfig, args.context)
-    journal = Journal.open(args.journal_file)
+    journal = open_journal_file(args.journal_file)
+    try:
+        access = load_cluster_access(args.kubeconfig, args.context)
+    except BaseException:
+        journal.close()
+        raise
 
     async def go() -> dict[str, Any]:
         async with KubeClient(access) as client:
@@ -316,6 +355,8 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
                 continue
         except ApiError as exc:
             journal.outcome(seq, "failed", detail=f"{exc.status} {exc.api_message[:200]}")
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise  # every other undo would be refused too: stop, exit 4 with the fix
             failed.append({"target": entry["target"], "error": exc.api_message[:200]})
             continue
         journal.outcome(seq, "ok")
@@ -326,17 +367,7 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
 
 async def _restore_match_conditions(client: KubeClient, payload: dict[str, Any]) -> None:
     current = await client.get(payload["path"])
-    ops: list[dict[str, Any]] = []
-    for i, hook in enumerate(current.get("webhooks") or []):
-        if hook["name"] not in payload["webhooks"]:
-            continue
-        original = payload["webhooks"][hook["name"]]
-        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]})
-        if original is None:
-            if "matchConditions" in hook:
-                ops.append({"op": "remove", "path": f"/webhooks/{i}/matchConditions"})
-        else:
-            ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": original})
+    ops = restore_match_conditions_patch(current, payload["webhooks"])
     if ops:
         await client.patch(payload["path"], ops, patch_type=JSON_PATCH)
 

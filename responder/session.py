@@ -18,7 +18,7 @@ from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.detect import Detector, Trigger, late_start_trigger
 from responder.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
-from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError
+from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
 from responder.journal import Journal
 from responder.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
@@ -39,7 +39,9 @@ def resolve_runbook(path: str | None) -> Path:
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"runbook {path!r} does not exist", fix="pass --runbook with a runbooks/*.yaml file")
+            what = "is a directory, not a file" if p.is_dir() else "does not exist"
+            raise ConfigError(f"runbook {path!r} {what}", fix="name a runbook YAML file, e.g. "
+                              "runbooks/capsule-tenant-crd-deletion.yaml")
         return p
     p = REPO_RUNBOOKS / DEFAULT_RUNBOOK
     if not p.is_file():
@@ -68,11 +70,47 @@ async def whoami(client: KubeClient) -> str:
     return ((review.get("status") or {}).get("userInfo") or {}).get("username", "")
 
 
+# Namespaces a runbook may never point a write at, whatever the flags say.
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
+
+
+def check_runbook_targets(runbook: Runbook, options: SessionOptions) -> Runbook:
+    """Runbook params that name where Capsule runs must name what this session watches as Capsule
+    (--capsule-namespace/--capsule-deployment), and never a system namespace: a hostile or mistaken
+    runbook must not scale kube-system/coredns to 0 as the 'breaker'."""
+    from responder.errors import RunbookError
+
+    # --capsule-namespace/--capsule-deployment, when given, override the runbook's spec.params
+    # (a step's own params still win, and are checked below).
+    overrides = {k: v for k, v, default in (("capsuleNamespace", options.capsule.namespace, "capsule-system"),
+                                            ("capsuleDeployment", options.capsule.deployment,
+                                             "capsule-controller-manager"))
+                 if v != default and any(k in step.params for step in runbook.steps)}
+    if overrides:
+        runbook = runbook.with_params(overrides, action_specs())
+    for index, step in enumerate(runbook.steps):
+        for param, expected in (("capsuleNamespace", options.capsule.namespace),
+                                ("capsuleDeployment", options.capsule.deployment)):
+            if param not in step.params or step.params[param] == expected:
+                continue
+            value = step.params[param]
+            field = f"spec.steps[{index}].params.{param}" if param in step.explicit_params else f"spec.params.{param}"
+            where = f"{runbook.path}:{step.line}: {field}"
+            if param == "capsuleNamespace" and value in SYSTEM_NAMESPACES:
+                raise RunbookError(f"{where}: {value!r} is a protected system namespace; responder never writes there",
+                                   fix=f"point {param} at Capsule's namespace ({expected})")
+            raise RunbookError(f"{where}: {value!r} is not the Capsule responder watches ({expected!r})",
+                               fix=f"set {param}: {expected} in the runbook, or pass --capsule-"
+                                   f"{'namespace' if param == 'capsuleNamespace' else 'deployment'} {value}")
+    return runbook
+
+
 class Session:
     def __init__(self, access: ClusterAccess, options: SessionOptions, *, confirmer: Confirmer | None = None) -> None:
         self.access = access
         self.options = options
         self.runbook: Runbook = load_runbook(options.runbook, action_specs())
+        self.runbook = check_runbook_targets(self.runbook, options)
         self.client = KubeClient(access, dry_run=options.dry_run, max_connections=options.concurrency,
                                  http2=options.http2)
         self.protected = triage.protected_namespaces(options.capsule.namespace, options.velero_namespace,
@@ -108,6 +146,14 @@ class Session:
         except Forbidden as exc:
             error = ResponderError(f"the cluster refused responder's identity check: {exc.api_message}",
                                    fix="grant responder's identity create on selfsubjectreviews.authentication.k8s.io")
+            error.exit_code = EXIT_FORBIDDEN
+            raise error from None
+        except Unauthorized as exc:
+            error = ResponderError(f"the API server at {self.access.server} did not accept responder's credentials "
+                                   f"(401 {exc.api_message or 'Unauthorized'}): expired, revoked or not issued "
+                                   "for this cluster",
+                                   fix="renew the client certificate or token of this kubeconfig user, or pick "
+                                       "another --context")
             error.exit_code = EXIT_FORBIDDEN
             raise error from None
         finally:
@@ -151,8 +197,32 @@ class Session:
             "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.server,
             "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook)})
         self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
+        if journal is None:
+            self.record_snapshot()
         self.incident_opened.set()
         return self.journal
+
+    def record_snapshot(self) -> None:
+        """What recovery must return to, as seen before responder's first write: namespace -> Tenant,
+        the Tenant ownerReference each carried, Capsule's webhook configurations and replicas. (The
+        shadow keeps following the cluster; this record does not.)"""
+        assert self.journal is not None
+        shadow = self.observer.shadow
+        known = {ns: t for ns, t in shadow.namespace_tenants().items() if ns not in self.protected}
+        self.journal.record("snapshot", namespaces=known,
+                            owners={ns: e["owner"] for ns, e in shadow.namespaces.items() if e.get("owner")},
+                            webhooks={k: v for k, v in shadow.webhooks.items()},
+                            capsule_replicas=shadow.capsule_replicas, tenants=sorted(shadow.tenants))
+
+    def has_phase(self, phase: str) -> bool:
+        return any(step.phase == phase for step in self.runbook.steps)
+
+    async def recover(self) -> dict[str, StepOutcome]:
+        """The runbook's recover phase, after containment, on the same engine and journal."""
+        engine = self.engine or self.make_engine()
+        results = await engine.run(("recover",))
+        self.results.update(results)
+        return results
 
     def make_engine(self) -> Engine:
         assert self.journal is not None
@@ -197,4 +267,24 @@ def summarize(session: Session) -> dict[str, Any]:
                   for sid, r in session.results.items()},
         "namespaces": triage.count_by_state(rows),
         "contained": session.contained(),
+        "recovery": recovery_summary(session),
     }
+
+
+def recovery_summary(session: Session) -> dict[str, Any] | None:
+    """From the journal's recovery records; None when recovery did not run."""
+    if session.journal is None:
+        return None
+    records = {r["kind"]: r for r in session.journal.records() if str(r.get("kind", "")).startswith("recovery-")}
+    verify = records.get("recovery-verify")
+    if not records:
+        return None
+    plan = records.get("recovery-plan") or {}
+    restore = records.get("recovery-restore") or {}
+    out: dict[str, Any] = {"backup": plan.get("backup"), "lost": len(plan.get("lost") or {}),
+                           "restored": len(restore.get("restored") or []), "restore_phase": restore.get("phase"),
+                           "verified": bool(verify) and session.results.get("verify", StepOutcome("")).status == "finished"}
+    if verify:
+        out.update({k: verify[k] for k in ("known", "present", "adopted", "missing", "not_adopted", "unrestorable",
+                                           "content_missing", "webhook_differences")})
+    return out

@@ -59,6 +59,11 @@ class Shadow:
             # A namespace responder detached keeps its place: it still belongs to its tenant.
             return
         entry = {"tenant": tenant, "uid": meta.get("uid"), "labels": meta.get("labels") or {}}
+        # The reference exactly as Capsule wrote it (less the UID): re-adoption writes the same form.
+        owner = {k: v for k, v in refs[0].items() if k != "uid"} if refs else \
+            (self.namespaces.get(name) or {}).get("owner")
+        if owner:
+            entry["owner"] = owner
         if self.namespaces.get(name) != entry:
             self.namespaces[name] = entry
             self._touch()

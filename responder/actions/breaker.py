@@ -26,11 +26,29 @@ ADMISSION_PREFIX = {"ValidatingWebhookConfiguration": "validatingwebhookconfigur
                     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
 
 
-def exemption_condition(identity: str) -> dict[str, str]:
-    """Skip the webhook for responder's persisted requests only (dry runs still go through it)."""
-    quoted = json.dumps(identity)
-    return {"name": EXEMPTION_NAME,
-            "expression": f"!(request.userInfo.username == {quoted} && !(has(request.dryRun) && request.dryRun))"}
+def exemption_condition(identity: str, *others: str) -> dict[str, str]:
+    """Skip the webhook for responder's persisted requests only (dry runs still go through it).
+    Recovery widens it to exactly the other identities that must write while Capsule is down
+    (Velero's, to restore namespaces), and removes it when Capsule comes back."""
+    if others:
+        who = "request.userInfo.username in [" + ", ".join(json.dumps(i) for i in (identity, *others)) + "]"
+    else:
+        who = f"request.userInfo.username == {json.dumps(identity)}"
+    return {"name": EXEMPTION_NAME, "expression": f"!({who} && !(has(request.dryRun) && request.dryRun))"}
+
+
+def widen_exemption_patch(obj: dict[str, Any], identities: list[str]) -> list[dict[str, Any]]:
+    """JSON patch replacing the exemption's expression in every webhook that carries it, guarded by
+    a test of the expression it replaces."""
+    wanted = exemption_condition(*identities)["expression"]
+    ops: list[dict[str, Any]] = []
+    for i, hook in enumerate(obj.get("webhooks") or []):
+        for j, cond in enumerate(hook.get("matchConditions") or []):
+            if cond.get("name") == EXEMPTION_NAME and cond.get("expression") != wanted:
+                path = f"/webhooks/{i}/matchConditions/{j}/expression"
+                ops += [{"op": "test", "path": path, "value": cond.get("expression")},
+                        {"op": "replace", "path": path, "value": wanted}]
+    return ops
 
 
 def webhook_path(kind: str, name: str) -> str:
@@ -72,6 +90,23 @@ def exemption_patch(obj: dict[str, Any], identity: str) -> tuple[list[dict[str, 
         else:
             ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions/-", "value": condition})
     return ops, originals
+
+
+def restore_match_conditions_patch(current: dict[str, Any], originals: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch putting each named webhook's matchConditions back as recorded (None: had none)."""
+    ops: list[dict[str, Any]] = []
+    for i, hook in enumerate(current.get("webhooks") or []):
+        if hook["name"] not in originals:
+            continue
+        original = originals[hook["name"]]
+        if original is None and "matchConditions" not in hook or original == hook.get("matchConditions"):
+            continue
+        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": hook["name"]})
+        if original is None:
+            ops.append({"op": "remove", "path": f"/webhooks/{i}/matchConditions"})
+        else:
+            ops.append({"op": "add", "path": f"/webhooks/{i}/matchConditions", "value": original})
+    return ops
 
 
 class TripBreaker:

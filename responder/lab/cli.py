@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--velero", action="store_true", help="also build the Velero server and its S3 plugin")
     up = labsub.add_parser("up", help="start the lab in the background and print the kubeconfig path")
     up.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default=DEFAULT_CAPSULE)
+    up.add_argument("--velero", action="store_true", help="also run Velero with an S3 server (moto) on loopback")
     down = labsub.add_parser("down", help="stop every process the lab started")
     down.add_argument("--wipe", action="store_true", help="also delete the lab's state directory")
     labsub.add_parser("status", help="what runs, where, and since when")
@@ -35,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     seed.add_argument("--tenants", type=int, default=20)
     seed.add_argument("--namespaces-per-tenant", type=int, default=10)
     seed.add_argument("--prefix", default="tenant")
+    seed.add_argument("--backup", action="store_true",
+                      help="then create a Velero Schedule and wait for its first Completed Backup (lab up --velero)")
     for p in (build, up, down, user, seed):
         p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     lab.set_defaults(handler=run)
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines), *(["velero"] if args.velero else [])])
         return EXIT_OK
     if cmd == "up":
-        print(lab.up(capsule=args.capsule))
+        print(lab.up(capsule=args.capsule, velero=args.velero))
         return EXIT_OK
     if cmd == "down":
         stopped = lab.down(wipe=args.wipe)
@@ -70,17 +73,21 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "seed":
         from responder.lab.seed import seed
+        from responder.lab.velero import create_schedule_and_backup
 
         if args.tenants < 1 or args.namespaces_per_tenant < 1:
             raise LabError("--tenants and --namespaces-per-tenant must be at least 1", fix="pass positive numbers")
 
         async def go():
             async with lab.admin_client() as client:
-                return await seed(client, tenants=args.tenants, namespaces_per_tenant=args.namespaces_per_tenant,
-                                  prefix=args.prefix)
+                result = await seed(client, tenants=args.tenants, namespaces_per_tenant=args.namespaces_per_tenant,
+                                    prefix=args.prefix)
+                backup = await create_schedule_and_backup(client) if args.backup else None
+            return result, backup
 
-        result = asyncio.run(go())
-        print(json.dumps(result.to_json() | {"tenants": len(result.tenants)}, indent=2))
+        result, backup = asyncio.run(go())
+        print(json.dumps(result.to_json() | {"tenants": len(result.tenants)}
+                         | ({"backup": backup["metadata"]["name"]} if backup else {}), indent=2))
         return EXIT_OK
     print(f"unknown lab command {cmd}", file=sys.stderr)
     return 2

@@ -24,6 +24,7 @@ from responder.cluster.discovery import Discovery
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import processes
+from responder.lab import velero as lab_velero
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
 from responder.lab.capsule import (CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
                                    objects_to_apply, render_chart)
@@ -130,8 +131,9 @@ class Lab:
 
     # -- up / down ----------------------------------------------------------------------------------
 
-    def up(self, *, capsule: str = DEFAULT_CAPSULE, out: TextIO = sys.stderr) -> Path:
-        """Start everything (building first if needed); returns the admin kubeconfig path."""
+    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, out: TextIO = sys.stderr) -> Path:
+        """Start everything (building first if needed); returns the admin kubeconfig path. With
+        `velero`, also the S3 server and the Velero server with a storage location Available."""
         if capsule not in CAPSULE_VERSIONS:
             capsule_component(capsule)  # raises the clear error
         started = time.monotonic()
@@ -149,11 +151,12 @@ class Lab:
             raise LabError(f"port {CAPSULE_HEALTH_PORT} (Capsule's fixed health-probe port) is in use: another lab "
                            "(or a Capsule controller) is running on this machine",
                            fix="stop it first (`responder lab down`, with its --state-dir) and retry")
-        binaries = ensure_built(["k8s", "helm", f"capsule-{capsule}"], out=out)
+        binaries = ensure_built(["k8s", "helm", f"capsule-{capsule}"] + (["velero"] if velero else []), out=out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pki.ensure()
-        ports = current.get("ports") or {n: processes.free_port() for n in ("etcd", "etcd_peer", "apiserver", "webhook")}
-        state = {"capsule": capsule, "capsule_version": CAPSULE_VERSIONS[capsule], "kubernetes_version": K8S_VERSION,
+        ports = current.get("ports") or {n: processes.free_port() for n in (
+            "etcd", "etcd_peer", "apiserver", "webhook", "s3", "velero_metrics", "velero_profiler")}
+        state = {"capsule": capsule, "velero": velero, "capsule_version": CAPSULE_VERSIONS[capsule], "kubernetes_version": K8S_VERSION,
                  "ports": ports, "binaries": {k: str(v) for k, v in binaries.items()}, "processes": {},
                  "started_at": time.time()}
         self._save(state)
@@ -168,7 +171,11 @@ class Lab:
             asyncio.run(self._install_capsule(state, binaries["helm"], out))
             self._start_kcm(state, binaries["kube-controller-manager"])
             self._start_kubelet(state)
+            if velero:
+                self._start_velero(state, binaries, out)
             asyncio.run(self._wait_capsule_ready(out))
+            if velero:
+                asyncio.run(self._wait_velero_ready(out))
         except BaseException:
             print(f"lab: start failed; logs in {self.logs}", file=out)
             raise
@@ -189,7 +196,7 @@ class Lab:
         if capsule and processes.stop(capsule):
             stopped.append("capsule")
         self.capsule_record_file.unlink(missing_ok=True)
-        for name in order[1:]:
+        for name in ["velero", "s3", *order[1:]]:
             if name in records and processes.stop(records[name]):
                 stopped.append(name)
         state = self.state()
@@ -355,6 +362,16 @@ class Lab:
         env = dict(os.environ, NAMESPACE=CAPSULE_NAMESPACE, SERVICE_ACCOUNT=CAPSULE_SERVICE_ACCOUNT, HOME=str(home),
                    KUBECONFIG=str(self.dir / "capsule.kubeconfig"), TMPDIR=str(self.dir / "capsule-tmp"))
         return [binary, *args], env
+
+    def _start_velero(self, state: dict[str, Any], binaries: dict[str, Path], out: TextIO) -> None:
+        lab_velero.start_object_store(self, state)
+        asyncio.run(lab_velero.install(self, state, binaries["velero"], out))
+        lab_velero.start_server(self, state, binaries["velero"], binaries["velero-plugin-for-aws"])
+
+    async def _wait_velero_ready(self, out: TextIO) -> None:
+        async with self.admin_client() as client:
+            await lab_velero.wait_storage_available(client)
+        print("lab: Velero running, storage location Available", file=out)
 
     def _start_kubelet(self, state: dict[str, Any]) -> None:
         argv = [sys.executable, "-m", "responder.lab.kubelet", str(self.dir)]

@@ -91,8 +91,9 @@ def apply_patch(doc: dict, ops: list[dict]) -> dict:
     doc = copy.deepcopy(doc)
     for op in ops:
         parent, key = _walk(doc, op["path"])
+        value = copy.deepcopy(op.get("value"))  # the server decodes each value anew: no shared objects
         if key == "-" and isinstance(parent, list) and op["op"] == "add":  # RFC 6902 append
-            parent.append(op["value"])
+            parent.append(value)
             continue
         idx = int(key) if isinstance(parent, list) else key
         if op["op"] == "test":
@@ -100,15 +101,15 @@ def apply_patch(doc: dict, ops: list[dict]) -> dict:
                 actual = parent[idx]
             except (IndexError, KeyError) as e:
                 raise PatchTestFailed(f"{op['path']} missing") from e
-            if actual != op["value"]:
+            if actual != value:
                 raise PatchTestFailed(f"{op['path']}: {actual!r} != {op['value']!r}")
         elif op["op"] == "remove":
             del parent[idx]  # raises IndexError/KeyError on a missing target
         elif op["op"] in ("add", "replace"):
             if isinstance(parent, list) and op["op"] == "add":
-                parent.insert(idx, op["value"])
+                parent.insert(idx, value)
             else:
-                parent[idx] = op["value"]
+                parent[idx] = value
         else:
             raise AssertionError(f"unsupported op {op['op']}")
     return doc

@@ -1,0 +1,553 @@
+"""Recovery: bring back what was lost and return the cluster to its pre-incident shape.
+
+Steps, in runbook order: choose the Velero backup, wait until the lost namespaces are really gone,
+recreate the Tenant CRD and the Tenants (widening the breaker's exemption to Velero), restore the lost
+namespaces with a Velero Restore, re-adopt every namespace into its recreated Tenant, bring Capsule
+back exactly as recorded, and verify. Each step writes what later steps need as a journal record, so
+a resumed run continues from the journal, not from memory. The decisions are pure functions in
+responder/recovery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Any
+
+import httpx
+
+from responder import recovery
+from responder.actions.breaker import (restore_match_conditions_patch,
+                                       widen_exemption_patch)
+from responder.actions.common import capsule_target
+from responder.cluster.client import JSON_PATCH, MERGE_PATCH
+from responder.cluster.discovery import Discovery
+from responder.engine import StepContext, StepOutcome, WriteRequest
+from responder.errors import ApiError
+from responder.observe import TENANTS_PATH
+from responder.runbook.schema import ActionSpec, ParamSpec
+
+CRD_NAME = "tenants.capsule.clastix.io"
+CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+VELERO_PARAMS = {"veleroNamespace": ParamSpec(str, default="velero", description="where Velero's objects live")}
+
+
+def _velero(ctx: StepContext, resource: str, name: str | None = None) -> str:
+    ns = str(ctx.params.get("veleroNamespace", "velero"))
+    base = f"/apis/velero.io/v1/namespaces/{ns}/{resource}"
+    return f"{base}/{name}" if name else base
+
+
+def latest_record(ctx: StepContext, kind: str) -> dict[str, Any] | None:
+    return next((r for r in reversed(ctx.journal.records()) if r.get("kind") == kind), None)
+
+
+def _snapshot(ctx: StepContext) -> dict[str, Any]:
+    """What responder saw before its first write (recorded when the incident opened)."""
+    return latest_record(ctx, "snapshot") or {}
+
+
+def known_namespaces(ctx: StepContext) -> dict[str, str]:
+    snap = _snapshot(ctx).get("namespaces") or ctx.observer.shadow.namespace_tenants()
+    return {ns: tenant for ns, tenant in snap.items() if ns not in ctx.options.protected}
+
+
+async def _all_namespaces(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    items = (await ctx.client.get("/api/v1/namespaces")).get("items") or []
+    return {n["metadata"]["name"]: n for n in items}
+
+
+async def download(ctx: StepContext, kind: str, name: str, *, timeout: float = 60.0) -> bytes:
+    """Velero's DownloadRequest: a presigned URL to a backup's tarball or a restore's results."""
+    request_name = f"responder-{ctx.journal.incident_id}-{kind.lower()}-{name}"[:253].lower()
+    body = {"apiVersion": "velero.io/v1", "kind": "DownloadRequest",
+            "metadata": {"name": request_name, "namespace": str(ctx.params.get("veleroNamespace", "velero"))},
+            "spec": {"target": {"kind": kind, "name": name}}}
+    if not ctx.done_before("download-request", request_name):
+        try:
+            await ctx.write("download-request", request_name, "POST", _velero(ctx, "downloadrequests"), body=body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = await ctx.client.get(_velero(ctx, "downloadrequests", request_name))
+        url = (obj.get("status") or {}).get("downloadURL")
+        if url:
+            async with httpx.AsyncClient(timeout=60) as http:
+                response = await http.get(url)
+            response.raise_for_status()
+            return response.content
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"Velero did not answer the DownloadRequest for {kind} {name} within {timeout:.0f}s")
+
+
+# -- 1. choose the backup --------------------------------------------------------------------------
+
+class ChooseBackup:
+    spec = ActionSpec(
+        name="choose-backup",
+        description="Pick the newest usable Velero backup that holds every lost namespace; say why others were refused.",
+        params={**VELERO_PARAMS,
+                "schedule": ParamSpec(str, default="", description="only backups of this Velero Schedule"),
+                "backup": ParamSpec(str, default="", description="this backup by name (still checked)"),
+                "allowPartiallyFailed": ParamSpec(bool, default=False)},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        known = known_namespaces(ctx)
+        live = await _all_namespaces(ctx)
+        lost = recovery.lost_namespaces(known, live)
+        plan: dict[str, Any] = {"known": len(known), "lost": lost, "backup": None, "rejected": [],
+                                "counts": {}, "tenants_from": "shadow"}
+        if not lost:
+            ctx.journal.record("recovery-plan", step=ctx.step.id, **plan, reason="no namespace was lost")
+            return StepOutcome("finished", f"no namespace lost ({len(known)} known): nothing to restore", plan)
+        try:
+            backups = (await ctx.client.get(_velero(ctx, "backups"))).get("items") or []
+            locations = (await ctx.client.get(_velero(ctx, "backupstoragelocations"))).get("items") or []
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            backups, locations = [], []
+            plan["reason"] = "Velero is not installed (no velero.io API or namespace)"
+        phases = {b["metadata"]["name"]: (b.get("status") or {}).get("phase", "") for b in locations}
+        now = dt.datetime.now(dt.timezone.utc)
+        refused: list[dict[str, str]] = []
+        pool = list(backups)
+        while pool:
+            choice = recovery.choose_backup(pool, lost, now=now, storage_phases=phases,
+                                            schedule=str(ctx.params.get("schedule") or "") or None,
+                                            name=str(ctx.params.get("backup") or "") or None,
+                                            allow_partially_failed=bool(ctx.params.get("allowPartiallyFailed")))
+            refused += choice.to_json()["rejected"]
+            if choice.backup is None:
+                plan["reason"] = choice.reason
+                break
+            if ctx.dry_run:  # a dry-run DownloadRequest is never served: judge by the spec alone
+                plan["backup"] = choice.backup
+                break
+            contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", choice.backup))
+            absent = [ns for ns in lost if ns not in contents.namespaces]
+            if absent:
+                refused.append({"name": choice.backup, "reason": f"holds no objects of {len(absent)} lost namespaces "
+                                                                   f"(e.g. {', '.join(absent[:3])}): taken before them"})
+                pool = [b for b in pool if b["metadata"]["name"] != choice.backup]
+                continue
+            plan["backup"] = choice.backup
+            plan["counts"] = {ns: recovery.restorable_counts(contents, ns) for ns in known}
+            if contents.tenants:
+                plan["tenants_from"] = "backup"
+                plan["tenants"] = {n: recovery.tenant_for_create(t) for n, t in contents.tenants.items()}
+            if contents.tenant_crd:
+                plan["tenant_crd"] = recovery.crd_for_create(contents.tenant_crd)
+            break
+        plan["rejected"] = refused
+        for r in refused:
+            ctx.log(f"backup {r['name']} refused: {r['reason']}", level="warning")
+        ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
+        summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from")} | {"lost": len(lost)}
+        if plan["backup"] is None:
+            ctx.log(f"NO USABLE BACKUP ({plan.get('reason')}): {len(lost)} lost namespaces cannot be restored; "
+                    "Tenants come from responder's shadow copy", level="warning")
+            return StepOutcome("finished", f"no usable backup: {plan.get('reason')}", summary)
+        return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces", summary)
+
+
+def recovery_plan(ctx: StepContext) -> dict[str, Any]:
+    return latest_record(ctx, "recovery-plan") or {"lost": {}, "backup": None, "counts": {}, "tenants_from": "shadow"}
+
+
+# -- 2. wait until the lost namespaces are gone ----------------------------------------------------
+
+class WaitLostGone:
+    spec = ActionSpec(
+        name="wait-lost-gone",
+        description="Wait until lost namespaces (and the dying Tenant CRD) are fully gone: Velero cannot restore into "
+                    "a Terminating namespace.",
+        params={"waitSeconds": ParamSpec((int, float), default=180)},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        lost = set(recovery_plan(ctx)["lost"])
+        deadline = time.monotonic() + float(ctx.params.get("waitSeconds", 180))
+        pending = set(lost)
+        crd_deleting = True
+        while time.monotonic() < deadline:
+            live = await _all_namespaces(ctx)
+            pending = {ns for ns in lost if ns in live}
+            crd = await ctx.client.get_or_none(CRD_PATH)
+            crd_deleting = bool(crd and crd["metadata"].get("deletionTimestamp"))
+            ctx.progress(len(lost) - len(pending), len(lost), "lost namespaces gone")
+            if not pending and not crd_deleting:
+                break
+            await asyncio.sleep(0.5)
+        gone = sorted(lost - pending)
+        ctx.journal.record("recovery-gone", step=ctx.step.id, gone=gone, stuck=sorted(pending),
+                           crd_deleting=crd_deleting)
+        data = {"gone": len(gone), "stuck": sorted(pending)}
+        if pending or crd_deleting:
+            what = f"{len(pending)} namespaces still Terminating" + (" and the Tenant CRD still deleting" if crd_deleting else "")
+            ctx.log(f"{what}: they are left out of the restore (see the terminating step's report)", level="warning")
+            return StepOutcome("failed" if crd_deleting else "finished", what, data)
+        return StepOutcome("finished", f"all {len(gone)} lost namespaces are gone", data)
+
+
+# -- 3. the Tenant CRD and the Tenants -------------------------------------------------------------
+
+def breaker_originals(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    """Per webhook configuration, the matchConditions from before the incident (the breaker's undo)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in ctx.journal.records():
+        undo = rec.get("undo") if rec.get("kind") == "intent" else None
+        if undo and undo.get("op") == "webhook-match-conditions":
+            out.setdefault(f"{undo['kind']}/{undo['name']}", undo)  # the first one holds the true original
+    return out
+
+
+class RecreateTenants:
+    spec = ActionSpec(
+        name="recreate-tenants",
+        description="Recreate the Tenant CRD and the Tenants (from the backup, else the shadow copy); exempt Velero too.",
+        params={"veleroIdentity": ParamSpec(str, default="system:serviceaccount:velero:velero",
+                                            description="the username Velero's server writes as")},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        plan = recovery_plan(ctx)
+        await self.widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])]
+                                   if plan.get("backup") else [ctx.options.identity])
+        crd_created = await self.ensure_crd(ctx, plan)
+        tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
+                                          for n, t in ctx.observer.shadow.tenants.items()}
+        wanted = set(known_namespaces(ctx).values())
+        tenants = {n: t for n, t in tenants.items() if n in wanted}
+        if ctx.dry_run and crd_created:
+            return StepOutcome("finished", f"dry run: would create the CRD and {len(tenants)} Tenants",
+                               {"tenants": len(tenants)})
+        requests = []
+        for name, body in sorted(tenants.items()):
+            existing = await ctx.client.get_or_none(f"{TENANTS_PATH}/{name}")
+            if existing is not None and not existing["metadata"].get("deletionTimestamp"):
+                continue
+            if not ctx.done_before("create-tenant", name):
+                # No undo: deleting a Tenant would take its namespaces with it.
+                requests.append(WriteRequest("create-tenant", name, "POST", TENANTS_PATH, body=body))
+        results = await ctx.write_many(requests, in_flight=8)
+        errors = [r for r in results if isinstance(r, ApiError) and r.status != 409]
+        if errors:
+            raise errors[0]
+        uids = {}
+        for name in tenants:
+            obj = await ctx.client.get_or_none(f"{TENANTS_PATH}/{name}")
+            if obj is not None:
+                uids[name] = obj["metadata"]["uid"]
+        ctx.journal.record("recovery-tenants", step=ctx.step.id, source=plan.get("tenants_from"), uids=uids,
+                           created=[r.target for r in requests])
+        return StepOutcome("finished", f"{len(requests)} Tenants recreated from the {plan.get('tenants_from')} "
+                                       f"({len(uids)} present)", {"created": len(requests), "present": len(uids)})
+
+    async def widen_exemption(self, ctx: StepContext, identities: list[str]) -> None:
+        for key, undo in breaker_originals(ctx).items():
+            current = await ctx.client.get(undo["path"])
+            ops = widen_exemption_patch(current, identities)
+            if ops:
+                await ctx.write("widen-exemption", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH,
+                                undo=undo)
+
+    async def ensure_crd(self, ctx: StepContext, plan: dict[str, Any]) -> bool:
+        crd = await ctx.client.get_or_none(CRD_PATH)
+        if crd is not None and not crd["metadata"].get("deletionTimestamp"):
+            return False
+        body = plan.get("tenant_crd") or (recovery.crd_for_create(ctx.observer.shadow.tenant_crd)
+                                          if ctx.observer.shadow.tenant_crd else None)
+        if body is None:
+            raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither the backup nor the shadow holds it")
+        if not ctx.done_before("create-crd", CRD_NAME):
+            await ctx.write("create-crd", CRD_NAME, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                            body=body)
+        if ctx.dry_run:
+            return True
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            crd = await ctx.client.get_or_none(CRD_PATH)
+            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
+            if conds.get("Established") == "True":
+                return True
+            await asyncio.sleep(0.2)
+        raise ApiError(504, "Timeout", "the recreated Tenant CRD did not become Established within 30s")
+
+
+# -- 4. Velero restore -----------------------------------------------------------------------------
+
+class RestoreNamespaces:
+    spec = ActionSpec(
+        name="velero-restore",
+        description="Restore the lost namespaces with Velero (never overwriting), following its progress and warnings.",
+        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900)},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        plan = recovery_plan(ctx)
+        gone_rec = latest_record(ctx, "recovery-gone") or {}
+        targets = sorted(set(plan["lost"]) - set(gone_rec.get("stuck") or []))
+        if not plan.get("backup"):
+            ctx.journal.record("recovery-restore", step=ctx.step.id, phase="none", restored=[],
+                               unrestorable=sorted(plan["lost"]), reason=plan.get("reason"))
+            return StepOutcome("skipped", f"no backup: {len(plan['lost'])} lost namespaces cannot be restored",
+                               {"unrestorable": len(plan["lost"])})
+        if not targets:
+            return StepOutcome("skipped", "nothing to restore", {})
+        name = f"responder-{ctx.journal.incident_id}".lower()[:63]
+        body = {"apiVersion": "velero.io/v1", "kind": "Restore",
+                "metadata": {"name": name, "namespace": str(ctx.params.get("veleroNamespace", "velero")),
+                             "labels": {"app.kubernetes.io/managed-by": "responder"}},
+                # Lost namespaces only; cluster resources (the Tenants) are recreated by responder;
+                # existing objects are never overwritten (Velero's default policy, stated).
+                "spec": {"backupName": plan["backup"], "includedNamespaces": targets,
+                         "includeClusterResources": False, "existingResourcePolicy": "none"}}
+        if not ctx.done_before("create-restore", name):
+            try:
+                await ctx.write("create-restore", name, "POST", _velero(ctx, "restores"), body=body)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        if ctx.dry_run:
+            return StepOutcome("finished", f"dry run: Restore of {len(targets)} namespaces validated", {})
+        for ns in targets:
+            ctx.emit("restore", namespace=ns, state="restoring")
+        restore = await self.follow(ctx, name, float(ctx.params.get("restoreTimeout", 900)))
+        status = restore.get("status") or {}
+        phase = status.get("phase", "")
+        messages = {"warnings": [], "errors": []}
+        if phase in ("Completed", "PartiallyFailed", "Failed"):
+            try:
+                messages = recovery.parse_restore_results(await download(ctx, "RestoreResults", name))
+            except Exception as exc:  # the results file is best effort; the counts are in the status
+                ctx.log(f"could not fetch the restore's results: {exc}", level="warning")
+        for line in messages["warnings"][:50]:
+            ctx.log(f"velero warning: {line}")
+        for line in messages["errors"][:50]:
+            ctx.log(f"velero error: {line}", level="warning")
+        progress = status.get("progress") or {}
+        for ns in targets:
+            ctx.emit("restore", namespace=ns, state="restored" if phase in ("Completed", "PartiallyFailed") else "failed")
+        record = {"restore": name, "phase": phase, "restored": targets if phase in ("Completed", "PartiallyFailed") else [],
+                  "items_restored": progress.get("itemsRestored"), "total_items": progress.get("totalItems"),
+                  "warnings": messages["warnings"], "errors": messages["errors"],
+                  "failure_reason": status.get("failureReason"), "validation_errors": status.get("validationErrors")}
+        ctx.journal.record("recovery-restore", step=ctx.step.id, **record)
+        summary = (f"Restore {name}: {phase}, {progress.get('itemsRestored', 0)}/{progress.get('totalItems', 0)} "
+                   f"items, {status.get('warnings', 0)} warnings, {status.get('errors', 0)} errors")
+        data = {k: record[k] for k in ("restore", "phase", "items_restored", "total_items")}
+        return StepOutcome("finished" if phase in ("Completed", "PartiallyFailed") else "failed", summary, data)
+
+    async def follow(self, ctx: StepContext, name: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            restore = await ctx.client.get(_velero(ctx, "restores", name))
+            status = restore.get("status") or {}
+            progress = status.get("progress") or {}
+            now = (status.get("phase"), progress.get("itemsRestored"), progress.get("totalItems"))
+            if now != last:
+                ctx.progress(int(progress.get("itemsRestored") or 0), int(progress.get("totalItems") or 0),
+                             f"restore {status.get('phase') or 'New'}")
+                last = now
+            if status.get("phase") in ("Completed", "PartiallyFailed", "Failed", "FailedValidation"):
+                return restore
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"Restore {name} did not finish within {timeout:.0f}s (Velero runs one restore at a time)")
+
+
+# -- 5. re-adopt -----------------------------------------------------------------------------------
+
+class ReadoptNamespaces:
+    spec = ActionSpec(
+        name="readopt-namespaces",
+        description="Give every detached or restored namespace the ownerReference to its recreated Tenant (new UID).",
+        params={"concurrency": ParamSpec(int, default=32)},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        known = known_namespaces(ctx)
+        templates = _snapshot(ctx).get("owners") or {}
+        live = await _all_namespaces(ctx)
+        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        requests, missing_tenant, absent = [], [], []
+        for ns, tenant_name in sorted(known.items()):
+            obj, tenant = live.get(ns), tenants.get(tenant_name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                absent.append(ns)
+                continue
+            if tenant is None:
+                missing_tenant.append(ns)
+                continue
+            patch = recovery.readopt_patch(obj, tenant, templates.get(ns))
+            if patch and not ctx.done_before("readopt", ns):
+                requests.append(WriteRequest("readopt", ns, "PATCH", f"/api/v1/namespaces/{ns}", body=patch,
+                                             content_type=JSON_PATCH))
+        results = await ctx.write_many(requests, in_flight=int(ctx.params.get("concurrency", 32)))
+        failed = [(r.target, res) for r, res in zip(requests, results) if isinstance(res, ApiError)]
+        for r, res in zip(requests, results):
+            if not isinstance(res, ApiError):
+                ctx.emit("readopt", namespace=r.target, tenant=known[r.target])
+        data = {"readopted": len(requests) - len(failed), "absent": absent, "tenant_missing": missing_tenant,
+                "failed": [t for t, _ in failed]}
+        for target, exc in failed[:10]:
+            ctx.log(f"re-adopting {target} failed: {exc.status} {exc.api_message[:200]}", level="warning")
+        status = "failed" if failed or missing_tenant else "finished"
+        return StepOutcome(status, f"{data['readopted']} namespaces re-adopted by their recreated Tenants"
+                                   + (f"; {len(absent)} absent" if absent else ""), data)
+
+
+# -- 6. bring Capsule back -------------------------------------------------------------------------
+
+class RestoreCapsule:
+    spec = ActionSpec(
+        name="restore-capsule",
+        description="Put Capsule's webhook configurations and replicas back exactly as recorded; wait until it "
+                    "reconciles the Tenants.",
+        params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "reconcileTimeout": ParamSpec((int, float), default=120)},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        target = capsule_target(ctx)
+        for key, undo in breaker_originals(ctx).items():
+            current = await ctx.client.get(undo["path"])
+            ops = restore_match_conditions_patch(current, undo["webhooks"])
+            if ops and not ctx.done_before("restore-webhooks", key):
+                await ctx.write("restore-webhooks", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH)
+        replicas = next((rec["undo"]["replicas"] for rec in ctx.journal.records()
+                         if rec.get("kind") == "intent" and (rec.get("undo") or {}).get("op") == "scale"), None)
+        if replicas is None:
+            replicas = _snapshot(ctx).get("capsule_replicas") or ctx.observer.shadow.capsule_replicas or 1
+        if not ctx.done_before("restore-replicas", target.deployment):
+            await ctx.write("restore-replicas", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                            body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
+        if ctx.dry_run:
+            return StepOutcome("finished", "dry run: Capsule not restarted", {})
+        pending = await self.wait_reconciled(ctx, float(ctx.params.get("reconcileTimeout", 120)))
+        data = {"replicas": replicas, "tenants_not_reconciled": pending}
+        if pending:
+            ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet: {', '.join(pending[:5])}",
+                    level="warning")
+            return StepOutcome("failed", f"Capsule back at {replicas} replicas; {len(pending)} Tenants not reconciled",
+                               data)
+        return StepOutcome("finished", f"Capsule back at {replicas} replicas; every Tenant lists its namespaces", data)
+
+    async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
+        """Tenants whose status does not list every known namespace of theirs that exists."""
+        known = known_namespaces(ctx)
+        deadline = time.monotonic() + timeout
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            live = await _all_namespaces(ctx)
+            tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+            pending = []
+            for name in sorted(set(known.values())):
+                expected = {ns for ns, t in known.items() if t == name and ns in live}
+                listed = set(recovery.tenant_lists_namespaces(tenants.get(name) or {}))
+                if not expected <= listed:
+                    pending.append(name)
+            if not pending:
+                return []
+            await asyncio.sleep(1.0)
+        return pending
+
+
+# -- 7. verify -------------------------------------------------------------------------------------
+
+class VerifyRecovery:
+    spec = ActionSpec(
+        name="verify-recovery",
+        description="Every namespace known before the incident exists, belongs to its Tenant and holds its objects; "
+                    "Capsule's webhooks and replicas equal the originals.",
+        params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
+    )
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        known = known_namespaces(ctx)
+        plan = recovery_plan(ctx)
+        restored = set((latest_record(ctx, "recovery-restore") or {}).get("restored") or [])
+        live = await _all_namespaces(ctx)
+        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        missing = sorted(ns for ns in known if ns not in live or live[ns]["metadata"].get("deletionTimestamp"))
+        not_adopted = sorted(ns for ns, t in known.items() if ns in live and ns not in missing
+                             and not (t in tenants and recovery.adopted_by(live[ns], tenants[t])))
+        content_missing = await self.missing_objects(ctx, plan, [ns for ns in known if ns in live])
+        snapshot = _snapshot(ctx)
+        webhook_diffs: list[str] = []
+        if snapshot.get("webhooks"):
+            from responder.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+
+            listings = {n: (await ctx.client.get(p)).get("items") or [] for n, _, p in WEBHOOK_STREAMS}
+            now = {f"{kind}/{o['metadata']['name']}": o for kind, o in capsule_webhooks_in(lambda n: listings[n])}
+            webhook_diffs = recovery.webhook_differences(snapshot["webhooks"], now)
+        target = capsule_target(ctx)
+        deployment = await ctx.client.get_or_none(target.deployment_path)
+        replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+        expected_replicas = snapshot.get("capsule_replicas")
+        lost = set(plan.get("lost") or {})
+        result = {
+            "known": len(known), "present": len(known) - len(missing), "missing": missing,
+            "adopted": len(known) - len(missing) - len(not_adopted), "not_adopted": not_adopted,
+            "saved": sorted(set(known) - lost - set(missing)), "lost": sorted(lost),
+            "restored": sorted(restored), "unrestorable": sorted(lost - restored),
+            "content_missing": content_missing, "webhook_differences": webhook_diffs,
+            "capsule_replicas": replicas, "capsule_replicas_expected": expected_replicas,
+            "backup": plan.get("backup"),
+        }
+        ctx.journal.record("recovery-verify", step=ctx.step.id, **result)
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} namespaces missing")
+        if not_adopted:
+            problems.append(f"{len(not_adopted)} not adopted")
+        if content_missing:
+            problems.append(f"{sum(len(v) for v in content_missing.values())} objects missing in "
+                            f"{len(content_missing)} namespaces")
+        if webhook_diffs:
+            problems.append("webhooks differ: " + "; ".join(webhook_diffs))
+        if expected_replicas is not None and replicas != expected_replicas:
+            problems.append(f"Capsule at {replicas} replicas, expected {expected_replicas}")
+        data = {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in result.items()}
+        if problems:
+            for p in problems:
+                ctx.log(f"VERIFY: {p}", level="warning")
+            return StepOutcome("failed", "; ".join(problems), data)
+        return StepOutcome("finished", f"all {len(known)} namespaces present, owned by their Tenants, content intact; "
+                                       "Capsule as before", data)
+
+    async def missing_objects(self, ctx: StepContext, plan: dict[str, Any], namespaces: list[str]) -> dict[str, list[str]]:
+        """Objects the backup holds for a namespace that are not there now (one LIST per kind)."""
+        counts = plan.get("counts") or {}
+        if not counts or ctx.dry_run:
+            return {}
+        discovery = Discovery(ctx.client)
+        await discovery.refresh()
+        by_resource = {}
+        for res in await discovery.namespaced_listable():
+            group = res.group_version.rsplit("/", 1)[0] if "/" in res.group_version else ""
+            by_resource[f"{res.name}.{group}" if group else res.name] = res
+        missing: dict[str, list[str]] = {}
+        limit = asyncio.Semaphore(16)
+
+        async def check(ns: str, resource: str, expected: int) -> None:
+            res = by_resource.get(resource)
+            if res is None:
+                missing.setdefault(ns, []).append(f"{resource}: API not served")
+                return
+            async with limit:
+                items = (await ctx.client.get(res.collection_path(ns))).get("items") or []
+            have = sum(1 for o in items if not o["metadata"].get("ownerReferences")
+                       and (resource, o["metadata"]["name"]) not in recovery.AUTO_CREATED)
+            if have < expected:
+                missing.setdefault(ns, []).append(f"{resource}: {have} of {expected}")
+
+        await asyncio.gather(*(check(ns, r, n) for ns in namespaces for r, n in (counts.get(ns) or {}).items()))
+        return dict(sorted(missing.items()))

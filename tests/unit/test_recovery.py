@@ -1,0 +1,184 @@
+"""Recovery decisions (responder/recovery.py) and the breaker patches recovery relies on: pure, no cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+import tarfile
+
+import pytest
+
+from responder import recovery
+from responder.actions.breaker import (EXEMPTION_NAME, exemption_condition, exemption_patch,
+                                       restore_match_conditions_patch, widen_exemption_patch)
+from tests.unit.test_triage import PatchTestFailed, apply_patch
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+AVAILABLE = {"default": "Available"}
+
+
+def backup(name: str, started: str, phase: str = "Completed", *, expiration: str = "2026-12-26T00:00:00Z",
+           included: list[str] | None = None, location: str = "default", schedule: str | None = "daily") -> dict:
+    labels = {recovery.SCHEDULE_LABEL: schedule} if schedule else {}
+    return {"metadata": {"name": name, "labels": labels},
+            "spec": {"includedNamespaces": included or ["*"], "storageLocation": location},
+            "status": {"phase": phase, "startTimestamp": started, "expiration": expiration, "errors": 2}}
+
+
+def test_lost_are_the_known_namespaces_gone_or_terminating():
+    known = {"a": "t1", "b": "t1", "c": "t2"}
+    live = {"a": {"metadata": {"name": "a"}}, "c": {"metadata": {"name": "c", "deletionTimestamp": "x"}}}
+    assert recovery.lost_namespaces(known, live) == {"b": "t1", "c": "t2"}
+
+
+def test_newest_completed_backup_is_chosen():
+    backups = [backup("old", "2026-11-25T03:00:00Z"), backup("new", "2026-11-26T03:00:00Z")]
+    choice = recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE)
+    assert choice.backup == "new" and choice.rejected == ()
+
+
+def test_partially_failed_newest_is_refused_with_reason_unless_allowed():
+    backups = [backup("good", "2026-11-25T03:00:00Z"), backup("partial", "2026-11-26T03:00:00Z", "PartiallyFailed")]
+    choice = recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE)
+    assert choice.backup == "good"
+    assert choice.rejected[0][0] == "partial" and "PartiallyFailed" in choice.rejected[0][1]
+    allowed = recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE, allow_partially_failed=True)
+    assert allowed.backup == "partial"
+
+
+def test_expired_backup_is_refused():
+    backups = [backup("good", "2026-11-24T03:00:00Z"),
+               backup("expired", "2026-11-26T03:00:00Z", expiration="2026-11-26T06:00:00Z")]
+    choice = recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE)
+    assert choice.backup == "good" and "expired" in choice.rejected[0][1]
+
+
+def test_unavailable_location_and_missing_namespace_are_refused():
+    backups = [backup("elsewhere", "2026-11-26T03:00:00Z", location="broken"),
+               backup("partial-scope", "2026-11-25T03:00:00Z", included=["a"])]
+    choice = recovery.choose_backup(backups, ["a", "b"], now=NOW, storage_phases={"default": "Available",
+                                                                                 "broken": "Unavailable"})
+    assert choice.backup is None
+    reasons = dict(choice.rejected)
+    assert "Unavailable" in reasons["elsewhere"] and "does not include 1 lost" in reasons["partial-scope"]
+    assert "refused" in choice.reason
+
+
+def test_schedule_and_name_filters():
+    backups = [backup("x", "2026-11-26T03:00:00Z", schedule="other"), backup("y", "2026-11-25T03:00:00Z")]
+    assert recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE, schedule="daily").backup == "y"
+    assert recovery.choose_backup(backups, ["a"], now=NOW, storage_phases=AVAILABLE, name="x").backup == "x"
+    none = recovery.choose_backup([], ["a"], now=NOW, storage_phases=AVAILABLE)
+    assert none.backup is None and none.reason == "no Velero backup found"
+
+
+def _tarball(files: dict[str, dict]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, obj in files.items():
+            data = json.dumps(obj).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_backup_tarball_counts_once_and_skips_auto_created_and_owned():
+    cm = {"metadata": {"name": "settings"}}
+    files = {
+        "resources/configmaps/namespaces/ns1/settings.json": cm,
+        "resources/configmaps/v1-preferredversion/namespaces/ns1/settings.json": cm,
+        "resources/configmaps/namespaces/ns1/kube-root-ca.crt.json": {"metadata": {"name": "kube-root-ca.crt"}},
+        "resources/pods/namespaces/ns1/app-1.json": {"metadata": {"name": "app-1", "ownerReferences": [{"kind": "ReplicaSet"}]}},
+        "resources/deployments.apps/namespaces/ns1/app.json": {"metadata": {"name": "app"}},
+        "resources/tenants.capsule.clastix.io/cluster/t1.json": {"metadata": {"name": "t1", "uid": "u"}, "spec": {"x": 1}},
+        "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/tenants.capsule.clastix.io.json":
+            {"metadata": {"name": "tenants.capsule.clastix.io"}, "spec": {"group": "capsule.clastix.io"}},
+        "metadata/version": {},
+    }
+    contents = recovery.parse_backup_tarball(_tarball(files))
+    assert contents.counts("ns1") == {"configmaps": 2, "deployments.apps": 1, "pods": 1}
+    assert recovery.restorable_counts(contents, "ns1") == {"configmaps": 1, "deployments.apps": 1}
+    assert set(contents.tenants) == {"t1"} and contents.tenant_crd["spec"]["group"] == "capsule.clastix.io"
+
+
+def test_restore_results_in_words():
+    doc = {"warnings": {"velero": [], "cluster": ["c1"], "namespaces": {"ns2": ["w2"], "ns1": ["w1"]}},
+           "errors": {"namespaces": {"ns1": ["e1"]}}}
+    out = recovery.parse_restore_results(gzip.compress(json.dumps(doc).encode()))
+    assert out == {"warnings": ["cluster: c1", "ns1: w1", "ns2: w2"], "errors": ["ns1: e1"]}
+
+
+def test_tenant_for_create_drops_identity_and_status():
+    tenant = {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
+              "metadata": {"name": "t1", "uid": "old", "resourceVersion": "9", "finalizers": ["f"],
+                           "labels": {"a": "b"}, "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+              "spec": {"owners": [{"kind": "User", "name": "alice"}]}, "status": {"size": 3}}
+    out = recovery.tenant_for_create(tenant)
+    assert out == {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
+                   "metadata": {"name": "t1", "labels": {"a": "b"}},
+                   "spec": {"owners": [{"kind": "User", "name": "alice"}]}}
+
+
+TEMPLATE = {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant", "name": "t1", "controller": True,
+            "blockOwnerDeletion": True}
+
+
+def _ns(refs=None, labels=None) -> dict:
+    meta = {"name": "ns1", "uid": "ns-uid"}
+    if refs is not None:
+        meta["ownerReferences"] = refs
+    if labels is not None:
+        meta["labels"] = labels
+    return {"metadata": meta}
+
+
+NEW_TENANT = {"metadata": {"name": "t1", "uid": "new-uid"}}
+
+
+def test_readopt_adds_capsule_form_reference_with_new_uid_and_keeps_other_owners():
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "o"}
+    dangling = TEMPLATE | {"uid": "old-uid"}
+    ns = _ns([other, dangling], {"capsule.clastix.io/tenant": "t1"})
+    out = apply_patch(ns, recovery.readopt_patch(ns, NEW_TENANT, TEMPLATE))
+    assert out["metadata"]["ownerReferences"] == [other, TEMPLATE | {"uid": "new-uid"}]
+    assert recovery.adopted_by(out, NEW_TENANT)
+    assert recovery.readopt_patch(out, NEW_TENANT, TEMPLATE) == []  # idempotent
+
+
+def test_readopt_of_a_restored_namespace_sets_the_label_and_is_guarded_by_uid():
+    ns = _ns()
+    patch = recovery.readopt_patch(ns, NEW_TENANT)
+    out = apply_patch(ns, patch)
+    assert out["metadata"]["labels"] == {"capsule.clastix.io/tenant": "t1"}
+    assert out["metadata"]["ownerReferences"][0]["uid"] == "new-uid"
+    replaced = {"metadata": {"name": "ns1", "uid": "another"}}
+    with pytest.raises(PatchTestFailed):
+        apply_patch(replaced, patch)
+
+
+def test_exemption_widens_to_velero_and_restores_exactly():
+    original = [{"name": "other", "expression": "true"}]
+    cfg = {"webhooks": [{"name": "namespaces.capsule", "failurePolicy": "Fail", "matchConditions": original},
+                        {"name": "pods.capsule", "failurePolicy": "Fail"}]}
+    ops, originals = exemption_patch(cfg, "responder")
+    tripped = apply_patch(cfg, ops)
+    widened = apply_patch(tripped, widen_exemption_patch(tripped, ["responder", "system:serviceaccount:velero:velero"]))
+    cond = next(c for c in widened["webhooks"][0]["matchConditions"] if c["name"] == EXEMPTION_NAME)
+    assert cond == exemption_condition("responder", "system:serviceaccount:velero:velero")
+    assert 'in ["responder", "system:serviceaccount:velero:velero"]' in cond["expression"]
+    assert widen_exemption_patch(widened, ["responder", "system:serviceaccount:velero:velero"]) == []
+    back = apply_patch(widened, restore_match_conditions_patch(widened, originals))
+    assert back == cfg
+    assert restore_match_conditions_patch(back, originals) == []
+
+
+def test_webhook_differences_and_tenant_status():
+    before = {"ValidatingWebhookConfiguration/capsule": {"webhooks": [{"name": "a"}]}}
+    assert recovery.webhook_differences(before, before) == []
+    assert recovery.webhook_differences(before, {}) == ["ValidatingWebhookConfiguration/capsule: missing"]
+    changed = {"ValidatingWebhookConfiguration/capsule": {"webhooks": [{"name": "a", "matchConditions": []}]}}
+    assert recovery.webhook_differences(before, changed) == ["ValidatingWebhookConfiguration/capsule: webhooks differ"]
+    assert recovery.tenant_lists_namespaces({"status": {"namespaces": ["a"], "spaces": [{"name": "b"}]}}) == ["a", "b"]
