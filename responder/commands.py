@@ -75,6 +75,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("--dry-run", action="store_true", help="send every write with dryRun=All: nothing persists")
     watch.add_argument("--yes", action="store_true", help="pre-confirm destructive steps")
     watch.add_argument("--headless", action="store_true", help="no TUI: log lines on stderr, summary on stdout")
+    watch.add_argument("--contain-only", action="store_true",
+                       help="stop after containment; recover later with `run --resume JOURNAL`")
     watch.add_argument("--timeout", type=positive_seconds, default=None, help="give up watching after this many seconds")
     watch.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     watch.set_defaults(handler=cmd_watch)
@@ -89,6 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--dry-run", action="store_true")
     run.add_argument("--yes", action="store_true")
     run.add_argument("--resume", type=Path, metavar="JOURNAL", help="continue the incident in this journal")
+    run.add_argument("--contain-only", action="store_true", help="run only the runbook's contain phase")
     run.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
     run.set_defaults(handler=cmd_run)
 
@@ -104,7 +107,8 @@ def session_options(args: argparse.Namespace, *, runbook: str | None, dry_run: b
     return SessionOptions(runbook=resolve_runbook(runbook), journal_dir=args.journal or default_journal_dir(),
                           dry_run=dry_run, auto=auto, yes=yes,
                           capsule=CapsuleTarget(args.capsule_namespace, args.capsule_deployment),
-                          velero_namespace=args.velero_namespace, extra_protected=extra)
+                          velero_namespace=args.velero_namespace, extra_protected=extra,
+                          contain_only=bool(getattr(args, "contain_only", False)))
 
 
 def emit(data: Any, fmt: str | None) -> None:
@@ -190,7 +194,7 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
         if early is not None:
             return early
         await session.contain()
-        if session.has_phase("recover") and not options.dry_run:
+        if session.has_phase("recover") and not options.dry_run and not options.contain_only:
             # Recovery writes (Tenants, Restore, re-adoption) are confirmed steps: --yes, or they are skipped.
             await session.recover()
         summary = summarize(session)

@@ -20,9 +20,8 @@ from responder.commands import HeadlessPrinter, emit
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE
 from responder.lab.control_plane import Lab, bind_cluster_admin
-from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.session import Session, SessionOptions, resolve_runbook
+from responder.session import Session, SessionOptions, recovery_summary, resolve_runbook
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,21 +33,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="seconds after the trigger to keep checking that saved namespaces stay alive")
     drill.add_argument("--headless", action="store_true", help="no TUI (the drill is headless until the TUI lands)")
     drill.add_argument("--state-dir", type=Path, default=None, help="lab state dir (default: a drill lab of its own)")
-    drill.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    drill.add_argument("--keep", action="store_true",
+                       help="leave the lab running afterwards (existing cluster: leave what the drill seeded)")
     drill.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    add_drill_options(drill)
     drill.set_defaults(handler=cmd_drill)
 
 
+def add_drill_options(drill: argparse.ArgumentParser) -> None:
+    """Scenario, existing-cluster and bench flags (responder/scenarios.py, drill_target.py, drill_bench.py)."""
+    from responder.drill_bench import add_bench_arguments
+    from responder.scenarios import CRD_DELETION, SCENARIOS
+
+    drill.add_argument("--scenario", choices=SCENARIOS, default=CRD_DELETION,
+                       help="crd-deletion (default), tenant-mass-deletion (every Tenant deleted at once), "
+                            "breaker-unavailable (Capsule's namespace webhooks set to failurePolicy Ignore first)")
+    drill.add_argument("--no-backup", action="store_true",
+                       help="drill without a backup to restore from (recorded in the scorecard's options)")
+    target = drill.add_argument_group("existing cluster (instead of the embedded lab)")
+    target.add_argument("--kubeconfig", help="drill on this kubeconfig's cluster (a sandbox!)")
+    target.add_argument("--context", help="the kubeconfig context to use")
+    target.add_argument("--target", help="must repeat the context in use, or the drill refuses (exit 2)")
+    target.add_argument("--journal", default=None, metavar="DIR", help="incident journals (existing cluster)")
+    add_bench_arguments(drill)
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
+    if getattr(args, "bench", False):
+        from responder.drill_bench import cmd_drill_bench
+
+        return cmd_drill_bench(args)
+    if args.kubeconfig or args.context or args.target:
+        from responder.drill_target import cmd_drill_existing
+
+        return cmd_drill_existing(args)
     state_dir = args.state_dir or (Lab().dir.parent / "drill-lab")
     lab = Lab(state_dir)
     out = sys.stderr
     print(f"drill: starting a fresh lab in {lab.dir} (Capsule {CAPSULE_VERSIONS[args.capsule]})", file=out, flush=True)
     lab.down(wipe=True)
-    lab.up(capsule=args.capsule, out=out)
+    lab.up(capsule=args.capsule, velero=True, out=out)
     try:
         card = asyncio.run(run_drill(lab, tenants=args.tenants, per_tenant=args.namespaces_per_tenant,
-                                     observe=args.observe, journal_dir=lab.dir / "incidents"))
+                                     observe=args.observe, journal_dir=lab.dir / "incidents",
+                                     scenario=args.scenario, options=drill_options(args)))
     finally:
         if not args.keep:
             lab.down(wipe=False)
@@ -59,31 +87,70 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return EXIT_OK if card["passed"] else EXIT_NOT_CONTAINED
 
 
-async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, journal_dir: Path) -> dict[str, Any]:
+def drill_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a drill ran with, as the scorecard records them."""
+    return {"scenario": args.scenario, "capsule": args.capsule, "no_backup": bool(args.no_backup),
+            "target": args.target or "embedded-lab", "tenants": args.tenants,
+            "namespaces_per_tenant": args.namespaces_per_tenant}
+
+
+async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, journal_dir: Path,
+                    scenario: str = "crd-deletion", options: dict[str, Any] | None = None,
+                    labels: dict[str, str] | None = None, prefix: str = "tenant",
+                    progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`lab` is the embedded Lab or a drill_target.ExistingCluster (admin_client, state, ...);
+    `progress` gets the scenario's fault injection as soon as it is made (to undo it even on failure)."""
+    from responder import scenarios
+
     out = sys.stderr
     async with lab.admin_client() as admin:
         print(f"drill: seeding {tenants} tenants x {per_tenant} namespaces with content ...", file=out, flush=True)
-        seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant)
+        seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant, labels=labels, prefix=prefix)
         print(f"drill: seeded {len(seeded.namespaces)} namespaces in {seeded.seconds:.1f}s", file=out, flush=True)
-        responder_kubeconfig = lab.mint_user("responder")
-        await bind_cluster_admin(admin, "responder")
-        access = load_cluster_access(str(responder_kubeconfig))
+        backup = None
+        if isinstance(lab, Lab) and lab.state().get("velero") and not (options or {}).get("no_backup"):
+            from responder.lab.velero import create_schedule_and_backup
+
+            print("drill: taking a Velero backup (Schedule lab-daily, first run now) ...", file=out, flush=True)
+            backup = (await create_schedule_and_backup(admin, out=out))["metadata"]["name"]
+        if isinstance(lab, Lab):
+            responder_kubeconfig = lab.mint_user("responder")
+            await bind_cluster_admin(admin, "responder")
+            access = load_cluster_access(str(responder_kubeconfig))
+        else:
+            access = await lab.responder_access(admin)
+        prepared = await scenarios.prepare(admin, scenario)
+        if progress is not None:
+            progress["fault_injection"] = prepared
+        if prepared:
+            print(f"drill: scenario {scenario}: Capsule's namespace webhooks now fail open "
+                  f"(failurePolicy Ignore)", file=out, flush=True)
         session = Session(access, SessionOptions(runbook=resolve_runbook(None), journal_dir=journal_dir, yes=True))
         session.engine_listeners.append(HeadlessPrinter())
         await session.preflight()
         await session.start()
         try:
             namespaces = set(seeded.namespaces)
-            print("drill: deleting the Tenant CRD (the incident)", file=out, flush=True)
-            sent = await delete_tenant_crd(admin)
+            print(f"drill: {_INCIDENT[scenario]} (the incident)", file=out, flush=True)
+            sent = await scenarios.trigger(admin, scenario)
             await asyncio.wait_for(session.incident_opened.wait(), 30)
+            alive_at_detection = sum(1 for n in session.observer.objects("namespaces")
+                                     if n["metadata"]["name"] in namespaces
+                                     and not n["metadata"].get("deletionTimestamp"))
             await session.contain()
             contained_at = time.time()
-            alive_at_detection = len(namespaces)  # refined below from the journal
+            await session.recover()
+            recovered_at = time.time()
+            breaker = (session.results["breaker"].data.get("breaker") if "breaker" in session.results else None)
+            if breaker == "unavailable":
+                print("drill: BREAKER UNAVAILABLE - no Capsule webhook refuses namespace DELETEs (failurePolicy "
+                      "Ignore): responder could only race the deleters (detach speed). See the scorecard.",
+                      file=out, flush=True)
             while time.time() < sent + observe:
                 await asyncio.sleep(1)
             listing = await admin.list_all("/api/v1/namespaces")
             live = {n["metadata"]["name"]: n for n in listing["items"]}
+            tenants_after = await _live_tenants(admin)
             alive = [n for n in namespaces if n in live and not live[n]["metadata"].get("deletionTimestamp")]
             if session.journal is not None:
                 session.journal.record("scorecard", namespaces={"seeded": len(namespaces), "saved": len(alive),
@@ -97,22 +164,34 @@ async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, 
     terminating = [n for n in namespaces if n in live and live[n]["metadata"].get("deletionTimestamp")]
     gone = [n for n in namespaces if n not in live]
     detach = session.results.get("detach")
-    readopted = [n for n in saved if triage.tenant_refs(live[n])]
+    still_at_risk = _still_at_risk(saved, live, tenants_after)
+    readopted = [n for n in saved if triage.tenant_refs(live[n]) and n not in still_at_risk]
+    recovered = recovery_summary(session) or {}
     card = {
         "capsule": lab.state().get("capsule_version"), "kubernetes": lab.state().get("kubernetes_version"),
         "namespaces_seeded": len(namespaces), "alive_at_detection": alive_at_detection,
-        "saved": len(saved), "lost": len(terminating) + len(gone), "restored": 0, "re_adopted": len(readopted),
+        # lost: went during the incident (recovery's count); present: there at the end (saved or restored).
+        "saved": len(saved) - int(recovered.get("restored") or 0), "present_at_end": len(saved),
+        "lost": int(recovered.get("lost") or 0) if recovered else len(terminating) + len(gone),
+        "restored": int(recovered.get("restored") or 0), "re_adopted": len(readopted),
+        "backup": backup, "recovery_verified": bool(recovered.get("verified")),
         "detection_latency_s": round(trig.event_received - sent, 4) if trig else None,
         "first_write_after_detection_ms": round((_ts(first_write["ts"]) - trig.event_received) * 1000, 1)
         if trig and first_write else None,
         "time_to_contain_s": round(contained_at - sent, 3),
-        "time_to_recover_s": None,
+        "time_to_recover_s": round(recovered_at - sent, 3),
         "detach_per_second": (detach.data.get("per_second") if detach else None),
+        "still_at_risk": len(still_at_risk),
+        "scenario": scenario, "options": options or {"scenario": scenario},
+        "breaker": breaker, "breaker_verified": (session.results["verify-breaker"].data.get("breaker")
+                                                 if "verify-breaker" in session.results else None),
+        "fault_injection": prepared,
         "steps": {sid: r.status for sid, r in session.results.items()},
         "journal": str(session.journal.path) if session.journal else None,
-        "recovery": "not yet automated: Velero restore, Tenant recreation and re-adoption land with the recovery work",
+        "recovery": recovered,
     }
-    card["passed"] = card["saved"] == len(namespaces)
+    # Passed: every seeded namespace is there at the end and owned by its (recreated) Tenant.
+    card["passed"] = len(saved) == len(namespaces) and len(readopted) == len(namespaces) and not still_at_risk
     if session.journal is not None:
         from responder.report import build_report, render_markdown
 
@@ -120,6 +199,26 @@ async def run_drill(lab: Lab, *, tenants: int, per_tenant: int, observe: float, 
         report_path.write_text(render_markdown(build_report(records, journal_path=session.journal.path)))
         card["report"] = str(report_path)
     return card
+
+
+_INCIDENT = {"crd-deletion": "deleting the Tenant CRD", "tenant-mass-deletion": "deleting every Tenant at once",
+             "breaker-unavailable": "deleting the Tenant CRD with the breaker unavailable"}
+
+
+async def _live_tenants(admin: Any) -> dict[str, dict[str, Any]]:
+    """Tenants that exist and are not being deleted (uid -> Tenant); none if the type is gone."""
+    from responder.scenarios import TENANTS_PATH
+
+    try:
+        listing = await admin.list_all(TENANTS_PATH)
+    except Exception:
+        return {}
+    return {t["metadata"]["uid"]: t for t in listing["items"] if not t["metadata"].get("deletionTimestamp")}
+
+
+def _still_at_risk(saved: list[str], live: dict[str, Any], tenants: dict[str, Any]) -> list[str]:
+    """Alive namespaces that still point at a Tenant that is gone or being deleted: not saved yet."""
+    return [n for n in saved if any(ref.get("uid") not in tenants for ref in triage.tenant_refs(live[n]))]
 
 
 def _ts(value: str) -> float:
@@ -134,14 +233,23 @@ def print_scorecard(card: dict[str, Any]) -> None:
         f"  namespaces seeded            {card['namespaces_seeded']}",
         f"  saved (alive, not deleted)   {card['saved']}",
         f"  lost                         {card['lost']}",
+        f"  alive but still at risk      {card.get('still_at_risk')}",
+        f"  scenario                     {card.get('scenario')}"
+        + ("   BREAKER UNAVAILABLE: containment relied on speed" if card.get("breaker") == "unavailable" else ""),
+        f"  options                      {card.get('options')}",
+        f"  backup                       {card.get('backup') or 'none'}",
         f"  restored / re-adopted        {card['restored']} / {card['re_adopted']}",
+        f"  present at the end           {card.get('present_at_end')} of {card['namespaces_seeded']}",
         f"  detection latency            {card['detection_latency_s']} s",
         f"  first write after detection  {card['first_write_after_detection_ms']} ms",
         f"  time to contain              {card['time_to_contain_s']} s",
+        f"  time to recover              {card.get('time_to_recover_s')} s",
         f"  detach throughput            {card['detach_per_second']} namespaces/s",
         f"  journal                      {card['journal']}",
         f"  postmortem report            {card.get('report')}",
-        f"  recovery                     {card['recovery']}",
+        f"  recovery verified            {card.get('recovery_verified')}"
+        + (f"   (could not restore: {', '.join((card.get('recovery') or {}).get('unrestorable') or [])})"
+           if (card.get('recovery') or {}).get('unrestorable') else ""),
     ]
     print("\n".join(lines))
 

@@ -377,8 +377,71 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
         "resumes": resumes,
         "confirmations": confirmations,
         "namespaces": outcome_counts,
+        "recovery": recovery_section(records),
         "undo": undo,
     }
+
+
+def recovery_section(records: list[dict]) -> dict[str, Any] | None:
+    """What the recover phase found and did, from its journal records (the last of each kind)."""
+    latest = {r["kind"]: r for r in records if str(r.get("kind", "")).startswith("recovery-")}
+    if not latest:
+        return None
+    plan = latest.get("recovery-plan") or {}
+    restore = latest.get("recovery-restore") or {}
+    tenants = latest.get("recovery-tenants") or {}
+    verify = latest.get("recovery-verify") or {}
+    lost = sorted(plan.get("lost") or {})
+    restored = sorted(restore.get("restored") or [])
+    return {
+        "backup": plan.get("backup"), "no_backup_reason": plan.get("reason") if not plan.get("backup") else None,
+        "rejected_backups": plan.get("rejected") or [],
+        "lost": lost, "restored": restored, "not_restored": sorted(set(lost) - set(restored)),
+        "restore": {k: restore.get(k) for k in ("restore", "phase", "items_restored", "total_items", "failure_reason")},
+        "restore_warnings": restore.get("warnings") or [], "restore_errors": restore.get("errors") or [],
+        "tenants_source": tenants.get("source"), "tenants_created": tenants.get("created") or [],
+        "verify": {k: verify.get(k) for k in ("known", "present", "adopted", "missing", "not_adopted",
+                                               "content_missing", "webhook_differences", "capsule_replicas",
+                                               "capsule_replicas_expected")} if verify else None,
+    }
+
+
+def _render_recovery(rec: dict[str, Any]) -> list[str]:
+    out = ["## Recovery", ""]
+    if rec.get("backup"):
+        out.append(f"- Backup used: {_code(rec['backup'])}.")
+    else:
+        out.append(f"- **No backup used**: {_cell(rec.get('no_backup_reason') or 'none usable')}.")
+    for b in rec.get("rejected_backups") or []:
+        out.append(f"- Backup {_code(b.get('name'))} refused: {_cell(b.get('reason'))}.")
+    out.append(f"- Tenants recreated from the {rec.get('tenants_source') or '?'}: {len(rec.get('tenants_created') or [])}.")
+    out.append(f"- Namespaces lost in the incident: {len(rec['lost'])}; restored by Velero: {len(rec['restored'])}.")
+    if rec["not_restored"]:
+        out.append(f"- **Could not be restored ({len(rec['not_restored'])})**: "
+                   + ", ".join(_code(n) for n in rec["not_restored"][:50])
+                   + (" ..." if len(rec["not_restored"]) > 50 else "") + ". Their content is lost.")
+    restore = rec.get("restore") or {}
+    if restore.get("restore"):
+        out.append(f"- Velero Restore {_code(restore['restore'])}: {restore.get('phase')}, "
+                   f"{restore.get('items_restored')}/{restore.get('total_items')} items"
+                   + (f", failure: {_cell(restore['failure_reason'])}" if restore.get("failure_reason") else "") + ".")
+    for kind in ("restore_errors", "restore_warnings"):
+        lines = rec.get(kind) or []
+        if lines:
+            out += ["", f"{'Errors' if kind == 'restore_errors' else 'Warnings'} reported by Velero ({len(lines)}):", ""]
+            out += [f"- {_cell(line)}" for line in lines[:30]]
+            if len(lines) > 30:
+                out.append(f"- ... {len(lines) - 30} more")
+    verify = rec.get("verify")
+    if verify:
+        out += ["", f"Verification: {verify.get('present')}/{verify.get('known')} namespaces present, "
+                    f"{verify.get('adopted')} owned by their recreated Tenants; Capsule at "
+                    f"{verify.get('capsule_replicas')} replicas (before: {verify.get('capsule_replicas_expected')}); "
+                    f"webhook configurations {'equal the originals' if not verify.get('webhook_differences') else 'DIFFER: ' + '; '.join(verify['webhook_differences'])}."]
+        if verify.get("content_missing"):
+            out.append(f"Objects missing against the backup: {_cell(verify['content_missing'])}")
+    out.append("")
+    return out
 
 
 # ---- Markdown ---------------------------------------------------------------------------------------------------
@@ -459,6 +522,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"- **{_plural(len(r['unsettled']), 'write')} still pending**: unknown whether the cluster "
                    "applied them.")
     out.append("")
+
+    if r.get("recovery"):
+        out += _render_recovery(r["recovery"])
 
     if r.get("warnings"):
         out += ["## Warnings", ""]

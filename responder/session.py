@@ -61,6 +61,7 @@ class SessionOptions:
     extra_protected: tuple[str, ...] = ()
     concurrency: int = 8  # HTTP connections (HTTP/2 multiplexes the requests in flight over them)
     http2: bool = True
+    contain_only: bool = False  # stop after the contain phase (recover later with run --resume)
 
 
 async def whoami(client: KubeClient) -> str:

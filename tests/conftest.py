@@ -40,15 +40,17 @@ class LabManager:
             print(f"lab: got the machine lab lock after {time.monotonic() - started:.0f}s", file=sys.stderr)
         self._lock_fd = fd
 
-    async def get(self, line: str, *, fresh: bool = False) -> Lab:
+    async def get(self, line: str, *, fresh: bool = False, velero: bool = False) -> Lab:
         """Async tests call this; starting a lab blocks, so it runs in a thread."""
         import asyncio
 
-        return await asyncio.to_thread(self.get_sync, line, fresh=fresh)
+        return await asyncio.to_thread(self.get_sync, line, fresh=fresh, velero=velero)
 
-    def get_sync(self, line: str, *, fresh: bool = False) -> Lab:
+    def get_sync(self, line: str, *, fresh: bool = False, velero: bool = False) -> Lab:
         self._hold_machine_lock()
         lab = Lab(LAB_ROOT / f"capsule-{line}")
+        if velero and self.current is not None and not self.current.state().get("velero"):
+            fresh = True
         if self.current is not None and (self.line != line or fresh):
             self.current.down(wipe=True)
             self.current = None
@@ -59,7 +61,7 @@ class LabManager:
             fresh = True  # an earlier test ran an incident on it (CRD deleted, Capsule scaled down)
         if fresh or self.current is None:
             lab.down(wipe=True)
-            lab.up(capsule=line, out=sys.stderr)
+            lab.up(capsule=line, velero=velero, out=sys.stderr)
         self.current, self.line = lab, line
         return lab
 

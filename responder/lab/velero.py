@@ -57,6 +57,11 @@ def crd_objects(velero: Path) -> list[dict[str, Any]]:
 def start_object_store(lab: "Lab", state: dict[str, Any]) -> None:
     """moto's S3 server on loopback, with Velero's bucket."""
     port = state["ports"]["s3"]
+    try:
+        import moto.server  # noqa: F401  (only checks that it is installed; it runs as its own process)
+    except ImportError:
+        raise LabError("the lab's S3 server (moto) is not installed",
+                       fix="pip install 'responder[lab]' (./dev does this)") from None
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     record, _ = processes.spawn("s3", argv, log_dir=lab.logs)
     lab._record(state, record)
@@ -160,12 +165,12 @@ async def create_schedule_and_backup(client: KubeClient, *, name: str = "lab-dai
     return await wait_backup(client, {"velero.io/schedule-name": name}, timeout=timeout, out=out)
 
 
-async def create_backup(client: KubeClient, name: str, *, timeout: float = 300.0,
-                        out: TextIO = sys.stderr) -> dict[str, Any]:
+async def create_backup(client: KubeClient, name: str, *, included: list[str] | None = None,
+                        timeout: float = 300.0, out: TextIO = sys.stderr) -> dict[str, Any]:
     body = {"apiVersion": "velero.io/v1", "kind": "Backup",
             "metadata": {"name": name, "namespace": VELERO_NAMESPACE},
-            "spec": {"includedNamespaces": ["*"], "includeClusterResources": True, "snapshotVolumes": False,
-                     "ttl": "720h0m0s"}}
+            "spec": {"includedNamespaces": included or ["*"], "includeClusterResources": True,
+                     "snapshotVolumes": False, "ttl": "720h0m0s"}}
     await client.create(velero_path("backups"), body)
     return await wait_backup(client, {}, name=name, timeout=timeout, out=out)
 

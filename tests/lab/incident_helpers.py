@@ -60,11 +60,14 @@ class WatchProcess:
         self.proc.wait()
 
 
-def start_watch(kubeconfig: Path, journal_dir: Path, *extra: str, env: dict[str, str] | None = None) -> WatchProcess:
+def start_watch(kubeconfig: Path, journal_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                recover: bool = False) -> WatchProcess:
+    """`responder watch --headless --auto --yes`; containment only unless `recover`."""
     journal_dir.mkdir(parents=True, exist_ok=True)
     out, err = journal_dir / "watch.stdout", journal_dir / "watch.stderr"
+    phases = [] if recover else ["--contain-only"]
     proc = subprocess.Popen([*RESPONDER, "watch", "--headless", "--auto", "--yes", "--kubeconfig", str(kubeconfig),
-                             "--journal", str(journal_dir), "-o", "json", *extra],
+                             "--journal", str(journal_dir), "-o", "json", *phases, *extra],
                             stdout=open(out, "w"), stderr=open(err, "w"), env={**os.environ, **(env or {})})
     return WatchProcess(proc, journal_dir, err, out)
 

@@ -149,7 +149,7 @@ async def test_sigkill_in_detach_then_resume(lab_manager, tmp_path):
                for r in read_journal(watch.journal_path())), "the kill should leave writes pending"
     journal_path = watch.journal_path()
     proc = run_responder("run", "--resume", str(journal_path), "--kubeconfig", str(kubeconfig),
-                         "--journal", str(journal_path.parent), "--yes", "-o", "json")
+                         "--journal", str(journal_path.parent), "--yes", "--contain-only", "-o", "json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["contained"] is True
@@ -187,7 +187,8 @@ async def test_late_start_detaches_dangling_references(lab_manager, tmp_path):
     planned = json.loads(plan.stdout)
     at_risk = {n["name"] for n in planned["namespaces"] if n["state"] == "at-risk"}
     assert at_risk == namespaces and planned["tenant_crd"] == "absent"
-    proc = run_responder("run", "--kubeconfig", str(kubeconfig), "--journal", str(tmp_path / "j"), "--yes", "-o", "json")
+    proc = run_responder("run", "--kubeconfig", str(kubeconfig), "--journal", str(tmp_path / "j"), "--yes",
+                         "--contain-only", "-o", "json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["namespaces"]["detached"] == len(namespaces) and summary["namespaces"]["at-risk"] == 0
