@@ -84,6 +84,11 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     exit_code = EXIT_FORBIDDEN
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fix = self.fix or ("grant responder's identity the permissions of `responder manifests rbac` "
+                                "(kubectl apply -f -), or use a --context whose user has them")
+
 
 class NotFound(ApiError):
     pass

@@ -3,8 +3,9 @@
 Everything comes from one declarative table, PERMISSIONS: one row per PolicyRule, saying exactly which
 verbs on which resources, who uses them (the watches, an action, undo) and why. `rbac_rules` turns the
 table into PolicyRules; `rbac_manifests` wraps them in a ClusterRole, a ClusterRoleBinding and, for a
-ServiceAccount identity, the ServiceAccount. A later `doctor` checks these same rules with
-SelfSubjectAccessReviews.
+ServiceAccount identity, the ServiceAccount. `responder doctor` checks the same table with one
+SelfSubjectAccessReview per (verb, group, resource[/subresource]) (`access_checks`) and prints what is
+denied as a ClusterRole fragment (`missing_rules`), so the role and the checks cannot drift apart.
 
 No wildcard verbs, and no wildcard resources except the one content-counting rule (CONTENT_COUNTING),
 which the handle-terminating step cannot do without: it must count what is left in a Terminating
@@ -32,7 +33,15 @@ from responder.errors import ConfigError
 RBAC_API = "rbac.authorization.k8s.io"
 TENANT_CRD = "tenants.capsule.clastix.io"  # responder.observe.TENANT_CRD (not imported: keep this module light)
 DEFAULT_CAPSULE_DEPLOYMENT = "capsule-controller-manager"
-CAPSULE_DEPLOYMENT = "<capsule-deployment>"  # placeholder in the table, replaced by the real name
+DEFAULT_CAPSULE_NAMESPACE = "capsule-system"
+DEFAULT_VELERO_NAMESPACE = "velero"
+# Placeholders in the table, replaced by the real names when rules or checks are made.
+CAPSULE_DEPLOYMENT = "<capsule-deployment>"
+CAPSULE_NAMESPACE = "<capsule-namespace>"
+VELERO_NAMESPACE = "<velero-namespace>"
+# `responder protect`'s objects (responder.protect imports these: one place for the names).
+PROTECT_POLICY = "responder-protect-crds"
+PROTECT_BINDING = "responder-protect-crds"
 
 IDENTITY_KINDS = ("ServiceAccount", "User")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
@@ -49,6 +58,8 @@ class Permission:
     why: str
     read_only: bool = False  # part of the --read-only role (doctor, plan)
     resource_names: tuple[str, ...] = ()
+    # Where doctor checks a namespaced resource (a placeholder above); "" = cluster-scoped or every namespace.
+    namespace: str = ""
 
     @property
     def wildcard(self) -> bool:
@@ -59,10 +70,11 @@ class Permission:
 PERMISSIONS: tuple[Permission, ...] = (
     # ---- watches and reads (the --read-only role) -------------------------------------------------------------
     Permission("apiextensions.k8s.io", ("customresourcedefinitions",), ("get", "list", "watch"),
-               ("watch",),
-               "detect the Tenant CRD's deletion; only that CRD, watched with fieldSelector metadata.name, "
-               "which is what lets resourceNames cover list and watch",
-               read_only=True, resource_names=(TENANT_CRD,)),
+               ("watch", "doctor"),
+               "detect the Tenant CRD's deletion (watched with fieldSelector metadata.name); doctor reads Capsule's "
+               "CRDs (helm.sh/resource-policy) and the CRDs protect guards. Not limited by name: Capsule's CRD "
+               "names differ between versions, and CRDs hold schemas, not data",
+               read_only=True),
     Permission("capsule.clastix.io", ("tenants",), ("get", "list", "watch"),
                ("watch", "release-tenant-finalizers", "undo"),
                "watch Tenants (detection, triage, the shadow copy); undo checks a Tenant's UID before re-attaching",
@@ -73,10 +85,10 @@ PERMISSIONS: tuple[Permission, ...] = (
                read_only=True),
     Permission("apps", ("deployments",), ("get", "list", "watch"),
                ("watch", "trip-breaker"),
-               "watch the Capsule controller Deployment (its replicas are journaled so undo can restore them); "
-               "only that Deployment (a ClusterRole cannot name its namespace: bind a Role in the Capsule "
-               "namespace instead if you want that too)",
-               read_only=True, resource_names=(CAPSULE_DEPLOYMENT,)),
+               "watch the Capsule controller Deployment (its replicas are journaled so undo can restore them; "
+               "doctor reads Capsule's version from its image); only that Deployment (a ClusterRole cannot name "
+               "its namespace: bind a Role in the Capsule namespace instead if you want that too)",
+               read_only=True, resource_names=(CAPSULE_DEPLOYMENT,), namespace=CAPSULE_NAMESPACE),
     Permission("admissionregistration.k8s.io", ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"),
                ("get", "list", "watch"),
                ("watch", "trip-breaker", "verify-breaker", "undo"),
@@ -91,19 +103,33 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("doctor",),
                "check responder's own permissions before an incident (creates nothing)",
                read_only=True),
+    Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+               ("get", "list", "watch"),
+               ("doctor", "protect"),
+               "doctor checks that the Tenant CRD is protected against deletion (responder protect's policy)",
+               read_only=True),
+    Permission("velero.io", ("backups", "restores", "backupstoragelocations", "downloadrequests", "schedules"),
+               ("get", "list", "watch"),
+               ("doctor", "restore"),
+               "doctor checks the BackupStorageLocation is Available and each tenant namespace has a recent Completed "
+               "Backup; recovery picks the backup, follows the Restore and reads its results",
+               read_only=True, namespace=VELERO_NAMESPACE),
     # ---- writes ---------------------------------------------------------------------------------------------
     Permission("apps", ("deployments/scale",), ("patch",),
                ("trip-breaker", "undo"),
-               "scale the Capsule controller to 0 (journal action scale-capsule); undo scales it back",
-               resource_names=(CAPSULE_DEPLOYMENT,)),
+               "scale the Capsule controller to 0 (journal action scale-capsule); undo and recovery scale it back",
+               resource_names=(CAPSULE_DEPLOYMENT,), namespace=CAPSULE_NAMESPACE),
     Permission("admissionregistration.k8s.io", ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"),
-               ("patch",),
-               ("trip-breaker", "verify-breaker", "undo"),
+               ("patch", "update"),
+               ("trip-breaker", "verify-breaker", "undo", "restore"),
                "add responder's own matchCondition exemption to Capsule's fail-closed webhooks (exempt-responder); "
-               "undo puts the original matchConditions back"),
+               "undo and recovery put the original matchConditions back"),
     Permission("", ("namespaces",), ("patch",),
                ("detach-namespaces", "undo"),
                "remove dying Tenant ownerReferences and Capsule finalizers (detach); undo re-attaches"),
+    Permission("", ("namespaces",), ("update",),
+               ("readopt-namespaces",),
+               "recovery: re-adopt restored namespaces into their recreated Tenants (Velero strips ownerReferences)"),
     Permission("", ("namespaces",), ("delete",),
                ("verify-breaker",),
                "the breaker probe: a namespace DELETE sent ONLY with dryRun=All, which Capsule's webhook must refuse. "
@@ -115,6 +141,29 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("capsule.clastix.io", ("tenants",), ("patch",),
                ("release-tenant-finalizers",),
                "remove Capsule's finalizer from Tenants already being deleted (release-finalizer); irreversible"),
+    Permission("capsule.clastix.io", ("tenants",), ("create", "update"),
+               ("recreate-tenants", "readopt-namespaces"),
+               "recovery: recreate the Tenants from the shadow copy, then update them once their namespaces are back"),
+    Permission("apiextensions.k8s.io", ("customresourcedefinitions",), ("create",),
+               ("recreate-tenant-crd",),
+               "recovery: recreate the Tenant CRD from the shadow copy when it is gone (create cannot be limited by "
+               "name; responder never deletes or patches CRDs)"),
+    Permission("velero.io", ("backups", "restores", "backupstoragelocations", "downloadrequests", "schedules"),
+               ("create",),
+               ("restore",),
+               "recovery: create the Restore (and a DownloadRequest for its results); backups, schedules and "
+               "locations for a safety backup before restoring",
+               namespace=VELERO_NAMESPACE),
+    Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+               ("create",),
+               ("protect",),
+               "responder protect: install the policy that refuses deleting the Tenant CRD (create cannot be limited "
+               "by name; server-side apply of a new object needs it)"),
+    Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+               ("update", "patch", "delete"),
+               ("protect",),
+               "responder protect: update its own policy and binding, and `--remove` them; only those two names",
+               resource_names=tuple(sorted({PROTECT_POLICY, PROTECT_BINDING}))),
     # ---- the one wildcard -----------------------------------------------------------------------------------
     Permission("*", ("*",), ("list",),
                ("handle-terminating",),
@@ -144,6 +193,86 @@ def _rule(p: Permission, capsule_deployment: str) -> dict[str, Any]:
 def rbac_rules(read_only: bool = False, *, capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT) -> list[dict[str, Any]]:
     """The ClusterRole's PolicyRules, in table order."""
     return [_rule(p, capsule_deployment) for p in permissions(read_only)]
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    """One SelfSubjectAccessReview doctor sends: can I `verb` this resource (this object)?"""
+
+    permission: Permission
+    verb: str
+    group: str
+    resource: str
+    subresource: str = ""
+    name: str = ""
+    namespace: str = ""
+
+    def resource_attributes(self) -> dict[str, str]:
+        attrs = {"verb": self.verb, "group": self.group, "resource": self.resource}
+        attrs.update({k: v for k, v in (("subresource", self.subresource), ("name", self.name),
+                                         ("namespace", self.namespace)) if v})
+        return attrs
+
+    @property
+    def label(self) -> str:
+        res = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        where = f" {self.name}" if self.name else ""
+        ns = f" in {self.namespace}" if self.namespace else ""
+        return f"{self.verb} {res}{'.' + self.group if self.group else ''}{where}{ns}"
+
+
+def _placeholders(capsule_namespace: str, capsule_deployment: str, velero_namespace: str) -> dict[str, str]:
+    return {CAPSULE_DEPLOYMENT: capsule_deployment, CAPSULE_NAMESPACE: capsule_namespace,
+            VELERO_NAMESPACE: velero_namespace}
+
+
+def access_checks(read_only: bool = False, *, capsule_namespace: str = DEFAULT_CAPSULE_NAMESPACE,
+                  capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT,
+                  velero_namespace: str = DEFAULT_VELERO_NAMESPACE) -> list[AccessCheck]:
+    """One check per (verb, group, resource[/subresource]) of the role, from the same table as the rules.
+    A rule limited to resourceNames is checked on its first name; the content-counting rule is checked as
+    "*"/"*" (only a wildcard rule allows that review)."""
+    names = _placeholders(capsule_namespace, capsule_deployment, velero_namespace)
+    checks = []
+    for p in permissions(read_only):
+        for res in p.resources:
+            base, _, sub = res.partition("/")
+            for verb in p.verbs:
+                checks.append(AccessCheck(p, verb, p.group, base, sub,
+                                          names.get(p.resource_names[0], p.resource_names[0]) if p.resource_names else "",
+                                          names.get(p.namespace, p.namespace)))
+    return checks
+
+
+def missing_rules(denied: list[AccessCheck], *, capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT) -> list[dict[str, Any]]:
+    """The PolicyRules that would grant exactly the denied checks, in table order: per table row, resources
+    denied the same verbs share one rule; resourceNames are kept from the row."""
+    out: list[dict[str, Any]] = []
+    for p in PERMISSIONS:
+        verbs_by_resource: dict[str, list[str]] = {}
+        for check in denied:
+            if check.permission != p:
+                continue
+            res = f"{check.resource}/{check.subresource}" if check.subresource else check.resource
+            verbs_by_resource.setdefault(res, [])
+            if check.verb not in verbs_by_resource[res]:
+                verbs_by_resource[res].append(check.verb)
+        by_verbs: dict[tuple[str, ...], list[str]] = {}
+        for res in p.resources:  # table order
+            if res in verbs_by_resource:
+                verbs = tuple(v for v in p.verbs if v in verbs_by_resource[res])
+                by_verbs.setdefault(verbs, []).append(res)
+        for verbs, resources in by_verbs.items():
+            rule = _rule(Permission(p.group, tuple(resources), verbs, p.used_by, p.why,
+                                    resource_names=p.resource_names), capsule_deployment)
+            out.append(rule)
+    return out
+
+
+def missing_role(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ClusterRole fragment with the missing rules, for the operator to merge into responder's role."""
+    return {"apiVersion": f"{RBAC_API}/v1", "kind": "ClusterRole",
+            "metadata": {"name": role_name()}, "rules": rules}
 
 
 def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str | None = None) -> bool:
@@ -297,4 +426,5 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
-           "permissions", "add_parser", "WRITE_VERBS"]
+           "permissions", "add_parser", "WRITE_VERBS", "AccessCheck", "access_checks", "missing_rules", "missing_role",
+           "PROTECT_POLICY", "PROTECT_BINDING"]

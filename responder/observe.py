@@ -17,11 +17,14 @@ from responder import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
 from responder.shadow import Shadow
+from responder.errors import ApiError, ClusterUnreachable
 
 log = logging.getLogger(__name__)
 
 TENANT_CRD = "tenants.capsule.clastix.io"
 TENANTS_PATH = "/apis/capsule.clastix.io/v1beta2/tenants"
+VELERO_STREAM = "backupstoragelocations"  # Velero's BackupStorageLocations (the TUI header)
+OPTIONAL_STREAMS = frozenset({VELERO_STREAM})
 VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 MWC_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
@@ -38,7 +41,8 @@ class CapsuleTarget:
 
 class ClusterObserver:
     def __init__(self, client: KubeClient, *, capsule: CapsuleTarget = CapsuleTarget(),
-                 shadow: Shadow | None = None, shadow_path: Path | None = None) -> None:
+                 shadow: Shadow | None = None, shadow_path: Path | None = None,
+                 velero_namespace: str | None = "velero") -> None:
         self.client = client
         self.capsule = capsule
         self.shadow = shadow or Shadow()
@@ -54,6 +58,12 @@ class ClusterObserver:
             "validatingwebhooks": ResourceWatch(client, VWC_PATH, resource="validatingwebhooks"),
             "mutatingwebhooks": ResourceWatch(client, MWC_PATH, resource="mutatingwebhooks"),
         }
+        if velero_namespace:
+            # Optional: the header shows the backup location's phase. Absent Velero (404) or no permission
+            # (403) must not hold up detection, so this stream is never waited for nor fatal.
+            self.watches[VELERO_STREAM] = ResourceWatch(
+                client, f"/apis/velero.io/v1/namespaces/{velero_namespace}/backupstoragelocations",
+                resource=VELERO_STREAM)
         self.subscribers: list[Callable[[WatchEvent], None]] = []
         self.synced: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.watches}
         self.tenant_type_gone = False
@@ -65,8 +75,29 @@ class ClusterObserver:
     async def start(self, *, sync_timeout: float = 30.0) -> None:
         for name, watch in self.watches.items():
             self._tasks.append(asyncio.create_task(self._pump(name, watch), name=f"watch-{name}"))
+        pumps = [t for t, n in zip(self._tasks, self.watches) if n not in OPTIONAL_STREAMS]
         self._tasks.append(asyncio.create_task(self._save_shadow_periodically(), name="shadow-saver"))
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.synced.values())), sync_timeout)
+        # Wait for every first list, but fail at once (with its own error: 403 -> exit 4) when a stream
+        # dies, instead of timing out with no reason.
+        synced = asyncio.ensure_future(asyncio.gather(*(e.wait() for n, e in self.synced.items()
+                                                          if n not in OPTIONAL_STREAMS)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + sync_timeout
+        try:
+            while not synced.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    missing = ", ".join(n for n, e in self.synced.items() if not e.is_set())
+                    raise ClusterUnreachable(f"the API server did not list {missing} within {sync_timeout:.0f}s",
+                                             fix="check the API server's health and load, then try again")
+                done, _ = await asyncio.wait([synced, *pumps], timeout=remaining,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not synced and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()
+        finally:
+            if not synced.done():
+                synced.cancel()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -76,12 +107,22 @@ class ClusterObserver:
         self.save_shadow()
 
     async def _pump(self, name: str, watch: ResourceWatch) -> None:
+        if name in OPTIONAL_STREAMS:
+            try:
+                await self._pump_events(name, watch)
+            except ApiError as exc:
+                log.warning("not watching %s (%s %s): the header cannot show it", name, exc.status, exc.reason)
+            return
+        await self._pump_events(name, watch)
+
+    async def _pump_events(self, name: str, watch: ResourceWatch) -> None:
         async for event in watch.events():
             if event.type == SYNCED:
                 self.synced[name].set()
             elif event.type == TYPE_GONE:
                 if name == "tenants":
                     self.tenant_type_gone = True
+                if name in ("tenants", VELERO_STREAM):
                     self.synced[name].set()  # nothing to list: the type is gone
             else:
                 if name == "tenants" and self.tenant_type_gone:

@@ -316,7 +316,7 @@ class RestoreNamespaces:
         if ctx.dry_run:
             return StepOutcome("finished", f"dry run: Restore of {len(targets)} namespaces validated", {})
         for ns in targets:
-            ctx.emit("restore", namespace=ns, state="restoring")
+            ctx.emit("restore", target=ns, status="restoring")
         restore = await self.follow(ctx, name, float(ctx.params.get("restoreTimeout", 900)))
         status = restore.get("status") or {}
         phase = status.get("phase", "")
@@ -332,7 +332,7 @@ class RestoreNamespaces:
             ctx.log(f"velero error: {line}", level="warning")
         progress = status.get("progress") or {}
         for ns in targets:
-            ctx.emit("restore", namespace=ns, state="restored" if phase in ("Completed", "PartiallyFailed") else "failed")
+            ctx.emit("restore", target=ns, status="restored" if phase in ("Completed", "PartiallyFailed") else "failed")
         record = {"restore": name, "phase": phase, "restored": targets if phase in ("Completed", "PartiallyFailed") else [],
                   "items_restored": progress.get("itemsRestored"), "total_items": progress.get("totalItems"),
                   "warnings": messages["warnings"], "errors": messages["errors"],
@@ -392,7 +392,7 @@ class ReadoptNamespaces:
         failed = [(r.target, res) for r, res in zip(requests, results) if isinstance(res, ApiError)]
         for r, res in zip(requests, results):
             if not isinstance(res, ApiError):
-                ctx.emit("readopt", namespace=r.target, tenant=known[r.target])
+                ctx.emit("readopt", target=r.target, tenant=known[r.target])
         data = {"readopted": len(requests) - len(failed), "absent": absent, "tenant_missing": missing_tenant,
                 "failed": [t for t, _ in failed]}
         for target, exc in failed[:10]:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -138,6 +139,11 @@ class KubeClient:
                 response = await self._http.request(method, path, params=query, content=content,
                                                     headers=list(headers.items()) + self._impersonation_items())
             except (httpx.TransportError, OSError) as exc:
+                if _tls_verify_failure(exc):  # retrying cannot help, and the usual fix is in the kubeconfig
+                    raise ClusterUnreachable(
+                        f"TLS verification of the API server at {self.access.server} failed: {exc}",
+                        fix="set the cluster's certificate-authority(-data) in the kubeconfig to the CA that signed "
+                            "the API server's certificate (and check the server URL)") from None
                 if time.monotonic() >= deadline:
                     raise ClusterUnreachable(
                         f"cannot reach the API server at {self.access.server}: {type(exc).__name__}: {exc}",
@@ -213,6 +219,17 @@ class KubeClient:
             async for line in response.aiter_lines():
                 if line:
                     yield line.encode() if isinstance(line, str) else line
+
+
+def _tls_verify_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:

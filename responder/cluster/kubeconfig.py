@@ -86,11 +86,20 @@ def list_contexts(kubeconfig: str | None = None) -> tuple[list[str], str | None]
     if config_file is None:
         return [], None
     _check_yaml(config_file)
-    try:
-        contexts, current = k8s_config.list_kube_config_contexts(config_file=config_file)
-    except ConfigException as exc:
-        raise ConfigError(f"kubeconfig has no usable contexts: {exc}", fix="add a context or pick another kubeconfig") from None
-    return [c["name"] for c in contexts], (current or {}).get("name")
+    # Read the contexts ourselves (kubectl's merge: the first file to name a context or a
+    # current-context wins): the package's list_kube_config_contexts refuses a kubeconfig without
+    # current-context even when --context names one.
+    names: list[str] = []
+    current: str | None = None
+    for path in config_file.split(os.pathsep):
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for ctx in data.get("contexts") or []:
+            name = ctx.get("name") if isinstance(ctx, dict) else None
+            if isinstance(name, str) and name and name not in names:
+                names.append(name)
+        if not current and isinstance(data.get("current-context"), str) and data["current-context"]:
+            current = data["current-context"]
+    return names, current
 
 
 def load_cluster_access(kubeconfig: str | None = None, context: str | None = None) -> ClusterAccess:
@@ -128,14 +137,25 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
         raise ConfigError(f"context {context_name!r} has no valid cluster server URL ({cfg.host!r})",
                           fix="set clusters[].cluster.server to https://HOST:PORT")
 
-    ssl_context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl and cfg.ssl_ca_cert \
-        else ssl.create_default_context()
+    try:
+        ssl_context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl and cfg.ssl_ca_cert \
+            else ssl.create_default_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"the certificate authority of context {context_name!r} in {source} cannot be loaded "
+                          f"({exc}): not a PEM certificate",
+                          fix="set clusters[].cluster.certificate-authority(-data) to the cluster's CA certificate") from None
     if not cfg.verify_ssl:
         ssl_context.check_hostname = False
         ssl_context.verify_mode = ssl.CERT_NONE
     cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
     if cert:
-        ssl_context.load_cert_chain(*cert)
+        try:
+            ssl_context.load_cert_chain(*cert)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"the client certificate and key of context {context_name!r} in {source} cannot be "
+                              f"loaded ({exc}): not a PEM certificate with its matching private key",
+                              fix="set users[].user.client-certificate(-data) and client-key(-data) to a matching "
+                                  "PEM pair") from None
 
     def authorization() -> str | None:
         # Runs refresh_api_key_hook (exec plugins) when the token expired.

@@ -122,8 +122,10 @@ async def wait_tenants_ready(client: KubeClient, names: set[str], *, timeout: fl
 
 async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, prefix: str = "tenant",
                concurrency: int = 16, wait_reconciled: bool = True, timeout: float = 600.0,
-               with_content: bool = True) -> SeedResult:
+               with_content: bool = True, labels: dict[str, str] | None = None) -> SeedResult:
+    """`labels` go on the Tenants and namespaces too (a drill on an existing cluster finds its own by them)."""
     started = time.monotonic()
+    extra = dict(labels or {})
     result = SeedResult(owner_group=await capsule_user_group(client))
     limit = asyncio.Semaphore(concurrency)
 
@@ -137,7 +139,7 @@ async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, 
         result.tenants[tenant] = [namespace_name(tenant, j) for j in range(1, namespaces_per_tenant + 1)]
     await asyncio.gather(*(guarded(_create_ignoring_exists(client, TENANT_API, {
         "apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
-        "metadata": {"name": tenant, "labels": {SEED_LABEL: "true"}},
+        "metadata": {"name": tenant, "labels": {SEED_LABEL: "true", **extra}},
         "spec": {"owners": [{"kind": "User", "name": result.owners[tenant]}]}})) for tenant in names))
 
     # Capsule must have seen each Tenant before its owner can create namespaces in it.
@@ -149,7 +151,7 @@ async def seed(client: KubeClient, *, tenants: int, namespaces_per_tenant: int, 
         try:
             await asyncio.gather(*(guarded(_create_ignoring_exists(owner, "/api/v1/namespaces", {
                 "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": {SEED_LABEL: "true"}}})) for ns in result.tenants[tenant]))
+                "metadata": {"name": ns, "labels": {SEED_LABEL: "true", **extra}}})) for ns in result.tenants[tenant]))
         finally:
             await owner.aclose()
 

@@ -58,7 +58,7 @@ def start_object_store(lab: "Lab", state: dict[str, Any]) -> None:
     """moto's S3 server on loopback, with Velero's bucket."""
     port = state["ports"]["s3"]
     try:
-        import moto.server  # noqa: F401  (only checks that it is installed; it runs as its own process)
+        import moto.server  # noqa: F401  (present? the lab runs `python -m moto.server`)
     except ImportError:
         raise LabError("the lab's S3 server (moto) is not installed",
                        fix="pip install 'responder[lab]' (./dev does this)") from None

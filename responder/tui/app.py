@@ -33,6 +33,7 @@ from textual.widgets import Footer
 from responder.cluster.watch import WatchEvent
 from responder.engine import ConfirmationRequest, EngineEvent
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
+from responder.session import recovery_summary
 from responder.tui.screens.confirm import ConfirmScreen, QuitScreen
 from responder.tui.screens.help import HelpScreen
 from responder.tui.screens.plan import PlanScreen
@@ -44,11 +45,11 @@ from responder.tui.widgets.triage_table import TriagePanel, TriageTable
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.05  # at most one screen update from the model per 50 ms (coalescing window)
+FLUSH_INTERVAL = 1 / 30  # at most one screen update from the model per 33 ms (coalescing window)
 PUMP_INTERVAL = 0.01  # how often the pump looks for changes: a lone event waits <= 10 ms, not 50
 FLUSH_LIMIT = 2500  # namespaces re-triaged per frame at most (a 10k re-triage spreads over frames)
 JOURNAL_POLL = 0.25  # while no incident is open
-JOURNAL_POLL_INCIDENT = 0.05  # the journal says which namespaces responder detached
+JOURNAL_POLL_INCIDENT = 0.1  # its latest lines; frames with rows to re-triage read it first anyway
 JOURNAL_LINES = 200
 
 
@@ -64,6 +65,8 @@ class SessionLike(Protocol):
 
     async def start(self) -> None: ...
     async def contain(self) -> Any: ...
+    async def recover(self) -> Any: ...
+    def has_phase(self, phase: str) -> bool: ...
     def view(self) -> Any: ...
     def check_late_start(self) -> Any: ...
     def contained(self) -> bool: ...
@@ -82,9 +85,51 @@ class TuiConfirmer:
         return await app.confirm(request)
 
 
+# A detach intent as `Journal.record` writes it: compact JSON, `{"seq":N,"ts":..,"incident":..,"kind":
+# "intent","step":..,"action":"detach","target":NS,"request":..,"undo":{..,"ownerReferences":[..]..},
+# "dry_run":B}`. `scan_detach_intent` reads the fields TuiState uses with bytes.find: a full json.loads
+# of the request and undo payloads costs several times more, and a burst journals 1,000 of them.
+_TARGET = b'"action":"detach","target":"'
+_UNDO_OWNER = b'"ownerReferences":[{'
+
+
+def scan_detach_intent(line: bytes) -> dict[str, Any] | None:
+    """The fields of a detach intent line that `TuiState.add_journal_intents` reads, or None when the
+    line does not have the expected shape (the caller then decodes it in full)."""
+    if not line.startswith(b'{"seq":') or b"\\" in line:  # escapes: leave them to json
+        return None
+    if line.endswith(b',"dry_run":false}'):
+        dry_run = False
+    elif line.endswith(b',"dry_run":true}'):
+        dry_run = True
+    else:
+        return None
+    comma, at = line.find(b","), line.find(_TARGET)
+    if at < 0 or line.find(b'"kind":"intent","step":"', 0, at) < 0:
+        return None
+    at += len(_TARGET)
+    close = line.find(b'"', at)
+    try:
+        seq = int(line[7:comma])
+    except ValueError:
+        return None
+    refs = []
+    undo = line.find(b'"undo":{', close)
+    owners = line.find(_UNDO_OWNER, undo) if undo >= 0 else -1
+    if owners >= 0:
+        first_end = line.find(b"}", owners)
+        name = line.find(b'"name":"', owners, first_end)
+        if name >= 0:
+            name += 8
+            refs.append({"name": line[name:line.find(b'"', name)].decode()})
+    return {"seq": seq, "kind": "intent", "action": "detach", "target": line[at:close].decode(),
+            "dry_run": dry_run, "undo": {"ownerReferences": refs}}
+
+
 def read_journal(path: Path, offset: int, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """What a journal file gained since `offset` (complete lines only): its last `limit` records, every
-    `intent` record, and the new offset."""
+    `intent` record (detach intents with only the fields the model reads, see `scan_detach_intent`),
+    and the new offset."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
@@ -99,8 +144,13 @@ def read_journal(path: Path, offset: int, limit: int) -> tuple[list[dict[str, An
     tail, intents = [], []
     for i, line in enumerate(lines):
         is_intent = b'"kind":"intent"' in line
-        if i < tail_from and not is_intent:
-            continue
+        if i < tail_from:
+            if not is_intent:
+                continue
+            scanned = scan_detach_intent(line) if b'"action":"detach"' in line else None
+            if scanned is not None:
+                intents.append(scanned)
+                continue
         try:
             record = json.loads(line)
         except ValueError:
@@ -165,11 +215,11 @@ class ResponderApp(App[int]):
         self.containing = False
         self.contain_done = False
         self.contained: bool | None = None
+        self.recovered: bool | None = None  # None: recovery did not run (contain-only, dry run, replay)
         self.failure: BaseException | None = None
         self._shown = {"header": -1, "steps": -1}
         self._journal_path: Path | None = None
         self._journal_offset = 0
-        self._journal_lock = asyncio.Lock()  # the poller and settle() must not read the same lines twice
         self._frozen = False
         self._last_flush = 0.0
         self._flushed_sig: tuple = ()
@@ -230,10 +280,19 @@ class ResponderApp(App[int]):
             self.contained = bool(session.contained())
             if model.dry_run:
                 model.set_phase("dry-run-done", "dry run finished: nothing was changed; quit and rerun live")
-            elif self.contained:
-                model.set_phase("contained", self._outcome_line())
-            else:
+            elif not self.contained:
                 model.set_phase("not-contained", self._outcome_line() + "; see the table for at-risk rows")
+            elif session.has_phase("recover") and not session.options.contain_only:
+                # The same engine and journal as headless: each recovery write is a confirmed step (modal).
+                model.set_phase("recovering", self._outcome_line())
+                await session.recover()
+                recovery = recovery_summary(session) or {}
+                self.recovered = bool(recovery.get("verified"))
+                line = (f"{recovery.get('present', 0)} of {recovery.get('known', 0)} namespaces present, "
+                        f"{recovery.get('adopted', 0)} re-adopted, {recovery.get('restored', 0)} restored")
+                model.set_phase("recovered" if self.recovered else "not-recovered", line)
+            else:
+                model.set_phase("contained", self._outcome_line())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # shown, not swallowed: the operator must see why responder stopped
@@ -277,6 +336,11 @@ class ResponderApp(App[int]):
         while self.log_records:
             at, message, level = self.log_records.popleft()
             model.add_note(message, at=at, alert=level >= logging.WARNING, source="log")
+        if model.pending and self.incident_open:
+            # The engine journals a batch's intents before its requests leave, so the journal now holds
+            # the detach records of the namespace changes about to be re-triaged: read it first, and
+            # each row gets its final verdict in this frame instead of "safe" now and "detached" later.
+            self.sync_journal()
         changes = model.flush(self.flush_limit if limit == -1 else limit)
         panel = self.panel
         if changes:
@@ -323,19 +387,19 @@ class ResponderApp(App[int]):
         while True:
             await asyncio.sleep(min(self.journal_poll, JOURNAL_POLL_INCIDENT) if self.incident_open
                                 else self.journal_poll)
-            await self.sync_journal()
+            self.sync_journal()
 
-    async def sync_journal(self) -> None:
-        """Read what the incident journal gained since the last look (in a thread: it is file I/O)."""
+    def sync_journal(self) -> None:
+        """Read what the incident journal gained since the last look. On the event loop, not in a
+        thread: it is a local file this process appends to (a few ms for 1,000 writes), and a reader
+        thread competing for the GIL stretched the frames of a burst more than the read costs."""
         journal = getattr(self.session, "journal", None)
         path = getattr(journal, "path", None)
         if path is None:
             return
-        async with self._journal_lock:
-            if path != self._journal_path:
-                self._journal_path, self._journal_offset = Path(path), 0
-            tail, intents, self._journal_offset = await asyncio.to_thread(
-                read_journal, self._journal_path, self._journal_offset, JOURNAL_LINES)
+        if path != self._journal_path:
+            self._journal_path, self._journal_offset = Path(path), 0
+        tail, intents, self._journal_offset = read_journal(self._journal_path, self._journal_offset, JOURNAL_LINES)
         if intents:
             self.model.add_journal_intents(intents)
         if tail:
@@ -343,7 +407,7 @@ class ResponderApp(App[int]):
 
     async def settle(self) -> None:
         """Bring the screen fully up to date with the model now (tests, benchmark)."""
-        await self.sync_journal()
+        self.sync_journal()
         self._flush_model(limit=None)
         self.runbook.show(self.model, self.clock())
         self.header.show(self.model)
@@ -384,7 +448,7 @@ class ResponderApp(App[int]):
             return int(getattr(self.failure, "exit_code", EXIT_NOT_CONTAINED))
         if not self.incident_open:
             return EXIT_OK
-        if self.contain_done and (self.contained or self.model.dry_run):
+        if self.contain_done and (self.contained or self.model.dry_run) and self.recovered is not False:
             return EXIT_OK
         return EXIT_NOT_CONTAINED
 

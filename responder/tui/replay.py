@@ -26,13 +26,13 @@ from responder.actions import action_specs
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, WatchEvent
 from responder.detect import Trigger
 from responder.engine import ConfirmationRequest, EngineEvent
-from responder.observe import CapsuleTarget, capsule_webhooks_in
+from responder.observe import VELERO_STREAM, CapsuleTarget, capsule_webhooks_in
 from responder.runbook.schema import Runbook, load_runbook
 from responder.session import resolve_runbook
 
 TENANT_API = "capsule.clastix.io/v1beta2"
 TENANT_CRD = "tenants.capsule.clastix.io"
-STREAMS = ("crd", "tenants", "namespaces", "deployment", "validatingwebhooks", "mutatingwebhooks")
+STREAMS = ("crd", "tenants", "namespaces", "deployment", "validatingwebhooks", "mutatingwebhooks", VELERO_STREAM)
 FIXED_EPOCH = 1_790_000_000.0  # 2026-09-21T14:13:20Z: frozen time for tests
 BATCHED_WRITES = frozenset({"detach", "release-finalizer"})  # written with StepContext.write_many
 
@@ -138,6 +138,12 @@ def deployment_obj(replicas: int, *, version: str = "v0.14.0", rv: int = 1, read
             "status": {"replicas": replicas, "readyReplicas": replicas if ready is None else ready}}
 
 
+def backup_location_obj(phase: str = "Available") -> dict[str, Any]:
+    return {"apiVersion": "velero.io/v1", "kind": "BackupStorageLocation",
+            "metadata": {"name": "default", "namespace": "velero", "resourceVersion": "1"},
+            "spec": {"default": True, "provider": "aws"}, "status": {"phase": phase}}
+
+
 def webhook_obj(*, exempt: str | None = None, rv: int = 1) -> dict[str, Any]:
     hook: dict[str, Any] = {
         "name": "namespaces.projectcapsule.dev", "failurePolicy": "Fail", "sideEffects": "None",
@@ -165,6 +171,10 @@ def engine(kind: str, step: str, **data: Any) -> EngineEvent:
 
 
 # --------------------------------------------------------------------------------- the journal
+
+
+def _meta_uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 class ReplayJournal:
@@ -246,7 +256,7 @@ class ReplaySession:
         self.confirmer = confirmer
         self.access = SimpleNamespace(context=scenario.context, server=scenario.server)
         self.options = SimpleNamespace(dry_run=scenario.dry_run, auto=scenario.auto, yes=False,
-                                       capsule=CapsuleTarget(), journal_dir=journal_dir)
+                                       capsule=CapsuleTarget(), journal_dir=journal_dir, contain_only=True)
         self.client = SimpleNamespace(dry_run=scenario.dry_run)
         self.identity = scenario.identity
         self.protected = scenario.protected
@@ -279,6 +289,12 @@ class ReplaySession:
         for stream in STREAMS:
             self.emit_watch(WatchEvent(SYNCED, stream, {"metadata": {"resourceVersion": "1"}}))
         self._background = asyncio.create_task(self._before_incident(), name="replay-before-incident")
+
+    def has_phase(self, phase: str) -> bool:
+        return phase == "contain"  # the scripts replay containment only
+
+    async def recover(self) -> dict[str, Any]:
+        raise NotImplementedError("replay scripts have no recover phase")
 
     async def contain(self) -> dict[str, Any]:
         dry = self.options.dry_run and self.scenario.contain_dry_run is not None
@@ -381,13 +397,17 @@ class ReplaySession:
                 status = "started" if event.kind == "step-started" else data.get("status", "finished")
                 journal.record("step", step=event.step, status=status, detail=data.get("summary", ""))
             elif event.kind == "write":
-                undo = None
+                undo = request = None
                 if data.get("action") == "detach":
+                    # The record the real engine journals: the request with its patch, the undo payload.
                     ns = self.observer.stores["namespaces"].get(str(data.get("target"))) or {}
+                    request = {"method": "PATCH", "path": f"/api/v1/namespaces/{data.get('target')}",
+                               "body": triage.detach_patch(ns) if _meta_uid(ns) else []}
                     undo = {"op": "reattach", "namespace": data.get("target"),
                             "ownerReferences": triage.tenant_refs(ns)}
                 seq = journal.record("intent", step=event.step, action=data.get("action"),
-                                     target=data.get("target"), undo=undo, dry_run=bool(data.get("dry_run")))["seq"]
+                                     target=data.get("target"), request=request, undo=undo,
+                                     dry_run=bool(data.get("dry_run")))["seq"]
                 journal.record("outcome", intent=seq, status="ok", detail="dry-run" if data.get("dry_run") else "")
             elif event.kind == "log":
                 journal.record("log", step=event.step, level=data.get("level", "info"), message=data.get("message"))
@@ -419,7 +439,8 @@ def demo_scenario(*, tenants: int = 12, per_tenant: int = 8, terminating: int = 
                 ("default", "kube-system", "kube-public", "kube-node-lease", "capsule-system", "velero")]
     initial += [watch(ADDED, "namespaces", namespace_obj(n, t)) for t, n in ns_names]
     initial += [watch(ADDED, "deployment", deployment_obj(2)),
-                watch(ADDED, "validatingwebhooks", webhook_obj())]
+                watch(ADDED, "validatingwebhooks", webhook_obj()),
+                watch(ADDED, VELERO_STREAM, backup_location_obj())]
 
     before: list[Item] = [Pause(pace * 20)] if incident else []
     if incident:

@@ -13,7 +13,23 @@ Which namespaces responder detached (triage needs it, as `Session.view()` reads 
 comes from the incident journal's `detach` intents (batched writes emit no engine `write` event) and
 from `write` events when there are some. (Until the journal is read, a namespace whose Tenant
 reference was just removed shows what triage says without that record: safe, "tenant label without
-ownerReference"; the app reads the journal every 50 ms during an incident.)
+ownerReference"; the app reads the journal's new lines before each frame that has rows to re-triage.)
+
+Recovery, from engine events (`EngineEvent(kind, step, data)`, as `StepContext.emit(kind, **data)` sends
+them; one event per namespace, like `write`; `dry_run: true` events change nothing, like dry-run writes):
+- `restore`  data `{"target": NS, "status": "restoring" | "restored" | "failed", "dry_run": bool}`:
+  a Velero restore into NS started / finished / failed (failed: NS is no longer restoring);
+- `readopt`  data `{"target": NS, "tenant": TENANT, "dry_run": bool}`: NS was re-adopted into TENANT
+  (a new Tenant ownerReference was written).
+They feed `triage.ClusterView.restoring / restored / readopted`; triage gives the verdict (restoring,
+restored, re-adopted, or at-risk if the namespace still carries a dying Tenant reference). A restore's
+progress is the step's own `step-progress` (`done` = Velero's itemsRestored, `total` = totalItems),
+shown like detach's.
+
+Velero's backup storage location comes from a watch stream named `backupstoragelocations` (Velero
+`BackupStorageLocation` objects): the header shows the `status.phase` of the default location (else of
+the first by name), "none" once the stream listed no location (or Velero's CRD is absent), "?" while
+there is no such stream.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from typing import Any
 from responder import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
 from responder.engine import EngineEvent
+from responder.observe import VELERO_STREAM
 
 NO_TENANT = ""
 # The streams whose initial lists must be in before a verdict means anything: a namespace listed
@@ -36,6 +53,9 @@ TRIAGE_STREAMS = frozenset({"crd", "tenants", "namespaces"})
 # Most urgent first: counts and tenant rows lead with what needs attention.
 URGENCY = ("at-risk", "terminating", "gone", "restoring", "detached", "re-adopted", "restored", "safe", "protected")
 DETACH_ACTION = "detach"
+RESTORE_EVENT, READOPT_EVENT = "restore", "readopt"
+# NsState members to their values without the Enum's per-access property (10,000s per burst).
+_STATE_VALUE = {state: state.value for state in triage.NsState}
 
 
 def utc_clock(at: float, *, millis: bool = True) -> str:
@@ -219,6 +239,11 @@ class TuiState:
         self.deployment: dict[str, Any] | None = None
         self.known: dict[str, str] = {}  # tenant namespaces ever seen (and the shadow's): ns -> tenant
         self.detached: dict[str, str] = {}  # persisted detach writes seen: ns -> tenant
+        # Recovery (engine `restore` / `readopt` events); mutated in place: the view holds them.
+        self.readopted: dict[str, str] = {}  # ns -> the Tenant it was re-adopted into
+        self.restoring: set[str] = set()
+        self.restored: set[str] = set()
+        self.backup_locations: dict[str, dict[str, Any]] = {}  # Velero BackupStorageLocations by name
         self._by_tenant_ref: dict[str, set[str]] = {}  # tenant name -> namespaces referencing it
         self.synced: set[str] = set()
         self._listed: Counter[str] = Counter()  # ADDED before a stream's SYNCED (not fed line by line)
@@ -226,7 +251,7 @@ class TuiState:
         self._view = self._make_view()
         # Rows and what the table has not seen yet.
         self.rows: dict[str, Row] = {}
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # kept incrementally, per row change (never recounted)
         self.tenant_counts: dict[str, Counter[str]] = {}
         self._pending: dict[str, None] = {}  # names to re-triage, insertion-ordered, coalesced
         self._arrivals: list[float] = []  # events shown by the next frame, whatever it holds
@@ -267,8 +292,14 @@ class TuiState:
         self.namespaces = dict(view.namespaces)
         new_known = {n for n, t in view.known_namespaces.items() if self.known.get(n) != t}
         new_detached = {n for n, t in view.detached.items() if self.detached.get(n) != t}
+        new_recovery = ({n for n, t in view.readopted.items() if self.readopted.get(n) != t}
+                        | (set(view.restoring) ^ self.restoring) | (set(view.restored) - self.restored))
         self.known.update(view.known_namespaces)
         self.detached.update(view.detached)
+        self.readopted.update(view.readopted)
+        self.restored.update(view.restored)
+        self.restoring.clear()
+        self.restoring.update(set(view.restoring) - self.restored)
         self._by_tenant_ref = {}
         for name, ns in self.namespaces.items():
             for t in _tenant_ref_names(ns):
@@ -278,10 +309,11 @@ class TuiState:
         same_tenants = old_tenants.keys() == self.tenants.keys() and all(
             old_tenants[k] is v for k, v in self.tenants.items())
         if not was_ready or flags != (self._view.crd_present, self._view.crd_deleting) or not same_tenants:
-            self._mark(set(self.namespaces) | set(self.known) | set(self.detached) | set(self.rows))
+            self._mark(set(self.namespaces) | set(self.known) | set(self.detached) | set(self.rows)
+                       | new_recovery)
         else:  # the events already gave the same objects: re-triage only what the view adds or changes
             self._mark({n for n, ns in self.namespaces.items() if old_namespaces.get(n) is not ns}
-                       | (set(old_namespaces) - set(self.namespaces)) | new_known | new_detached)
+                       | (set(old_namespaces) - set(self.namespaces)) | new_known | new_detached | new_recovery)
         self.header_version += 1
 
     @property
@@ -309,6 +341,10 @@ class TuiState:
                 self._mark(set(self.namespaces) | set(self.known))
             if kind == TYPE_GONE and res == "tenants":
                 self._drop_all_tenants()
+            if res == VELERO_STREAM:
+                if kind == TYPE_GONE:
+                    self.backup_locations.clear()
+                self.header_version += 1
             return
         if res == "crd":
             self.crd = None if kind == DELETED else obj
@@ -334,6 +370,12 @@ class TuiState:
             self._mark((name,))
         elif res == "deployment":
             self.deployment = None if kind == DELETED else obj
+            self.header_version += 1
+        elif res == VELERO_STREAM:
+            if kind == DELETED:
+                self.backup_locations.pop(name, None)
+            else:
+                self.backup_locations[name] = obj
             self.header_version += 1
 
     def apply_engine(self, event: EngineEvent, arrived: float | None = None) -> None:
@@ -375,6 +417,13 @@ class TuiState:
             step.writes += 1
             if data.get("action") == DETACH_ACTION and not data.get("dry_run"):
                 self._detached(str(data.get("target") or ""), None)
+        elif event.kind == RESTORE_EVENT and not data.get("dry_run"):
+            self._restore(str(data.get("target") or ""), str(data.get("status") or ""))
+        elif event.kind == READOPT_EVENT and not data.get("dry_run"):
+            name = str(data.get("target") or "")
+            if name:
+                self.readopted[name] = str(data.get("tenant") or "")
+                self._mark((name,))
         elif event.kind == "log":
             self._add_feed(FeedLine(event.at, "engine", str(data.get("level", "info")).upper(), event.step,
                                     str(data.get("message", "")), data.get("level") == "warning"))
@@ -515,11 +564,34 @@ class TuiState:
             return "armed", f"Capsule back at {replicas} replicas: breaker no longer holds"
         return "armed", f"Capsule at {replicas} replicas"
 
+    def velero(self) -> str:
+        """The Velero backup storage location's phase (Available, Unavailable, ...), "none", or "?"."""
+        if not self.backup_locations:
+            return "none" if VELERO_STREAM in self.synced else "?"
+        default = [o for o in self.backup_locations.values() if (o.get("spec") or {}).get("default")]
+        chosen = default[0] if default else self.backup_locations[min(self.backup_locations)]
+        return str((chosen.get("status") or {}).get("phase") or "Unknown")
+
     def tenant_summary(self, tenant: str) -> str:
         counts = self.tenant_counts.get(tenant) or {}
         return " ".join(f"{s} {counts[s]}" for s in URGENCY if counts.get(s))
 
     # -------------------------------------------------------------------------------- internals
+
+    def _restore(self, name: str, status: str) -> None:
+        if not name:
+            return
+        if status == "restoring":
+            self.restoring.add(name)
+            self.restored.discard(name)
+        elif status == "restored":
+            self.restoring.discard(name)
+            self.restored.add(name)
+        elif status == "failed":
+            self.restoring.discard(name)
+        else:
+            return
+        self._mark((name,))
 
     def _detached(self, name: str, tenant: str | None) -> None:
         if not name or name in self.detached:
@@ -536,7 +608,8 @@ class TuiState:
         return triage.ClusterView(
             crd_present=present, crd_deleting=bool(crd and _meta(crd).get("deletionTimestamp")),
             tenants=self.tenants, namespaces=self.namespaces, protected=self.protected,
-            known_namespaces=self.known, detached=self.detached)
+            known_namespaces=self.known, detached=self.detached, readopted=self.readopted,
+            restoring=self.restoring, restored=self.restored)  # type: ignore[arg-type]  # live sets, see __init__
 
     def _crd_changed(self) -> None:
         old = (self._view.crd_present, self._view.crd_deleting)
@@ -563,28 +636,40 @@ class TuiState:
         ns = self.namespaces.get(name)
         if ns is not None:
             verdict = triage.triage_namespace(ns, self._view)
-        elif name in self.known or name in self.detached:
+        elif (name in self.known or name in self.detached or name in self.readopted or name in self.restoring
+              or name in self.restored):
             # Gone: let triage word it, from a view holding only what responder knew of it.
             view = triage.ClusterView(
                 crd_present=self._view.crd_present, crd_deleting=self._view.crd_deleting, tenants={},
-                namespaces={}, protected=self.protected, known_namespaces={name: self.known.get(name, "")},
-                detached={name: self.detached[name]} if name in self.detached else {})
+                namespaces={}, protected=self.protected,
+                known_namespaces={name: self.known[name]} if name in self.known else {},
+                detached={name: self.detached[name]} if name in self.detached else {},
+                readopted={name: self.readopted[name]} if name in self.readopted else {},
+                restoring=frozenset({name} & self.restoring), restored=frozenset({name} & self.restored))
             verdicts = triage.triage(view)
             if not verdicts:
                 return None
             verdict = verdicts[0]
         else:
             return None
-        return Row(verdict.name, verdict.tenant or NO_TENANT, triage.NsState(verdict.state).value, verdict.reason)
+        return Row(verdict.name, verdict.tenant or NO_TENANT, _STATE_VALUE.get(verdict.state) or str(verdict.state), verdict.reason)
 
     def _count(self, row: Row, delta: int) -> None:
-        self.counts[row.state] += delta
-        per = self.tenant_counts.setdefault(row.tenant, Counter())
-        per[row.state] += delta
-        if per[row.state] <= 0:
-            del per[row.state]
-        if self.counts[row.state] <= 0:
-            del self.counts[row.state]
+        # Plain dict operations: Counter's own are several times slower, and this runs per row change.
+        state, counts = row.state, self.counts
+        per = self.tenant_counts.get(row.tenant)
+        if per is None:
+            per = self.tenant_counts[row.tenant] = Counter()
+        n = per.get(state, 0) + delta
+        if n > 0:
+            per[state] = n
+        else:
+            per.pop(state, None)
+        n = counts.get(state, 0) + delta
+        if n > 0:
+            counts[state] = n
+        else:
+            counts.pop(state, None)
 
     def _feed_watch(self, event: WatchEvent) -> None:
         if event.type == SYNCED:

@@ -31,6 +31,20 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
     "detach": [("", "namespaces", "patch", "tenant-a-ns-1"), ("", "namespaces", "get", "tenant-a-ns-1")],
     "release-finalizer": [("capsule.clastix.io", "tenants", "patch", "tenant-a")],
     "finalize": [("", "namespaces/finalize", "update", "tenant-a-ns-2"), ("", "namespaces", "get", "tenant-a-ns-2")],
+    # Recovery (responder/actions/recover.py).
+    "download-request": [("velero.io", "downloadrequests", "create", None), ("velero.io", "downloadrequests", "get", "d"),
+                         ("velero.io", "backups", "list", None), ("velero.io", "backupstoragelocations", "get", "default")],
+    "create-crd": [("apiextensions.k8s.io", "customresourcedefinitions", "create", None),
+                   ("apiextensions.k8s.io", "customresourcedefinitions", "get", "tenants.capsule.clastix.io")],
+    "create-tenant": [("capsule.clastix.io", "tenants", "create", None), ("capsule.clastix.io", "tenants", "get", "t")],
+    "widen-exemption": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
+                        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
+    "create-restore": [("velero.io", "restores", "create", None), ("velero.io", "restores", "get", "r")],
+    "readopt": [("", "namespaces", "patch", "tenant-a-ns-1"), ("", "namespaces", "get", "tenant-a-ns-1"),
+                ("capsule.clastix.io", "tenants", "get", "tenant-a")],
+    "restore-webhooks": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
+                         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
+    "restore-replicas": [("apps", "deployments/scale", "patch", CAPSULE)],
 }
 # `responder undo`, per undo op (responder/commands.py::undo_journal).
 UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
@@ -57,6 +71,18 @@ WATCH_NEEDS = [
     ("authorization.k8s.io", "selfsubjectaccessreviews", "create", None),
 ]
 PROBE_NEEDS = [("", "namespaces", "delete", "tenant-a-ns-1")]  # verify-breaker, only ever with dryRun=All
+# Recovery (being written: Velero restore, Tenant/CRD recreation, re-adoption) and `responder protect`.
+RECOVERY_NEEDS = [("velero.io", res, verb, None) for res in ("backups", "restores", "backupstoragelocations",
+                                                             "downloadrequests", "schedules")
+                  for verb in ("get", "list", "watch", "create")] + [
+    ("capsule.clastix.io", "tenants", "create", None), ("capsule.clastix.io", "tenants", "update", "tenant-a"),
+    ("", "namespaces", "update", "tenant-a-ns-1"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "create", None),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get", "capsuleconfigurations.capsule.clastix.io"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "update", "x")]
+PROTECT_NEEDS = [("admissionregistration.k8s.io", res, verb, "responder-protect-crds")
+                 for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
+                 for verb in ("get", "list", "create", "patch", "delete")]
 CONTENT_NEEDS = [("", "configmaps", "list", None), ("", "secrets", "list", None), ("apps", "deployments", "list", None),
                  ("example.com", "widgets", "list", None)]
 
@@ -110,7 +136,7 @@ def test_rules_cover_every_undo_op(op):
 
 def test_rules_cover_watches_probe_and_content_counting():
     rules = rbac_rules(False)
-    for need in WATCH_NEEDS + PROBE_NEEDS + CONTENT_NEEDS:
+    for need in WATCH_NEEDS + PROBE_NEEDS + CONTENT_NEEDS + RECOVERY_NEEDS + PROTECT_NEEDS:
         assert covers(rules, *need), need
 
 
@@ -125,11 +151,14 @@ def test_scale_is_limited_to_the_capsule_deployment():
 
 def test_nothing_beyond_what_is_needed():
     rules = rbac_rules(False)
-    for need in [("", "namespaces", "create", None), ("", "namespaces", "update", "x"), ("", "secrets", "get", "s"),
+    for need in [("", "namespaces", "create", None), ("", "secrets", "get", "s"),
                  ("", "secrets", "watch", None), ("capsule.clastix.io", "tenants", "delete", "t"),
                  ("apiextensions.k8s.io", "customresourcedefinitions", "patch", "tenants.capsule.clastix.io"),
-                 ("apiextensions.k8s.io", "customresourcedefinitions", "get", "other.example.com"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "delete", "tenants.capsule.clastix.io"),
                  ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "delete", "x"),
+                 ("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "someone-elses-policy"),
+                 ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "patch", "someone-elses"),
+                 ("velero.io", "backups", "delete", "b"), ("velero.io", "restores", "patch", "r"),
                  ("rbac.authorization.k8s.io", "clusterrolebindings", "create", None),
                  ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None)]:
         assert not covers(rules, *need), need

@@ -12,12 +12,17 @@ from responder.tui.widgets._text import set_text
 
 BREAKER_STYLE = {"armed": "bold", "tripped": "bold", "verified": "bold reverse", "unavailable": "bold underline",
                  "unknown": "dim"}
+# The backup storage location's phase; anything but Available once there is one is a problem for recovery.
+VELERO_STYLE = {"Available": "", "none": "dim", "?": "dim"}
 PHASES = {
     "starting": ("STARTING", "-watching"),
     "watching": ("WATCHING", "-watching"),
     "containing": ("INCIDENT", "-incident"),
     "contained": ("CONTAINED", "-contained"),
     "not-contained": ("NOT CONTAINED", "-failed"),
+    "recovering": ("RECOVERING", "-incident"),
+    "recovered": ("RECOVERED", "-contained"),
+    "not-recovered": ("NOT RECOVERED", "-failed"),
     "dry-run-done": ("DRY RUN DONE", "-contained"),
     "error": ("ERROR", "-failed"),
 }
@@ -52,10 +57,11 @@ class HeaderBar(Vertical):
             ("responder", "bold"), (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
             (model.server or "-", "dim")))
         breaker, why = model.breaker()
+        velero = model.velero()
         waiting = f"awaiting your confirmation ({model.waiting_confirmation})" if model.waiting_confirmation else ""
         set_text(self.query_one("#status", Static), _line(
             (f"Capsule {model.capsule_version()}", ""), (f"mode {model.mode()}", "bold" if model.dry_run else ""),
-            ("breaker", ""), (breaker.upper(), BREAKER_STYLE.get(breaker, "")), (why, "dim"),
+            (f"velero: {velero}", VELERO_STYLE.get(velero, "bold underline")), ("breaker", ""), (breaker.upper(), BREAKER_STYLE.get(breaker, "")), (why, "dim"),
             (waiting, "bold reverse")))
         label, cls = PHASES.get(model.phase, (model.phase.upper(), "-watching"))
         banner = self.query_one("#banner", Static)

@@ -1,8 +1,9 @@
 """The triage table: every namespace's state, grouped by tenant, with counts per state.
 
 It is built for 10,000+ rows: rows are keyed (`ns:<name>`, `tenant:<name>`) and never rebuilt; the
-app hands it the coalesced changes of the last frame (`TableChanges`) and it touches only those
-cells with `update_cell`. Rows are re-sorted only when rows were added or moved to another tenant.
+app hands it the coalesced changes of the last frame (`TableChanges`) and it touches only the cells
+that changed. Rows are re-sorted only when rows were added or moved to another tenant. The detail
+line under the table is worded when a row is highlighted, from the model, not per change.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def _cell(text: str, style: str = "") -> Text:
     return Text(text, style=style, no_wrap=True, overflow="ellipsis", end="")
 
 
+# One State cell per state, shared by every row in it (DataTable renders cells, never changes them).
+STATE_CELLS = {state: _cell(state, style) for state, style in STATE_STYLE.items()}
+
+
+def state_cell(state: str) -> Text:
+    cell = STATE_CELLS.get(state)
+    return cell if cell is not None else _cell(state)
+
+
 class TriageTable(DataTable):
     """A DataTable tuned for many rows whose cells change often.
 
@@ -68,7 +78,10 @@ class TriageTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_row_labels=False)
         self._groups: dict[str, int] = {}  # tenant -> namespace rows in it
-        self._info: dict[str, str] = {}  # row key -> "name: reason" (the detail line)
+        self._group_cells: dict[str, tuple] = {}  # tenant -> what its group row shows (skip unchanged)
+        self._model: TuiState | None = None  # the model of the last apply (row_info words rows from it)
+        self._ns_keys: dict[str, RowKey] = {}  # namespace -> its RowKey (built once, not per update)
+        self._columns: dict[str, ColumnKey] = {}
         self._structure = 0  # bumped whenever rows are added, removed or reordered
         self._stale_rows: set[RowKey] = set()  # rows changed since their cached render
         self._order_cache: tuple[int, int, list] | None = None
@@ -131,9 +144,16 @@ class TriageTable(DataTable):
         column_key = ColumnKey(column_key) if isinstance(column_key, str) else column_key
         if row_key not in self._row_locations or column_key not in self._column_locations:
             raise CellDoesNotExist(f"No cell exists for row_key={row_key!r}, column_key={column_key!r}.")
+        self._set_cell(row_key, column_key, value)
+
+    def _set_cell(self, row_key: RowKey, column_key: ColumnKey, value: object) -> None:
+        """`update_cell` for keys known to exist (the burst path: no key building, no lookups)."""
         self._data[row_key][column_key] = value
         self._stale_rows.add(row_key)
-        self.refresh()
+        if self._batching:
+            self._refresh_wanted = True
+        else:
+            self.refresh()
 
     def _window(self) -> range:
         """Row indexes on screen (one more each side)."""
@@ -171,53 +191,56 @@ class TriageTable(DataTable):
         self.add_column("Namespace", width=NAME_WIDTH, key="name")
         self.add_column("State", width=STATE_WIDTH, key="state")
         self.add_column("Reason", width=REASON_WIDTH, key="reason")
+        self._columns = {name: ColumnKey(name) for name in ("name", "state", "reason")}
 
     def apply(self, changes: TableChanges, model: TuiState) -> None:
         """Apply one frame's changes: add, update (only the cells that changed), remove, re-count."""
+        self._model = model
         self._batching, self._refresh_wanted = True, False
         structure = self._structure
+        changed: list[RowKey] = []
         try:
-            self._apply(changes, model)
+            self._apply(changes, model, changed)
         finally:
             self._batching = False
-            if self._refresh_wanted and (structure != self._structure or self._on_screen(changes)):
+            if self._refresh_wanted and (structure != self._structure or self._on_screen(changed)):
                 self.refresh()
 
-    def _on_screen(self, changes: TableChanges) -> bool:
-        window, where = self._window(), self._row_locations.get
-        keys = [f"ns:{after.name}" for _, after in changes.updated]
-        keys += [f"tenant:{tenant}" for tenant in changes.tenants]
-        return any(where(RowKey(key)) in window for key in keys)
+    def _on_screen(self, changed: list[RowKey]) -> bool:
+        get_key, rows = self._row_locations.get_key, self.row_count
+        shown = {get_key(i) for i in self._window() if i < rows}
+        return any(key in shown for key in changed)
 
-    def _apply(self, changes: TableChanges, model: TuiState) -> None:
+    def _apply(self, changes: TableChanges, model: TuiState, changed: list[RowKey]) -> None:
         resort = False
+        keys, set_cell = self._ns_keys, self._set_cell
+        name_col, state_col, reason_col = self._columns["name"], self._columns["state"], self._columns["reason"]
         for row in changes.added:
             self._join(row.tenant)
-            self.add_row(*self._cells(row), key=f"ns:{row.name}")
-            self._info[f"ns:{row.name}"] = f"{row.name} ({row.state}): {row.reason}"
+            keys[row.name] = self.add_row(*self._cells(row), key=f"ns:{row.name}")
             resort = True
         for before, after in changes.updated:
-            key = f"ns:{after.name}"
+            key = keys[after.name]
             if before.tenant != after.tenant:
                 self._leave(before.tenant, model)
                 self._join(after.tenant)
-                self.update_cell(key, "name", self._cells(after)[0])
+                set_cell(key, name_col, self._cells(after)[0])
                 resort = True
             if before.state != after.state:
-                self.update_cell(key, "state", _cell(after.state, STATE_STYLE.get(after.state, "")))
+                set_cell(key, state_col, state_cell(after.state))
             if before.reason != after.reason:
-                self.update_cell(key, "reason", _cell(after.reason))
-            self._info[key] = f"{after.name} ({after.state}): {after.reason}"
+                set_cell(key, reason_col, _cell(after.reason))
+            changed.append(key)
         for row in changes.removed:
             try:
                 self.remove_row(f"ns:{row.name}")
             except RowDoesNotExist:
                 pass
-            self._info.pop(f"ns:{row.name}", None)
+            keys.pop(row.name, None)
             self._leave(row.tenant, model)
         for tenant in changes.tenants:
             if tenant in self._groups:
-                self._update_group(tenant, model)
+                self._update_group(tenant, model, changed)
         if resort:
             self._resort()
 
@@ -225,7 +248,7 @@ class TriageTable(DataTable):
 
     def _cells(self, row: Row) -> tuple[Text, Text, Text]:
         return (KeyedText(f"  {row.name}", (*group_key(row.tenant), 1, row.name)),
-                _cell(row.state, STATE_STYLE.get(row.state, "")), _cell(row.reason))
+                state_cell(row.state), _cell(row.reason))
 
     def _join(self, tenant: str) -> None:
         if tenant not in self._groups:
@@ -235,8 +258,18 @@ class TriageTable(DataTable):
         self._groups[tenant] += 1
 
     def row_info(self, row_key: str) -> str:
-        """A line about a row (for the detail line under the table)."""
-        return self._info.get(row_key, "")
+        """A line about a row (for the detail line under the table), worded from the model now."""
+        model = self._model
+        if model is None:
+            return ""
+        kind, _, name = row_key.partition(":")
+        if kind == "ns":
+            row = model.rows.get(name)
+            return f"{row.name} ({row.state}): {row.reason}" if row is not None else ""
+        if kind == "tenant" and name in self._groups:
+            return (f"Tenant {tenant_label(name)}: {self._groups[name]} namespaces: "
+                    f"{model.tenant_summary(name)}")
+        return ""
 
     def _leave(self, tenant: str, model: TuiState) -> None:
         left = self._groups.get(tenant, 0) - 1
@@ -244,24 +277,30 @@ class TriageTable(DataTable):
             self._groups[tenant] = left
             return
         self._groups.pop(tenant, None)
-        self._info.pop(f"tenant:{tenant}", None)
+        self._group_cells.pop(tenant, None)
         try:
             self.remove_row(f"tenant:{tenant}")
         except RowDoesNotExist:
             pass
 
-    def _update_group(self, tenant: str, model: TuiState) -> None:
-        key = f"tenant:{tenant}"
+    def _update_group(self, tenant: str, model: TuiState, changed: list[RowKey]) -> None:
         counts = model.tenant_counts.get(tenant) or {}
         total = self._groups[tenant]
         urgent = next((s for s in URGENCY if counts.get(s)), "")
-        self.update_cell(key, "name", KeyedText(f"▾ {tenant_label(tenant)} ({total})",
-                                                (*group_key(tenant), 0, ""), "bold"))
-        self.update_cell(key, "state", _cell(f"{counts[urgent]} {urgent}" if urgent else "",
-                                             "bold " + STATE_STYLE.get(urgent, "")))
-        summary = model.tenant_summary(tenant)
-        self.update_cell(key, "reason", _cell(summary, "bold"))
-        self._info[key] = f"Tenant {tenant_label(tenant)}: {total} namespaces: {summary}"
+        shown = (total, f"{counts[urgent]} {urgent}" if urgent else "", model.tenant_summary(tenant))
+        before = self._group_cells.get(tenant, (None, None, None))
+        if shown == before:
+            return
+        self._group_cells[tenant] = shown
+        key = RowKey(f"tenant:{tenant}")
+        if shown[0] != before[0]:
+            self._set_cell(key, self._columns["name"], KeyedText(f"▾ {tenant_label(tenant)} ({total})",
+                                                                 (*group_key(tenant), 0, ""), "bold"))
+        if shown[1] != before[1]:
+            self._set_cell(key, self._columns["state"], _cell(shown[1], "bold " + STATE_STYLE.get(urgent, "")))
+        if shown[2] != before[2]:
+            self._set_cell(key, self._columns["reason"], _cell(shown[2], "bold"))
+        changed.append(key)
 
     def _resort(self) -> None:
         current = None
