@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     drill.add_argument("--namespaces-per-tenant", type=int, default=10)
     drill.add_argument("--observe", type=float, default=30.0,
                        help="seconds after the trigger to keep checking that saved namespaces stay alive")
-    drill.add_argument("--headless", action="store_true", help="no TUI (the drill is headless until the TUI lands)")
+    drill.add_argument("--headless", action="store_true", help="no TUI: progress on stderr (the default without a terminal, or with -o)")
     drill.add_argument("--state-dir", type=Path, default=None, help="lab state dir (default: a drill lab of its own)")
     drill.add_argument("--keep", action="store_true",
                        help="leave the lab running afterwards (existing cluster: leave what the drill seeded)")
@@ -76,7 +76,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     try:
         card = asyncio.run(run_drill(lab, tenants=args.tenants, per_tenant=args.namespaces_per_tenant,
                                      observe=args.observe, journal_dir=lab.dir / "incidents",
-                                     scenario=args.scenario, options=drill_options(args)))
+                                     scenario=args.scenario, options=drill_options(args),
+                                     tui=wants_tui(args)))
     finally:
         if not args.keep:
             lab.down(wipe=False)
@@ -85,6 +86,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
     else:
         print_scorecard(card)
     return EXIT_OK if card["passed"] else EXIT_NOT_CONTAINED
+
+
+def wants_tui(args: argparse.Namespace) -> bool:
+    """The TUI unless --headless, -o, or no terminal to show it on (CI, pipes)."""
+    return not args.headless and not args.output and sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def drill_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,9 +103,10 @@ def drill_options(args: argparse.Namespace) -> dict[str, Any]:
 async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, journal_dir: Path,
                     scenario: str = "crd-deletion", options: dict[str, Any] | None = None,
                     labels: dict[str, str] | None = None, prefix: str = "tenant",
-                    progress: dict[str, Any] | None = None) -> dict[str, Any]:
+                    progress: dict[str, Any] | None = None, tui: bool = False) -> dict[str, Any]:
     """`lab` is the embedded Lab or a drill_target.ExistingCluster (admin_client, state, ...);
-    `progress` gets the scenario's fault injection as soon as it is made (to undo it even on failure)."""
+    `progress` gets the scenario's fault injection as soon as it is made (to undo it even on failure);
+    `tui`: responder runs in its Textual app (the operator watches, then quits to see the scorecard)."""
     from responder import scenarios
 
     out = sys.stderr
@@ -125,27 +132,24 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
         if prepared:
             print(f"drill: scenario {scenario}: Capsule's namespace webhooks now fail open "
                   f"(failurePolicy Ignore)", file=out, flush=True)
-        session = Session(access, SessionOptions(runbook=resolve_runbook(None), journal_dir=journal_dir, yes=True))
-        session.engine_listeners.append(HeadlessPrinter())
+        driver = TuiDriver() if tui else HeadlessDriver()
+        session = Session(access, SessionOptions(runbook=resolve_runbook(None), journal_dir=journal_dir, yes=True),
+                          confirmer=driver.confirmer)
         await session.preflight()
-        await session.start()
+        await driver.start(session)
         try:
             namespaces = set(seeded.namespaces)
-            print(f"drill: {_INCIDENT[scenario]} (the incident)", file=out, flush=True)
+            driver.say(f"drill: {_INCIDENT[scenario]} (the incident)")
             sent = await scenarios.trigger(admin, scenario)
             await asyncio.wait_for(session.incident_opened.wait(), 30)
             alive_at_detection = sum(1 for n in session.observer.objects("namespaces")
                                      if n["metadata"]["name"] in namespaces
                                      and not n["metadata"].get("deletionTimestamp"))
-            await session.contain()
-            contained_at = time.time()
-            await session.recover()
-            recovered_at = time.time()
+            contained_at, recovered_at = await driver.respond(session)
             breaker = (session.results["breaker"].data.get("breaker") if "breaker" in session.results else None)
             if breaker == "unavailable":
-                print("drill: BREAKER UNAVAILABLE - no Capsule webhook refuses namespace DELETEs (failurePolicy "
-                      "Ignore): responder could only race the deleters (detach speed). See the scorecard.",
-                      file=out, flush=True)
+                driver.say("drill: BREAKER UNAVAILABLE - no Capsule webhook refuses namespace DELETEs (failurePolicy "
+                           "Ignore): responder could only race the deleters (detach speed). See the scorecard.")
             while time.time() < sent + observe:
                 await asyncio.sleep(1)
             listing = await admin.list_all("/api/v1/namespaces")
@@ -155,6 +159,9 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
             if session.journal is not None:
                 session.journal.record("scorecard", namespaces={"seeded": len(namespaces), "saved": len(alive),
                                                                 "lost": len(namespaces) - len(alive)})
+        except BaseException:
+            await driver.abandon()
+            raise
         finally:
             await session.close()
     records = session.journal.records() if session.journal else []
@@ -198,7 +205,104 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
         report_path = session.journal.path.with_suffix(".md")
         report_path.write_text(render_markdown(build_report(records, journal_path=session.journal.path)))
         card["report"] = str(report_path)
+    await driver.finish(card)
     return card
+
+
+class HeadlessDriver:
+    """Runs the session's phases itself and prints progress on stderr."""
+
+    confirmer = None  # SessionOptions(yes=True): no step asks
+
+    def __init__(self) -> None:
+        self.printer = HeadlessPrinter()
+
+    async def start(self, session: Session) -> None:
+        session.engine_listeners.append(self.printer)
+        await session.start()
+
+    def say(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    async def respond(self, session: Session) -> tuple[float, float]:
+        await session.contain()
+        contained_at = time.time()
+        await session.recover()
+        return contained_at, time.time()
+
+    async def abandon(self) -> None:
+        pass
+
+    async def finish(self, card: dict[str, Any]) -> None:
+        pass
+
+
+class TuiDriver:
+    """The session runs in responder's Textual app, exactly as `responder watch` runs it; the drill
+    only triggers the incident and reads the outcome. The scorecard is printed after the operator quits."""
+
+    TERMINAL = ("contained", "not-contained", "recovered", "not-recovered", "dry-run-done", "error")
+
+    def __init__(self) -> None:
+        from responder.tui.app import TuiConfirmer
+
+        self.confirmer = TuiConfirmer()
+        self.app: Any = None
+        self.task: asyncio.Task | None = None
+        self._logging: Any = None
+
+    async def start(self, session: Session) -> None:
+        from responder.tui.app import ResponderApp, logging_into
+
+        self.app = ResponderApp(session, confirmer=self.confirmer)
+        self._logging = logging_into(self.app)
+        self._logging.__enter__()
+        self.task = asyncio.create_task(self.app.run_async(), name="drill-tui")
+        await self._until(lambda: self.app.model.phase in ("watching",) + self.TERMINAL, 120)
+        if self.app.failure is not None:
+            raise self.app.failure
+
+    def say(self, message: str) -> None:
+        if self.app is not None:
+            self.app.model.add_note(message, at=time.time())
+
+    async def _until(self, condition, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.task is not None and self.task.done():
+                raise RuntimeError("the TUI was closed before the drill finished")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the drill timed out waiting for responder")
+            await asyncio.sleep(0.05)
+
+    async def respond(self, session: Session) -> tuple[float, float]:
+        await self._until(lambda: self.app.contain_done or self.app.failure is not None, 1800)
+        contained_at = time.time()
+        await self._until(lambda: self.app.model.phase in self.TERMINAL, 3600)
+        if self.app.failure is not None:
+            raise self.app.failure
+        return contained_at, time.time()
+
+    async def abandon(self) -> None:
+        if self.app is not None and self.task is not None and not self.task.done():
+            self.app.exit(EXIT_NOT_CONTAINED)
+            await asyncio.gather(self.task, return_exceptions=True)
+        self._restore_logging()
+
+    async def finish(self, card: dict[str, Any]) -> None:
+        verdict = "PASSED" if card["passed"] else "FAILED"
+        self.say(f"drill {verdict}: {card['present_at_end']} of {card['namespaces_seeded']} namespaces present, "
+                 f"{card['re_adopted']} re-adopted; press q to quit and print the scorecard")
+        self.app.notify(f"DRILL {verdict} - press q for the scorecard", timeout=3600,
+                        severity="information" if card["passed"] else "error")
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        self._restore_logging()
+
+    def _restore_logging(self) -> None:
+        if self._logging is not None:
+            self._logging.__exit__(None, None, None)
+            self._logging = None
 
 
 _INCIDENT = {"crd-deletion": "deleting the Tenant CRD", "tenant-mass-deletion": "deleting every Tenant at once",

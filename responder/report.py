@@ -390,6 +390,7 @@ def recovery_section(records: list[dict]) -> dict[str, Any] | None:
     plan = latest.get("recovery-plan") or {}
     restore = latest.get("recovery-restore") or {}
     tenants = latest.get("recovery-tenants") or {}
+    gone = latest.get("recovery-gone") or {}
     verify = latest.get("recovery-verify") or {}
     lost = sorted(plan.get("lost") or {})
     restored = sorted(restore.get("restored") or [])
@@ -399,6 +400,8 @@ def recovery_section(records: list[dict]) -> dict[str, Any] | None:
         "lost": lost, "restored": restored, "not_restored": sorted(set(lost) - set(restored)),
         "restore": {k: restore.get(k) for k in ("restore", "phase", "items_restored", "total_items", "failure_reason")},
         "restore_warnings": restore.get("warnings") or [], "restore_errors": restore.get("errors") or [],
+        "rescue_backup": gone.get("rescue_backup"), "rescued": sorted(gone.get("rescued") or []),
+        "kept_terminating": sorted(gone.get("kept_terminating") or []),
         "tenants_source": tenants.get("source"), "tenants_created": tenants.get("created") or [],
         "verify": {k: verify.get(k) for k in ("known", "present", "adopted", "missing", "not_adopted",
                                                "content_missing", "webhook_differences", "capsule_replicas",
@@ -414,12 +417,19 @@ def _render_recovery(rec: dict[str, Any]) -> list[str]:
         out.append(f"- **No backup used**: {_cell(rec.get('no_backup_reason') or 'none usable')}.")
     for b in rec.get("rejected_backups") or []:
         out.append(f"- Backup {_code(b.get('name'))} refused: {_cell(b.get('reason'))}.")
+    if rec.get("rescue_backup"):
+        out.append(f"- Rescue backup {_code(rec['rescue_backup'])}: {len(rec.get('rescued') or [])} lost namespaces "
+                   "the breaker had frozen while Terminating (content intact), backed up during the incident and "
+                   "restored from it.")
     out.append(f"- Tenants recreated from the {rec.get('tenants_source') or '?'}: {len(rec.get('tenants_created') or [])}.")
     out.append(f"- Namespaces lost in the incident: {len(rec['lost'])}; restored by Velero: {len(rec['restored'])}.")
     if rec["not_restored"]:
         out.append(f"- **Could not be restored ({len(rec['not_restored'])})**: "
                    + ", ".join(_code(n) for n in rec["not_restored"][:50])
-                   + (" ..." if len(rec["not_restored"]) > 50 else "") + ". Their content is lost.")
+                   + (" ..." if len(rec["not_restored"]) > 50 else "") + ". Their content is lost"
+                   + (f", except in the {len(rec['kept_terminating'])} still Terminating with their content "
+                      "(not finalized; no backup held them): copy it out before Capsule's webhooks let their "
+                      "deletion finish" if rec.get("kept_terminating") else "") + ".")
     restore = rec.get("restore") or {}
     if restore.get("restore"):
         out.append(f"- Velero Restore {_code(restore['restore'])}: {restore.get('phase')}, "

@@ -278,8 +278,10 @@ def triage(view: ClusterView) -> list[NamespaceTriage]:
                | set(view.restored) | set(view.restoring)) - live
     for name in missing:
         if name in view.restoring:
-            reason = "Namespace no longer exists; a restore is in progress but has not recreated it yet."
-        elif name in view.detached:
+            rows.append(NamespaceTriage(name=name, state=NsState.RESTORING, tenant=_tenant_of(name, None, view),
+                                        reason="A restore is in progress; it has not recreated this namespace yet."))
+            continue
+        if name in view.detached:
             reason = "Namespace no longer exists although responder had detached it."
         else:
             reason = "Namespace no longer exists; it was deleted."

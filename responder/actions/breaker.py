@@ -39,15 +39,20 @@ def exemption_condition(identity: str, *others: str) -> dict[str, str]:
 
 def widen_exemption_patch(obj: dict[str, Any], identities: list[str]) -> list[dict[str, Any]]:
     """JSON patch replacing the exemption's expression in every webhook that carries it, guarded by
-    a test of the expression it replaces."""
+    the object's resourceVersion (the object it was computed from) and each condition's name.
+    Not by a test of the old expression: the server compares the stored JSON, in which Go escaped
+    `&&` as `\u0026\u0026`, so a test of an expression with `&&` never matches (found on the lab)."""
     wanted = exemption_condition(*identities)["expression"]
     ops: list[dict[str, Any]] = []
     for i, hook in enumerate(obj.get("webhooks") or []):
         for j, cond in enumerate(hook.get("matchConditions") or []):
             if cond.get("name") == EXEMPTION_NAME and cond.get("expression") != wanted:
-                path = f"/webhooks/{i}/matchConditions/{j}/expression"
-                ops += [{"op": "test", "path": path, "value": cond.get("expression")},
-                        {"op": "replace", "path": path, "value": wanted}]
+                path = f"/webhooks/{i}/matchConditions/{j}"
+                ops += [{"op": "test", "path": f"{path}/name", "value": EXEMPTION_NAME},
+                        {"op": "replace", "path": f"{path}/expression", "value": wanted}]
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    if ops and rv:
+        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
     return ops
 
 

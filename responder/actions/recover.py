@@ -149,9 +149,10 @@ class ChooseBackup:
         ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
         summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from")} | {"lost": len(lost)}
         if plan["backup"] is None:
-            ctx.log(f"NO USABLE BACKUP ({plan.get('reason')}): {len(lost)} lost namespaces cannot be restored; "
+            reason = plan.get("reason") or "no backup holds every lost namespace"
+            ctx.log(f"NO USABLE BACKUP ({reason}): lost namespaces can only come back from a rescue backup; "
                     "Tenants come from responder's shadow copy", level="warning")
-            return StepOutcome("finished", f"no usable backup: {plan.get('reason')}", summary)
+            return StepOutcome("finished", f"no usable backup: {reason}", summary)
         return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces", summary)
 
 
@@ -164,34 +165,122 @@ def recovery_plan(ctx: StepContext) -> dict[str, Any]:
 class WaitLostGone:
     spec = ActionSpec(
         name="wait-lost-gone",
-        description="Wait until lost namespaces (and the dying Tenant CRD) are fully gone: Velero cannot restore into "
-                    "a Terminating namespace.",
-        params={"waitSeconds": ParamSpec((int, float), default=180)},
+        description="Rescue-backup lost namespaces the breaker froze while Terminating, let their deletion finish, and "
+                    "wait until they (and the dying Tenant CRD) are gone: Velero cannot restore into a Terminating one.",
+        params={**VELERO_PARAMS,
+                "waitSeconds": ParamSpec((int, float), default=180),
+                "rescueBackup": ParamSpec(bool, default=True,
+                                          description="back up frozen Terminating namespaces before letting them go"),
+                "backupTimeout": ParamSpec((int, float), default=300),
+                "namespaceControllerIdentity": ParamSpec(
+                    str, default="system:serviceaccount:kube-system:namespace-controller",
+                    description="the username kube-controller-manager's namespace controller writes as")},
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
-        lost = set(recovery_plan(ctx)["lost"])
+        plan = recovery_plan(ctx)
+        lost = set(plan["lost"])
+        live = await _all_namespaces(ctx)
+        # Lost namespaces still Terminating: Capsule's fail-closed webhooks (the breaker) also refuse the
+        # namespace controller's deletes of their content, so they are frozen with their content intact.
+        frozen = sorted(ns for ns in lost if ns in live)
+        rescue = None
+        if frozen and bool(ctx.params.get("rescueBackup", True)):
+            rescue = await self.rescue_backup(ctx, frozen)
+        # Let the namespace controller finish only where a backup holds the content (the chosen one holds
+        # every lost namespace); otherwise they stay frozen, content intact, and the report says so.
+        releasable = set(frozen) if (rescue or plan.get("backup")) else set()
+        if releasable:
+            await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["namespaceControllerIdentity"])])
+            await self.nudge(ctx, sorted(releasable))
+        wait_for = (lost - set(frozen)) | releasable
         deadline = time.monotonic() + float(ctx.params.get("waitSeconds", 180))
-        pending = set(lost)
+        pending = {ns for ns in wait_for if ns in live}
         crd_deleting = True
-        while time.monotonic() < deadline:
+        while not ctx.dry_run and time.monotonic() < deadline:
             live = await _all_namespaces(ctx)
-            pending = {ns for ns in lost if ns in live}
+            pending = {ns for ns in wait_for if ns in live}
             crd = await ctx.client.get_or_none(CRD_PATH)
             crd_deleting = bool(crd and crd["metadata"].get("deletionTimestamp"))
-            ctx.progress(len(lost) - len(pending), len(lost), "lost namespaces gone")
+            ctx.progress(len(wait_for) - len(pending), len(wait_for), "lost namespaces gone")
             if not pending and not crd_deleting:
                 break
             await asyncio.sleep(0.5)
-        gone = sorted(lost - pending)
-        ctx.journal.record("recovery-gone", step=ctx.step.id, gone=gone, stuck=sorted(pending),
+        kept = sorted(set(frozen) - releasable)
+        stuck = sorted(pending | set(kept))
+        gone = sorted(lost - set(stuck))
+        ctx.journal.record("recovery-gone", step=ctx.step.id, gone=gone, stuck=stuck, frozen=frozen,
+                           kept_terminating=kept, rescue_backup=rescue, rescued=frozen if rescue else [],
                            crd_deleting=crd_deleting)
-        data = {"gone": len(gone), "stuck": sorted(pending)}
+        data = {"gone": len(gone), "stuck": stuck, "rescue_backup": rescue}
+        if kept:
+            ctx.log(f"{len(kept)} lost namespaces are Terminating with their content intact and no backup holds them: "
+                    f"left Terminating (not finalized); copy their content out before Capsule comes back: "
+                    f"{', '.join(kept[:10])}", level="warning")
         if pending or crd_deleting:
             what = f"{len(pending)} namespaces still Terminating" + (" and the Tenant CRD still deleting" if crd_deleting else "")
             ctx.log(f"{what}: they are left out of the restore (see the terminating step's report)", level="warning")
             return StepOutcome("failed" if crd_deleting else "finished", what, data)
-        return StepOutcome("finished", f"all {len(gone)} lost namespaces are gone", data)
+        rescued = f"; {len(frozen)} frozen ones backed up first ({rescue})" if rescue else ""
+        return StepOutcome("finished", f"{len(gone)} lost namespaces are gone{rescued}", data)
+
+    async def rescue_backup(self, ctx: StepContext, namespaces: list[str]) -> str | None:
+        """A Velero Backup of the frozen namespaces as they are now (newer than any scheduled one)."""
+        name = f"responder-rescue-{ctx.journal.incident_id}".lower()[:63]
+        body = {"apiVersion": "velero.io/v1", "kind": "Backup",
+                "metadata": {"name": name, "namespace": str(ctx.params.get("veleroNamespace", "velero")),
+                             "labels": {"app.kubernetes.io/managed-by": "responder"}},
+                "spec": {"includedNamespaces": namespaces, "includeClusterResources": False,
+                         "snapshotVolumes": False, "ttl": "720h0m0s"}}
+        try:
+            if not ctx.done_before("create-backup", name):
+                await ctx.write("create-backup", name, "POST", _velero(ctx, "backups"), body=body)
+        except ApiError as exc:
+            if exc.status == 404:  # no Velero here
+                ctx.log("no Velero API: the frozen namespaces cannot be backed up first", level="warning")
+                return None
+            if exc.status != 409:
+                raise
+        if ctx.dry_run:
+            return None
+        deadline = time.monotonic() + float(ctx.params.get("backupTimeout", 300))
+        while time.monotonic() < deadline:
+            backup = await ctx.client.get(_velero(ctx, "backups", name))
+            status = backup.get("status") or {}
+            progress = status.get("progress") or {}
+            ctx.progress(int(progress.get("itemsBackedUp") or 0), int(progress.get("totalItems") or 0),
+                         f"rescue backup {status.get('phase') or 'New'}")
+            if status.get("phase") == "Completed":
+                return name
+            if status.get("phase") in ("PartiallyFailed", "Failed", "FailedValidation"):
+                ctx.log(f"rescue backup {name} ended {status.get('phase')}: "
+                        f"{status.get('failureReason') or status.get('validationErrors') or ''}", level="warning")
+                return None
+            await asyncio.sleep(0.5)
+        ctx.log(f"rescue backup {name} did not complete in time", level="warning")
+        return None
+
+    async def nudge(self, ctx: StepContext, namespaces: list[str]) -> None:
+        """Touch each frozen namespace so the namespace controller retries now, not after its back-off."""
+        stamp = f"{ctx.journal.incident_id}"
+        requests = [WriteRequest("nudge-namespace", ns, "PATCH", f"/api/v1/namespaces/{ns}",
+                                 body={"metadata": {"annotations": {"responder.dev/finish-deletion": stamp}}},
+                                 content_type=MERGE_PATCH)
+                    for ns in namespaces if not ctx.done_before("nudge-namespace", ns)]
+        results = await ctx.write_many(requests, in_flight=16)
+        for r, res in zip(requests, results):
+            if isinstance(res, ApiError) and res.status != 404:
+                ctx.log(f"could not nudge {r.target}: {res.status} {res.api_message[:200]}", level="warning")
+
+
+async def widen_exemption(ctx: StepContext, identities: list[str]) -> None:
+    """The breaker's exemption, for exactly these identities (Capsule stays at 0 meanwhile)."""
+    for key, undo in breaker_originals(ctx).items():
+        current = await ctx.client.get(undo["path"])
+        ops = widen_exemption_patch(current, identities)
+        if ops:
+            await ctx.write("widen-exemption", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH,
+                            undo=undo)
 
 
 # -- 3. the Tenant CRD and the Tenants -------------------------------------------------------------
@@ -216,7 +305,7 @@ class RecreateTenants:
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         plan = recovery_plan(ctx)
-        await self.widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])]
+        await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])]
                                    if plan.get("backup") else [ctx.options.identity])
         crd_created = await self.ensure_crd(ctx, plan)
         tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
@@ -247,14 +336,6 @@ class RecreateTenants:
                            created=[r.target for r in requests])
         return StepOutcome("finished", f"{len(requests)} Tenants recreated from the {plan.get('tenants_from')} "
                                        f"({len(uids)} present)", {"created": len(requests), "present": len(uids)})
-
-    async def widen_exemption(self, ctx: StepContext, identities: list[str]) -> None:
-        for key, undo in breaker_originals(ctx).items():
-            current = await ctx.client.get(undo["path"])
-            ops = widen_exemption_patch(current, identities)
-            if ops:
-                await ctx.write("widen-exemption", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH,
-                                undo=undo)
 
     async def ensure_crd(self, ctx: StepContext, plan: dict[str, Any]) -> bool:
         crd = await ctx.client.get_or_none(CRD_PATH)
@@ -291,21 +372,54 @@ class RestoreNamespaces:
     async def run(self, ctx: StepContext) -> StepOutcome:
         plan = recovery_plan(ctx)
         gone_rec = latest_record(ctx, "recovery-gone") or {}
-        targets = sorted(set(plan["lost"]) - set(gone_rec.get("stuck") or []))
-        if not plan.get("backup"):
-            ctx.journal.record("recovery-restore", step=ctx.step.id, phase="none", restored=[],
-                               unrestorable=sorted(plan["lost"]), reason=plan.get("reason"))
-            return StepOutcome("skipped", f"no backup: {len(plan['lost'])} lost namespaces cannot be restored",
-                               {"unrestorable": len(plan["lost"])})
-        if not targets:
-            return StepOutcome("skipped", "nothing to restore", {})
-        name = f"responder-{ctx.journal.incident_id}".lower()[:63]
+        stuck = set(gone_rec.get("stuck") or [])
+        rescued = set(gone_rec.get("rescued") or []) - stuck
+        # Namespaces the rescue backup holds come from it (their content as of the incident); the rest
+        # from the chosen backup.
+        groups: list[tuple[str, str, list[str]]] = []
+        base = f"responder-{ctx.journal.incident_id}".lower()[:54]
+        if rescued and gone_rec.get("rescue_backup"):
+            groups.append((f"{base}-rescue", gone_rec["rescue_backup"], sorted(rescued)))
+        others = sorted(set(plan["lost"]) - stuck - rescued)
+        if others and plan.get("backup"):
+            groups.append((base, plan["backup"], others))
+        unrestorable = sorted(set(plan["lost"]) - {ns for _, _, group in groups for ns in group})
+        if not groups:
+            ctx.journal.record("recovery-restore", step=ctx.step.id, phase="none", restored=[], restores=[],
+                               unrestorable=unrestorable, reason=plan.get("reason"), warnings=[], errors=[])
+            if not plan["lost"]:
+                return StepOutcome("skipped", "nothing to restore", {})
+            return StepOutcome("skipped", f"no backup: {len(unrestorable)} lost namespaces cannot be restored",
+                               {"unrestorable": len(unrestorable)})
+        records = [await self.restore_from(ctx, name, backup, targets) for name, backup, targets in groups]
+        if ctx.dry_run:
+            return StepOutcome("finished", f"dry run: {len(groups)} Restore(s) validated", {})
+        ok = all(r["phase"] in ("Completed", "PartiallyFailed") for r in records)
+        record = {"restore": ", ".join(r["restore"] for r in records),
+                  "phase": next((r["phase"] for r in records if r["phase"] not in ("Completed", "PartiallyFailed")),
+                                "PartiallyFailed" if any(r["phase"] == "PartiallyFailed" for r in records)
+                                else "Completed"),
+                  "restored": sorted(ns for r in records for ns in r["restored"]),
+                  "unrestorable": unrestorable, "restores": records,
+                  "items_restored": sum(int(r["items_restored"] or 0) for r in records),
+                  "total_items": sum(int(r["total_items"] or 0) for r in records),
+                  "warnings": [w for r in records for w in r["warnings"]],
+                  "errors": [e for r in records for e in r["errors"]],
+                  "failure_reason": "; ".join(r["failure_reason"] for r in records if r["failure_reason"]) or None}
+        ctx.journal.record("recovery-restore", step=ctx.step.id, **record)
+        summary = "; ".join(f"Restore {r['restore']} (from {r['backup']}): {r['phase']}, {r['items_restored'] or 0}/"
+                            f"{r['total_items'] or 0} items, {len(r['warnings'])} warnings, {len(r['errors'])} errors"
+                            for r in records)
+        data = {k: record[k] for k in ("restore", "phase", "items_restored", "total_items")}
+        return StepOutcome("finished" if ok else "failed", summary, data)
+
+    async def restore_from(self, ctx: StepContext, name: str, backup: str, targets: list[str]) -> dict[str, Any]:
         body = {"apiVersion": "velero.io/v1", "kind": "Restore",
                 "metadata": {"name": name, "namespace": str(ctx.params.get("veleroNamespace", "velero")),
                              "labels": {"app.kubernetes.io/managed-by": "responder"}},
                 # Lost namespaces only; cluster resources (the Tenants) are recreated by responder;
                 # existing objects are never overwritten (Velero's default policy, stated).
-                "spec": {"backupName": plan["backup"], "includedNamespaces": targets,
+                "spec": {"backupName": backup, "includedNamespaces": targets,
                          "includeClusterResources": False, "existingResourcePolicy": "none"}}
         if not ctx.done_before("create-restore", name):
             try:
@@ -314,7 +428,7 @@ class RestoreNamespaces:
                 if exc.status != 409:
                     raise
         if ctx.dry_run:
-            return StepOutcome("finished", f"dry run: Restore of {len(targets)} namespaces validated", {})
+            return {"restore": name, "backup": backup, "phase": "dry-run", "restored": []}
         for ns in targets:
             ctx.emit("restore", target=ns, status="restoring")
         restore = await self.follow(ctx, name, float(ctx.params.get("restoreTimeout", 900)))
@@ -331,17 +445,13 @@ class RestoreNamespaces:
         for line in messages["errors"][:50]:
             ctx.log(f"velero error: {line}", level="warning")
         progress = status.get("progress") or {}
+        done = phase in ("Completed", "PartiallyFailed")
         for ns in targets:
-            ctx.emit("restore", target=ns, status="restored" if phase in ("Completed", "PartiallyFailed") else "failed")
-        record = {"restore": name, "phase": phase, "restored": targets if phase in ("Completed", "PartiallyFailed") else [],
-                  "items_restored": progress.get("itemsRestored"), "total_items": progress.get("totalItems"),
-                  "warnings": messages["warnings"], "errors": messages["errors"],
-                  "failure_reason": status.get("failureReason"), "validation_errors": status.get("validationErrors")}
-        ctx.journal.record("recovery-restore", step=ctx.step.id, **record)
-        summary = (f"Restore {name}: {phase}, {progress.get('itemsRestored', 0)}/{progress.get('totalItems', 0)} "
-                   f"items, {status.get('warnings', 0)} warnings, {status.get('errors', 0)} errors")
-        data = {k: record[k] for k in ("restore", "phase", "items_restored", "total_items")}
-        return StepOutcome("finished" if phase in ("Completed", "PartiallyFailed") else "failed", summary, data)
+            ctx.emit("restore", target=ns, status="restored" if done else "failed")
+        return {"restore": name, "backup": backup, "phase": phase, "restored": targets if done else [],
+                "items_restored": progress.get("itemsRestored"), "total_items": progress.get("totalItems"),
+                "warnings": messages["warnings"], "errors": messages["errors"],
+                "failure_reason": status.get("failureReason"), "validation_errors": status.get("validationErrors")}
 
     async def follow(self, ctx: StepContext, name: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -9,6 +9,8 @@ with it when Capsule comes back. Tenants whose namespaces are not all detached y
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from responder import triage
@@ -17,7 +19,7 @@ from responder.cluster.client import JSON_PATCH
 from responder.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.observe import TENANTS_PATH
-from responder.runbook.schema import ActionSpec
+from responder.runbook.schema import ActionSpec, ParamSpec
 
 CAPSULE_TENANT_FINALIZER = "controller.projectcapsule.dev/finalize"
 
@@ -41,12 +43,27 @@ class ReleaseTenantFinalizers:
     spec = ActionSpec(
         name="release-tenant-finalizers",
         description="Capsule >= 0.13: release terminating Tenants whose namespaces are all detached.",
-        params={},
+        params={"settleSeconds": ParamSpec((int, float), default=20,
+                                           description="how long to wait for the CRD cleanup to mark the Tenants")},
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         detached = detached_from_journal(ctx.journal.records())
-        view = ctx.observer.view(protected=ctx.options.protected, detached=detached)
+        # Containment can finish before the CRD's cleanup controller has marked the Tenants for deletion
+        # (a small cluster detaches in milliseconds). A Tenant it marks after this step would hold the CRD
+        # Terminating forever (Capsule is at 0), so wait for it to mark every finalized Tenant first.
+        deadline = time.monotonic() + float(ctx.params.get("settleSeconds", 20))
+        while True:
+            view = ctx.observer.view(protected=ctx.options.protected, detached=detached)
+            unmarked = [n for n, t in view.tenants.items() if view.crd_deleting
+                        and not t["metadata"].get("deletionTimestamp")
+                        and CAPSULE_TENANT_FINALIZER in (t["metadata"].get("finalizers") or [])]
+            if not unmarked or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        if unmarked:
+            ctx.log(f"{len(unmarked)} Tenants not yet marked for deletion by the CRD cleanup: {', '.join(unmarked[:10])}",
+                    level="warning")
         rows = triage.triage(view)
         held = [t for t in view.tenants.values()
                 if t["metadata"].get("deletionTimestamp") and CAPSULE_TENANT_FINALIZER in (t["metadata"].get("finalizers") or [])]

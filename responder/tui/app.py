@@ -216,6 +216,7 @@ class ResponderApp(App[int]):
         self.contain_done = False
         self.contained: bool | None = None
         self.recovered: bool | None = None  # None: recovery did not run (contain-only, dry run, replay)
+        self.recovering = False
         self.failure: BaseException | None = None
         self._shown = {"header": -1, "steps": -1}
         self._journal_path: Path | None = None
@@ -285,7 +286,11 @@ class ResponderApp(App[int]):
             elif session.has_phase("recover") and not session.options.contain_only:
                 # The same engine and journal as headless: each recovery write is a confirmed step (modal).
                 model.set_phase("recovering", self._outcome_line())
-                await session.recover()
+                self.recovering = True
+                try:
+                    await session.recover()
+                finally:
+                    self.recovering = False
                 recovery = recovery_summary(session) or {}
                 self.recovered = bool(recovery.get("verified"))
                 line = (f"{recovery.get('present', 0)} of {recovery.get('known', 0)} namespaces present, "
@@ -428,8 +433,13 @@ class ResponderApp(App[int]):
         if self.containing:
             detail = ("Containment is RUNNING: quitting interrupts it. Writes already sent are journaled; "
                       f"resume with `responder run --resume {journal}`.")
+        elif self.recovering:
+            detail = ("Recovery is RUNNING: quitting interrupts it (the cluster stays contained: Capsule at 0). "
+                      f"Resume with `responder run --resume {journal}`.")
         elif self.contain_done:
             state = "contained" if self.contained else "NOT contained"
+            if self.recovered is not None:
+                state += ", recovered" if self.recovered else ", NOT fully recovered"
             detail = f"Containment finished ({state}). Journal: {journal}"
         else:
             detail = f"Journal: {journal}"

@@ -48,14 +48,34 @@ async def doctor_backup(client, name: str, status: dict) -> None:
     await client.patch(velero_path("backups", name), {"status": status})
 
 
+async def _doomed(client, lost_tenants: list[str]) -> list[str]:
+    return [n["metadata"]["name"] for n in (await client.get("/api/v1/namespaces"))["items"]
+            if (n["metadata"].get("labels") or {}).get(triage.TENANT_LABEL) in lost_tenants]
+
+
+async def _wait_gone(client, names: list[str], timeout: float = 180) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        live = {n["metadata"]["name"] for n in (await client.get("/api/v1/namespaces"))["items"]}
+        if not live & set(names):
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"still there: {sorted(live & set(names))}"
+        await asyncio.sleep(0.5)
+
+
 async def _incident(lab, kubeconfig, tmp_path, lost_tenants: list[str]):
-    """The lost tenants' namespaces are deleted by an admin, then the Tenant CRD, while responder watches."""
-    watch = start_watch(kubeconfig, tmp_path / "journal", "--timeout", "120", recover=True)
-    watch.wait_watching()
+    """The lost tenants' namespaces go while responder is down (a first watch built its shadow copy, which
+    the second one loads), then the Tenant CRD is deleted while responder watches."""
+    journal = tmp_path / "journal"
+    first = start_watch(kubeconfig, journal, "--timeout", "3")
+    first.wait_watching()
+    assert first.finish(timeout=60)[0] == 0
     async with client_for(lab.kubeconfig) as admin:
-        doomed = [n["metadata"]["name"] for n in (await admin.get("/api/v1/namespaces"))["items"]
-                  if (n["metadata"].get("labels") or {}).get(triage.TENANT_LABEL) in lost_tenants]
+        doomed = await _doomed(admin, lost_tenants)
         await delete_namespaces(admin, doomed)
+        await _wait_gone(admin, doomed)
+    watch = start_watch(kubeconfig, journal, "--timeout", "120", recover=True)
+    watch.wait_watching()
     await trigger(lab)
     rc, summary, stderr = watch.finish(timeout=1200)
     return watch, rc, summary, stderr, doomed
@@ -77,7 +97,7 @@ async def test_full_incident_restores_readopts_and_brings_capsule_back(lab_manag
                                                       "expiration": "2020-01-01T00:00:00Z"})
         webhooks_before = await capsule_webhooks(admin)
         tenant_uids_before = {t["metadata"]["name"]: t["metadata"]["uid"] for t in (await admin.get(TENANTS_PATH))["items"]}
-        lost_tenants = ["tenant-000", "tenant-001"]
+        lost_tenants = ["tenant-001", "tenant-002"]  # seeded Tenants count from 001
         content_before = {ns: await content_of(admin, ns) for ns in seeded.namespaces
                           if any(ns.startswith(t) for t in lost_tenants)}
     watch, rc, summary, stderr, doomed = await _incident(lab, kubeconfig, tmp_path, lost_tenants)
@@ -122,13 +142,14 @@ async def test_full_incident_restores_readopts_and_brings_capsule_back(lab_manag
 
 
 async def test_no_backup_recreates_tenants_from_shadow_and_says_what_is_lost(lab_manager, tmp_path):
-    lab = await lab_manager.get("0.14", fresh=True, velero=True)
+    """No Velero at all: the namespaces lost while responder was down cannot come back, and the report says so."""
+    lab = await lab_manager.get("0.14", fresh=True, velero=False)
     kubeconfig = lab.mint_user("responder")
     async with lab.admin_client() as admin:
         await bind_cluster_admin(admin, "responder")
         seeded = await seed(admin, tenants=5, namespaces_per_tenant=4)
         webhooks_before = await capsule_webhooks(admin)
-    watch, rc, summary, stderr, doomed = await _incident(lab, kubeconfig, tmp_path, ["tenant-000"])
+    watch, rc, summary, stderr, doomed = await _incident(lab, kubeconfig, tmp_path, ["tenant-001"])
     assert rc == 1, stderr[-3000:]  # not everything could be recovered, and the exit code says so
     rec = summary["recovery"]
     assert rec["backup"] is None and rec["restored"] == 0
@@ -137,7 +158,7 @@ async def test_no_backup_recreates_tenants_from_shadow_and_says_what_is_lost(lab
         live = {n["metadata"]["name"]: n for n in (await admin.get("/api/v1/namespaces"))["items"]}
         tenants = {t["metadata"]["name"]: t for t in (await admin.get(TENANTS_PATH))["items"]}
         webhooks_after = await capsule_webhooks(admin)
-    assert set(tenants) == {f"tenant-{i:03d}" for i in range(5)}  # every Tenant, from the shadow copy
+    assert set(tenants) == {f"tenant-{i:03d}" for i in range(1, 6)}  # every Tenant, from the shadow copy
     survivors = [ns for ns in seeded.namespaces if ns not in doomed]
     for ns in survivors:
         assert recovery.adopted_by(live[ns], tenants[ns.rsplit("-ns-", 1)[0]]), ns

@@ -323,3 +323,46 @@ def test_seed_with_the_objects_the_events_gave_retriages_only_what_is_new():
     model.flush()
     assert model.rows["alpha-0"].state == "at-risk"
 
+
+
+def test_recovery_events_show_restoring_restored_and_readopted():
+    """Recovery: a namespace lost in the incident is restored by Velero, then re-adopted by the recreated Tenant."""
+    model = listed(new_model(), crd_deleting=TS)
+    model.flush()
+    model.apply_watch(ev(DELETED, "namespaces", namespace_obj("alpha-0", "alpha")))
+    model.apply_watch(ev(TYPE_GONE, "tenants", {"metadata": {}}))
+    model.flush()
+    assert model.rows["alpha-0"].state == "gone"
+    model.apply_engine(eng("restore", "restore", target="alpha-0", status="restoring", dry_run=False))
+    model.flush()
+    assert model.rows["alpha-0"].state == "restoring"
+    # Velero recreates it without ownerReferences; the CRD and the Tenant come back (new UID).
+    model.apply_watch(ev(ADDED, "crd", crd_obj()))
+    model.apply_watch(ev(ADDED, "namespaces", namespace_obj("alpha-0", "alpha", rv=5, owned=False)))
+    model.apply_engine(eng("restore", "restore", target="alpha-0", status="restored", dry_run=False))
+    model.flush()
+    assert model.rows["alpha-0"].state == "restored", model.rows["alpha-0"].reason
+    model.apply_watch(ev(ADDED, "tenants", tenant_obj("alpha", rv=7)))
+    model.apply_watch(ev(MODIFIED, "namespaces", namespace_obj("alpha-0", "alpha", rv=6)))
+    model.apply_engine(eng("readopt", "readopt", target="alpha-0", tenant="alpha", dry_run=False))
+    model.flush()
+    assert model.rows["alpha-0"].state == "re-adopted", model.rows["alpha-0"].reason
+    assert model.counts["re-adopted"] == 1 and model.tenant_counts["alpha"]["re-adopted"] == 1
+
+
+def test_dry_run_recovery_events_change_nothing():
+    model = listed(new_model())
+    model.flush()
+    model.apply_engine(eng("readopt", "readopt", target="alpha-0", tenant="alpha", dry_run=True))
+    model.apply_engine(eng("restore", "restore", target="alpha-1", status="restoring", dry_run=True))
+    assert not model.flush()
+
+
+def test_velero_location_phase_for_the_header():
+    model = new_model()
+    assert model.velero() == "?"
+    model.apply_watch(ev(SYNCED, "backupstoragelocations", {"metadata": {}}))
+    assert model.velero() == "none"
+    model.apply_watch(ev(ADDED, "backupstoragelocations", {"metadata": {"name": "default"}, "spec": {"default": True},
+                                                           "status": {"phase": "Unavailable"}}))
+    assert model.velero() == "Unavailable"

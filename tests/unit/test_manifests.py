@@ -39,6 +39,8 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
     "create-tenant": [("capsule.clastix.io", "tenants", "create", None), ("capsule.clastix.io", "tenants", "get", "t")],
     "widen-exemption": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
                         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
+    "create-backup": [("velero.io", "backups", "create", None), ("velero.io", "backups", "get", "b")],
+    "nudge-namespace": [("", "namespaces", "patch", "tenant-a-ns-1")],
     "create-restore": [("velero.io", "restores", "create", None), ("velero.io", "restores", "get", "r")],
     "readopt": [("", "namespaces", "patch", "tenant-a-ns-1"), ("", "namespaces", "get", "tenant-a-ns-1"),
                 ("capsule.clastix.io", "tenants", "get", "tenant-a")],
