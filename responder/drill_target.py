@@ -104,25 +104,30 @@ class ExistingCluster:
 
 
 async def cleanup(admin: KubeClient, drill_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
-    """Delete exactly what the drill seeded (by its label) and wait for the namespaces to go."""
+    """Delete exactly what the drill seeded (by its label) and wait for the namespaces to go.
+
+    Namespaces first, then Tenants: deleting a Tenant first would let Capsule >= 0.13's finalizer
+    delete its namespaces itself (the cleanup would still end clean, but could not say what it did)."""
     selector = f"{DRILL_LABEL}={drill_id}"
-    result: dict[str, Any] = {"label": selector, "namespaces_deleted": 0, "tenants_deleted": 0, "errors": []}
+    result: dict[str, Any] = {"label": selector, "namespaces_deleted": 0, "namespaces_already_terminating": 0,
+                              "tenants_deleted": 0, "errors": []}
+    listing = await admin.list_all("/api/v1/namespaces", labelSelector=selector)
+    for ns in listing["items"]:
+        if ns["metadata"].get("deletionTimestamp"):
+            result["namespaces_already_terminating"] += 1
+            continue
+        try:
+            await admin.delete(f"/api/v1/namespaces/{ns['metadata']['name']}")
+            result["namespaces_deleted"] += 1
+        except Exception as exc:  # reported, not fatal: the rest still gets cleaned
+            result["errors"].append(f"namespace {ns['metadata']['name']}: {exc}")
     tenants = await admin.get_or_none(TENANTS_PATH, labelSelector=selector)
     for t in (tenants or {}).get("items") or []:
         try:
             await admin.delete(f"{TENANTS_PATH}/{t['metadata']['name']}")
             result["tenants_deleted"] += 1
-        except Exception as exc:  # reported, not fatal: the rest still gets cleaned
-            result["errors"].append(f"Tenant {t['metadata']['name']}: {exc}")
-    listing = await admin.list_all("/api/v1/namespaces", labelSelector=selector)
-    for ns in listing["items"]:
-        if ns["metadata"].get("deletionTimestamp"):
-            continue
-        try:
-            await admin.delete(f"/api/v1/namespaces/{ns['metadata']['name']}")
-            result["namespaces_deleted"] += 1
         except Exception as exc:
-            result["errors"].append(f"namespace {ns['metadata']['name']}: {exc}")
+            result["errors"].append(f"Tenant {t['metadata']['name']}: {exc}")
     deadline = time.monotonic() + timeout
     left: list[str] = []
     while time.monotonic() < deadline:
