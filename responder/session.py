@@ -4,6 +4,7 @@ run the runbook. Shared by the headless commands and the TUI (which only subscri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -189,8 +190,17 @@ class Session:
     def view(self) -> triage.ClusterView:
         from responder.actions.detach import detached_from_journal
 
-        detached = detached_from_journal(self.journal.records()) if self.journal else {}
-        return self.observer.view(protected=self.protected, detached=detached)
+        records = self.journal.records() if self.journal else []
+        view = self.observer.view(protected=self.protected, detached=detached_from_journal(records))
+        if not any(str(r.get("kind", "")).startswith("recovery-") for r in records):
+            return view
+        # Recovery's outcome as triage words it: re-adopted (a persisted readopt write) and restored.
+        ok = {r["intent"] for r in records if r.get("kind") == "outcome" and r.get("status") == "ok"}
+        snapshot = next((r for r in records if r.get("kind") == "snapshot"), {}).get("namespaces") or {}
+        readopted = {r["target"]: snapshot.get(r["target"], "") for r in records if r.get("kind") == "intent"
+                     and r.get("action") == "readopt" and not r.get("dry_run") and r["seq"] in ok}
+        restore = next((r for r in reversed(records) if r.get("kind") == "recovery-restore"), {})
+        return dataclasses.replace(view, readopted=readopted, restored=frozenset(restore.get("restored") or ()))
 
     def open_incident(self, trigger: Trigger, journal: Journal | None = None) -> Journal:
         self.trigger = trigger

@@ -31,6 +31,7 @@ VELERO_USER = f"system:serviceaccount:{VELERO_NAMESPACE}:{VELERO_SERVICE_ACCOUNT
 BUCKET = "velero"
 BSL_NAME = "default"
 VELERO_API = "/apis/velero.io/v1"
+VELERO_IMAGE_TAG = "v1.18.3"  # the version gomod/velero/go.mod pins (the Deployment object only names it)
 # moto accepts any credentials; these only have to be well-formed.
 _CREDENTIALS = "[default]\naws_access_key_id = lab\naws_secret_access_key = lab-secret-key\n"
 
@@ -57,11 +58,11 @@ def crd_objects(velero: Path) -> list[dict[str, Any]]:
 def start_object_store(lab: "Lab", state: dict[str, Any]) -> None:
     """moto's S3 server on loopback, with Velero's bucket."""
     port = state["ports"]["s3"]
-    try:
-        import moto.server  # noqa: F401  (present? the lab runs `python -m moto.server`)
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
         raise LabError("the lab's S3 server (moto) is not installed",
-                       fix="pip install 'responder[lab]' (./dev does this)") from None
+                       fix="pip install 'responder[lab]' (./dev does this)")
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     record, _ = processes.spawn("s3", argv, log_dir=lab.logs)
     lab._record(state, record)
@@ -90,6 +91,11 @@ async def install(lab: "Lab", state: dict[str, Any], velero: Path, out: TextIO) 
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
              "subjects": [{"kind": "ServiceAccount", "name": VELERO_SERVICE_ACCOUNT, "namespace": VELERO_NAMESPACE}]},
             backup_storage_location(state["ports"]["s3"]),
+            # The server runs as a local process, but Velero's restore item actions look up their own
+            # Deployment (the pod-volume action reads its image for the restore helper): the object a real
+            # install has, at 0 replicas. Found on the lab: without it a restore with pods ends
+            # PartiallyFailed ('deployments.apps "velero" not found').
+            server_deployment(),
         ])
         token = await client.create(
             f"/api/v1/namespaces/{VELERO_NAMESPACE}/serviceaccounts/{VELERO_SERVICE_ACCOUNT}/token",
@@ -100,6 +106,17 @@ async def install(lab: "Lab", state: dict[str, Any], velero: Path, out: TextIO) 
     credentials.write_text(_CREDENTIALS)
     credentials.chmod(0o600)
     print(f"lab: Velero CRDs ({len(crds)}) and storage location applied", file=out)
+
+
+def server_deployment() -> dict[str, Any]:
+    labels = {"component": "velero", "deploy": "velero"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "velero", "namespace": VELERO_NAMESPACE, "labels": labels},
+            "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {
+                         "serviceAccountName": VELERO_SERVICE_ACCOUNT,
+                         "containers": [{"name": "velero", "image": f"velero/velero:{VELERO_IMAGE_TAG}",
+                                         "command": ["/velero"], "args": ["server"]}]}}}}
 
 
 def backup_storage_location(s3_port: int) -> dict[str, Any]:

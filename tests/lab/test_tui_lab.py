@@ -22,6 +22,7 @@ from .incident_helpers import trigger
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
+KEY_NAMES = {"-": "minus", ".": "full_stop", " ": "space"}  # Textual's key names for these characters
 RECOVER_CONFIRMED = ("wait-lost-gone", "recreate-tenants", "restore", "readopt", "restore-capsule")
 
 
@@ -78,7 +79,7 @@ async def test_real_incident_driven_from_the_tui_to_readopted(lab_manager, tmp_p
                             tenants = []
                     assert tenants == [], "a Tenant was recreated before the operator confirmed"
                     assert app.model.steps[step].status != "finished"
-                await pilot.press(*request.answer, "enter")
+                await pilot.press(*[KEY_NAMES.get(c, c) for c in request.answer], "enter")
                 await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen)
                             or app.screen.request.step != step, 30, f"{step} accepted")
             await until(pilot, lambda: app.model.phase in ("recovered", "not-recovered", "error"), 900, "recovery")
