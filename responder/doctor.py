@@ -346,6 +346,19 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_hours(text: str) -> float:
+    """--max-backup-age: a finite number of hours above 0 (0 or less would call every backup stale)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of hours above 0, got {text!r}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from responder.commands import cluster_flags
 
@@ -353,7 +366,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="before an incident: check permissions, Capsule's breaker, Velero, CRD protection")
     p.add_argument("--crd", action="append", default=[], metavar="NAME",
                    help="also expect this CRD protected by `responder protect --crd` (also $RESPONDER_PROTECT_CRDS)")
-    p.add_argument("--max-backup-age", type=float, default=24.0, metavar="HOURS",
+    p.add_argument("--max-backup-age", type=positive_hours, default=24.0, metavar="HOURS",
                    help="a tenant namespace's newest Completed backup older than this is a finding (default 24)")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     p.set_defaults(handler=cmd_doctor)

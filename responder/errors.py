@@ -80,6 +80,11 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     exit_code = EXIT_FORBIDDEN
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fix = self.fix or ("renew the client certificate or token of this kubeconfig user (expired, revoked or "
+                                "not issued for this cluster), or pick another --context")
+
 
 class Forbidden(ApiError):
     exit_code = EXIT_FORBIDDEN

@@ -195,7 +195,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
     access = load_cluster_access(args.kubeconfig, args.context)
 
     async def go() -> int:
-        async with KubeClient(access, dry_run=args.dry_run) as client:
+        # Fail fast when the cluster is unreachable instead of retrying for the incident write deadline.
+        async with KubeClient(access, dry_run=args.dry_run, retry_deadline=10.0) as client:
             lines = await (remove(client) if args.remove else install(client, crds))
             suffix = " (dry run: nothing persisted)" if args.dry_run else ""
             for line in lines:
