@@ -5,8 +5,8 @@ size run three ways in the same invocation, each way on a fresh lab (JSON on std
 - naive: the manual runbook automated naively (responder/lab/naive_runbook.sh): `kubectl get crd -w`,
   then one `kubectl patch ns X --type=json -p '[{"op":"remove","path":"/metadata/ownerReferences"}]'`
   process per tenant namespace, one after the other;
-- responder: `responder watch --headless --auto --yes` as its own identity (a child process, so its
-  peak RSS is its own: wait4).
+- responder: `responder watch --headless --auto --yes --contain-only` as its own identity (a child
+  process, so its peak RSS is its own: wait4).
 
 Every trial watches the seeded namespaces (an admin watch, the same in every trial) and records when
 each one was detached (no Tenant ownerReference left) or lost (Terminating or gone). At the end of the
@@ -206,9 +206,10 @@ async def trial(lab: Lab, n: int, variant: str, *, window: float, seed_mode: str
             identity = "responder"
             kubeconfig = lab.mint_user(identity)
             await bind_cluster_admin(admin, identity)
+            # Containment only: the bench compares how many namespaces each way keeps (recovery is the drill's).
             proc = subprocess.Popen([sys.executable, "-m", "responder", "watch", "--headless", "--auto", "--yes",
-                                     "--kubeconfig", str(kubeconfig), "--journal", str(work / "journal"),
-                                     "-o", "json"], stdout=open(stdout_path, "w"), stderr=open(stderr_path, "w"),
+                                     "--contain-only", "--kubeconfig", str(kubeconfig),
+                                     "--journal", str(work / "journal"), "-o", "json"], stdout=open(stdout_path, "w"), stderr=open(stderr_path, "w"),
                                     start_new_session=True)
             await _wait_for_line(stderr_path, "watching ", proc, 60)
         await asyncio.sleep(1.0)  # the watches settle the same way in every trial
