@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from responder.cluster.kubeconfig import ClusterAccess
-from responder.errors import ApiError, ClusterUnreachable, Unauthorized, api_error_for
+from responder.errors import ApiError, ClusterUnreachable, Forbidden, ServerError, Unauthorized, api_error_for
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class KubeClient:
         self._impersonate_groups = impersonate_groups
         self._auth_header: str | None = None
         self._auth_fetched = 0.0
+        self._unreachable_at = float("-inf")  # when a request last failed to reach the server
         self._http = self._new_http(http2=http2, max_connections=max_connections, timeout=timeout)
         # Watches get their own HTTP/1.1 connections: an idle long-running stream on a shared HTTP/2
         # connection was measured to stall other requests' responses for up to a minute (httpcore).
@@ -105,6 +106,22 @@ class KubeClient:
     def _impersonation_items(self) -> list[tuple[str, str]]:
         return [("Impersonate-Group", g) for g in self._impersonate_groups]
 
+    async def _not_ready(self) -> bool:
+        """True when a 403 may come from an API server that is not ready. A server that has just
+        (re)started answers requests before its RBAC caches are filled and refuses them with 403 for a
+        few seconds (measured on the lab: the apiserver killed mid-detach); such a 403 is transient. Its
+        /readyz then answers 500 or, as RBAC guards it too, 403: a 403 there counts as not ready only
+        shortly after the server was unreachable. A 403 from a ready server is a real refusal."""
+        try:
+            headers = await self._headers()
+            response = await self._http.get("/readyz", headers=list(headers.items()), timeout=5.0)
+        except (httpx.TransportError, OSError):
+            self._unreachable_at = time.monotonic()
+            return True
+        if response.status_code >= 500:
+            return True
+        return response.status_code == 403 and time.monotonic() - self._unreachable_at < 60.0
+
     async def _reauthenticate(self) -> None:
         self.access = await asyncio.to_thread(self.access.reload)
         self._auth_header = None
@@ -139,6 +156,7 @@ class KubeClient:
                 response = await self._http.request(method, path, params=query, content=content,
                                                     headers=list(headers.items()) + self._impersonation_items())
             except (httpx.TransportError, OSError) as exc:
+                self._unreachable_at = time.monotonic()
                 if _tls_verify_failure(exc):  # retrying cannot help, and the usual fix is in the kubeconfig
                     raise ClusterUnreachable(
                         f"TLS verification of the API server at {self.access.server} failed: {exc}",
@@ -161,6 +179,9 @@ class KubeClient:
                 continue
             if response.status_code in RETRY_STATUSES and time.monotonic() < deadline:
                 await asyncio.sleep(_retry_after(response, attempt))
+                continue
+            if isinstance(error, Forbidden) and time.monotonic() < deadline and await self._not_ready():
+                await asyncio.sleep(_backoff(attempt))
                 continue
             raise error
 
@@ -208,17 +229,24 @@ class KubeClient:
         timeout = httpx.Timeout(self._timeout, connect=5.0, read=read_timeout)
         if self._watch_http is None:
             self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
-        async with self._watch_http.stream("GET", path, params=params, timeout=timeout,
-                                     headers=list(headers.items()) + self._impersonation_items()) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                error = api_error_for(response.status_code, _json_or_none(response), method="WATCH", path=path)
-                if isinstance(error, Unauthorized):
-                    await self._reauthenticate()
-                raise error
-            async for line in response.aiter_lines():
-                if line:
-                    yield line.encode() if isinstance(line, str) else line
+        try:
+            async with self._watch_http.stream("GET", path, params=params, timeout=timeout,
+                                         headers=list(headers.items()) + self._impersonation_items()) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    error = api_error_for(response.status_code, _json_or_none(response), method="WATCH", path=path)
+                    if isinstance(error, Unauthorized):
+                        await self._reauthenticate()
+                    if isinstance(error, Forbidden) and await self._not_ready():
+                        raise ServerError(503, "ServiceUnavailable", f"API server not ready: {error.api_message}",
+                                          method="WATCH", path=path)
+                    raise error
+                async for line in response.aiter_lines():
+                    if line:
+                        yield line.encode() if isinstance(line, str) else line
+        except (httpx.TransportError, OSError):
+            self._unreachable_at = time.monotonic()
+            raise
 
 
 def _tls_verify_failure(exc: BaseException) -> bool:
