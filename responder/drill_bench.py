@@ -209,8 +209,8 @@ async def trial(lab: Lab, n: int, variant: str, *, window: float, seed_mode: str
             # Containment only: the bench compares how many namespaces each way keeps (recovery is the drill's).
             proc = subprocess.Popen([sys.executable, "-m", "responder", "watch", "--headless", "--auto", "--yes",
                                      "--contain-only", "--kubeconfig", str(kubeconfig),
-                                     "--journal", str(work / "journal"), "-o", "json"], stdout=open(stdout_path, "w"), stderr=open(stderr_path, "w"),
-                                    start_new_session=True)
+                                     "--journal", str(work / "journal"), "-o", "json"],
+                                    stdout=open(stdout_path, "w"), stderr=open(stderr_path, "w"), start_new_session=True)
             await _wait_for_line(stderr_path, "watching ", proc, 60)
         await asyncio.sleep(1.0)  # the watches settle the same way in every trial
         sent = await delete_tenant_crd(admin)
