@@ -174,13 +174,16 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
     still_at_risk = _still_at_risk(saved, live, tenants_after)
     readopted = [n for n in saved if triage.tenant_refs(live[n]) and n not in still_at_risk]
     recovered = recovery_summary(session) or {}
+    restored_names = next((r for r in reversed(records) if r.get("kind") == "recovery-restore"), {}).get("restored") or []
+    restored = len(set(restored_names) & set(saved))  # back at the end
     card = {
         "capsule": lab.state().get("capsule_version"), "kubernetes": lab.state().get("kubernetes_version"),
         "namespaces_seeded": len(namespaces), "alive_at_detection": alive_at_detection,
         # lost: went during the incident (recovery's count); present: there at the end (saved or restored).
-        "saved": len(saved) - int(recovered.get("restored") or 0), "present_at_end": len(saved),
-        "lost": int(recovered.get("lost") or 0) if recovered else len(terminating) + len(gone),
-        "restored": int(recovered.get("restored") or 0), "re_adopted": len(readopted),
+        "saved": len(saved) - restored, "present_at_end": len(saved),
+        # lost: every namespace that went in the incident, whether recovery brought it back or not.
+        "lost": len(terminating) + len(gone) + restored,
+        "restored": restored, "re_adopted": len(readopted),
         "backup": backup, "recovery_verified": bool(recovered.get("verified")),
         "detection_latency_s": round(trig.event_received - sent, 4) if trig else None,
         "first_write_after_detection_ms": round((_ts(first_write["ts"]) - trig.event_received) * 1000, 1)

@@ -231,9 +231,30 @@ class Session:
     async def recover(self) -> dict[str, StepOutcome]:
         """The runbook's recover phase, after containment, on the same engine and journal."""
         engine = self.engine or self.make_engine()
+        await self.contain_escalation(engine)
         results = await engine.run(("recover",))
         self.results.update(results)
         return results
+
+    def at_risk(self) -> list[str]:
+        return [r.name for r in triage.triage(self.view()) if r.state == triage.NsState.AT_RISK]
+
+    async def contain_escalation(self, engine: Engine, *, settle: float = 1.0, passes: int = 3) -> None:
+        """The incident can grow after containment ran (a tenant namespace deleted first, the Tenant CRD
+        seconds later): while namespaces are at risk again, run the contain steps again (the breaker
+        stays tripped, so not that one). Each pass is journaled."""
+        for attempt in range(passes):
+            await asyncio.sleep(settle)  # let the watches deliver what happened meanwhile
+            at_risk = self.at_risk()
+            if not at_risk or self.options.dry_run:
+                return
+            assert self.journal is not None
+            self.journal.record("escalated", at_risk=len(at_risk), sample=at_risk[:10], pass_=attempt + 1)
+            log.warning("the incident grew after containment: %d namespaces at risk again; containing again",
+                        len(at_risk))
+            for step in self.runbook.steps:
+                if step.phase == "contain" and step.action != "trip-breaker":
+                    self.results[step.id] = await engine.run_step(step)
 
     def make_engine(self) -> Engine:
         assert self.journal is not None
@@ -249,6 +270,7 @@ class Session:
     async def contain(self) -> dict[str, StepOutcome]:
         engine = self.make_engine()
         self.results = await engine.run(("contain",))
+        await self.contain_escalation(engine, settle=0.0, passes=1)
         self.observer.save_shadow()
         return self.results
 

@@ -128,12 +128,6 @@ class TripBreaker:
         guarding = [(kind, obj, h) for kind, obj in hooks for h in obj.get("webhooks") or []
                     if guards_namespace_delete(h) and fails_closed(h)]
         data: dict[str, Any] = {"webhooks": [f"{k}/{o['metadata']['name']}" for k, o in hooks]}
-        if not guarding:
-            ctx.log("BREAKER UNAVAILABLE: no Capsule webhook refuses namespace DELETEs when the controller is down "
-                    "(no such webhook, or failurePolicy Ignore). Containment relies on speed alone.", level="warning")
-            data["breaker"] = "unavailable"
-            return StepOutcome("finished", "breaker unavailable: relying on speed", data)
-
         # 1. Scale to 0 (first write). Keep the replicas from before the incident for undo.
         deployment = next(iter(ctx.observer.objects("deployment")), None)
         earlier = ctx.earlier_intent("scale-capsule", target.deployment)
@@ -148,6 +142,15 @@ class TripBreaker:
                             body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
                             undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
         data["original_replicas"] = original
+        if not guarding:
+            # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself, and its
+            # webhooks, failing open without it, stop refusing responder's detach patches.
+            ctx.log("BREAKER UNAVAILABLE: no Capsule webhook refuses namespace DELETEs when the controller is down "
+                    "(no such webhook, or failurePolicy Ignore). Capsule is scaled to 0; containment relies on "
+                    "detach speed against the garbage collector.", level="warning")
+            data["breaker"] = "unavailable"
+            return StepOutcome("finished", f"breaker unavailable: Capsule scaled to 0 (was {original}); relying on "
+                                           "speed", data)
 
         # 2. Exempt responder (and only responder) in every fail-closed Capsule webhook.
         await self.ensure_exemption(ctx, hooks)

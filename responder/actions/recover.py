@@ -445,10 +445,13 @@ class RestoreNamespaces:
         for line in messages["errors"][:50]:
             ctx.log(f"velero error: {line}", level="warning")
         progress = status.get("progress") or {}
-        done = phase in ("Completed", "PartiallyFailed")
+        # Restored means the namespace is back, not that it was asked for (a PartiallyFailed restore
+        # may have brought back none of it).
+        live = await _all_namespaces(ctx) if phase in ("Completed", "PartiallyFailed") else {}
+        back = [ns for ns in targets if ns in live and not live[ns]["metadata"].get("deletionTimestamp")]
         for ns in targets:
-            ctx.emit("restore", target=ns, status="restored" if done else "failed")
-        return {"restore": name, "backup": backup, "phase": phase, "restored": targets if done else [],
+            ctx.emit("restore", target=ns, status="restored" if ns in back else "failed")
+        return {"restore": name, "backup": backup, "phase": phase, "restored": back,
                 "items_restored": progress.get("itemsRestored"), "total_items": progress.get("totalItems"),
                 "warnings": messages["warnings"], "errors": messages["errors"],
                 "failure_reason": status.get("failureReason"), "validation_errors": status.get("validationErrors")}

@@ -166,7 +166,9 @@ async def wait_storage_available(client: KubeClient, timeout: float = 90.0) -> N
 async def create_schedule_and_backup(client: KubeClient, *, name: str = "lab-daily", timeout: float = 300.0,
                                      out: TextIO = sys.stderr) -> dict[str, Any]:
     """A Schedule of the whole cluster (cluster resources included, so Tenants and the Tenant CRD are
-    in it); its first backup runs at once. Returns that Backup when Completed."""
+    in it) and a first Backup from it now, as `velero backup create --from-schedule` makes it (the
+    schedule's template and its schedule-name label: Velero 1.18's controller does not run a new
+    schedule at once, found on the lab). Returns that Backup when Completed."""
     schedule = {
         "apiVersion": "velero.io/v1", "kind": "Schedule",
         "metadata": {"name": name, "namespace": VELERO_NAMESPACE},
@@ -179,7 +181,13 @@ async def create_schedule_and_backup(client: KubeClient, *, name: str = "lab-dai
     except ApiError as exc:
         if exc.status != 409:
             raise
-    return await wait_backup(client, {"velero.io/schedule-name": name}, timeout=timeout, out=out)
+    labels = {"velero.io/schedule-name": name}
+    first = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+    await client.create(velero_path("backups"), {
+        "apiVersion": "velero.io/v1", "kind": "Backup",
+        "metadata": {"name": first, "namespace": VELERO_NAMESPACE, "labels": labels},
+        "spec": schedule["spec"]["template"]})
+    return await wait_backup(client, labels, name=first, timeout=timeout, out=out)
 
 
 async def create_backup(client: KubeClient, name: str, *, included: list[str] | None = None,
