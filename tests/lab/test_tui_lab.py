@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from textual.widgets import Input
 
 from responder import triage
 from responder.cluster.kubeconfig import load_cluster_access
@@ -79,7 +80,11 @@ async def test_real_incident_driven_from_the_tui_to_readopted(lab_manager, tmp_p
                             tenants = []
                     assert tenants == [], "a Tenant was recreated before the operator confirmed"
                     assert app.model.steps[step].status != "finished"
-                await pilot.press(*[KEY_NAMES.get(c, c) for c in request.answer], "enter")
+                await pilot.pause(0.3)  # the modal focuses its input once mounted
+                await pilot.press(*[KEY_NAMES.get(c, c) for c in request.answer])
+                typed = app.screen.query_one(Input).value
+                assert typed == request.answer, (typed, request.answer)
+                await pilot.press("enter")
                 await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen)
                             or app.screen.request.step != step, 30, f"{step} accepted")
             await until(pilot, lambda: app.model.phase in ("recovered", "not-recovered", "error"), 900, "recovery")
