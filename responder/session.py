@@ -249,7 +249,7 @@ class Session:
             if not at_risk or self.options.dry_run:
                 return
             assert self.journal is not None
-            self.journal.record("escalated", at_risk=len(at_risk), sample=at_risk[:10], pass_=attempt + 1)
+            self.journal.record("escalated", at_risk=len(at_risk), sample=at_risk[:10], attempt=attempt + 1)
             log.warning("the incident grew after containment: %d namespaces at risk again; containing again",
                         len(at_risk))
             for step in self.runbook.steps:
