@@ -125,7 +125,8 @@ class StepContext:
         try:
             response = await self.client.request(method, path, params=params, body=body, content_type=content_type)
         except ApiError as exc:
-            self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500])
+            if not _maybe_applied(exc):
+                self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500])
             raise
         except BaseException as exc:
             # Unknown whether the server applied it: leave the intent pending for resume to re-check.
@@ -149,8 +150,9 @@ class StepContext:
                 try:
                     response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type)
                 except ApiError as exc:
-                    self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500],
-                                         sync=False)
+                    if not _maybe_applied(exc):
+                        self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500],
+                                             sync=False)
                     return exc
             self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "", sync=False)
             self.emit("write", action=r.action, target=r.target, method=r.method, dry_run=self.dry_run)
@@ -170,6 +172,17 @@ class StepContext:
         ok = await self.engine.confirmer(request) if self.engine.confirmer else False
         self.journal.record("confirmation", step=self.step.id, answer="yes" if ok else "no", summary=summary)
         return ok
+
+
+def _maybe_applied(exc: ApiError) -> bool:
+    """A conflict answering a write the client had to resend: the first attempt may have been applied
+    (its response was lost). Its intent is left pending, like after a crash, for the step (or a
+    resumed run) to settle by looking at the object."""
+    if exc.resent and exc.status in (409, 422):
+        log.warning("%s %s: %s after a resend; its first attempt may have been applied", exc.method, exc.path,
+                    exc.status)
+        return True
+    return False
 
 
 async def _refuse(_: ConfirmationRequest) -> bool:

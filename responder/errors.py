@@ -57,6 +57,9 @@ class ApiError(ResponderError):
     """A Kubernetes API error response (a `Status` object)."""
 
     exit_code = EXIT_NOT_CONTAINED
+    # Set by the client when this answer came to a write it had to send again (the first attempt's
+    # response was lost): a 409/422 then may mean "already applied by the first attempt".
+    resent = False
 
     def __init__(self, status: int, reason: str, message: str, *, method: str = "", path: str = "",
                  details: dict | None = None) -> None:

@@ -101,6 +101,13 @@ class DetachNamespaces:
                     undo={"op": "reattach", "namespace": name, "uid": ns["metadata"].get("uid"),
                           "ownerReferences": list(row.dying_refs), "finalizers": list(row.capsule_finalizers)}))
             results = await ctx.write_many(requests, in_flight=concurrency)
+            if any(isinstance(r, ApiError) and r.resent for r in results):
+                # Resent PATCHes refused by their own guard: look at each namespace, as on resume.
+                await self.settle_pending(ctx)
+                for name, tenant in detached_from_journal(ctx.journal.records()).items():
+                    if name not in detached:
+                        detached[name] = tenant
+                        total_done += 1
             refresh = []
             for row, result in zip(rows, results):
                 if isinstance(result, ApiError):

@@ -147,6 +147,7 @@ class KubeClient:
         deadline = time.monotonic() + self.retry_deadline
         attempt = 0
         reauthed = False
+        resent = False  # a mutating request sent again after an attempt whose fate is unknown
         while True:
             attempt += 1
             headers = await self._headers()
@@ -167,6 +168,7 @@ class KubeClient:
                         f"cannot reach the API server at {self.access.server}: {type(exc).__name__}: {exc}",
                         fix="check that the cluster is up and the kubeconfig's server URL is right") from None
                 await asyncio.sleep(_backoff(attempt))
+                resent = resent or method in MUTATING
                 continue
             if response.status_code < 400:
                 if not response.content:
@@ -179,10 +181,13 @@ class KubeClient:
                 continue
             if response.status_code in RETRY_STATUSES and time.monotonic() < deadline:
                 await asyncio.sleep(_retry_after(response, attempt))
+                # A 504 may have been applied; a 429 or 503 was refused before any change.
+                resent = resent or (method in MUTATING and response.status_code == 504)
                 continue
             if isinstance(error, Forbidden) and time.monotonic() < deadline and await self._not_ready():
                 await asyncio.sleep(_backoff(attempt))
                 continue
+            error.resent = resent
             raise error
 
     async def get(self, path: str, **params: Any) -> dict[str, Any]:

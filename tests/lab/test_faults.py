@@ -328,10 +328,10 @@ async def test_etcd_compaction_makes_the_watch_resume_fail_with_410(lab_manager,
     save_result("etcd-compaction-410", result)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "finding: a detach PATCH applied by the apiserver whose response is lost (connection cut) is replayed "
-    "by KubeClient.request, refused by its own guard (422) and journaled 'failed'; the namespace is "
-    "detached but the journal has no successful detach for it (see the fault-injection report)"))
+# Found by this test: a detach PATCH applied by the apiserver whose response was lost (connection cut)
+# was resent by KubeClient.request, refused by its own guard (422) and journaled 'failed'. Now the
+# client marks the answer as `resent`, the engine leaves the intent pending and the detach step settles
+# it by re-reading the namespace (as a resumed run does).
 async def test_responder_connections_cut_mid_detach(lab_manager, tmp_path):
     lab, kubeconfig, namespaces = await prepared(lab_manager, 8, 5)
     watch, tracker, since = await run_incident(lab, kubeconfig, namespaces, tmp_path / "journal",
