@@ -154,26 +154,32 @@ def _timestamp(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def newest_backup_ages(backups: list[dict[str, Any]], namespaces: list[str], now: float) -> dict[str, float | None]:
-    """Seconds since the newest Completed Backup covering each namespace (None: no such backup)."""
+def newest_backup_ages(backups: list[dict[str, Any]], namespaces: list[str], now: float,
+                       created: dict[str, float] | None = None) -> dict[str, float | None]:
+    """Seconds since the newest Completed Backup covering each namespace (None: no such backup). A backup
+    that started before the namespace was created (`created`: name -> epoch seconds) does not hold it, even
+    when its filter matches every namespace."""
     done = []
     for b in backups:
         status = b.get("status") or {}
         if status.get("phase") != "Completed":
             continue
-        at = _timestamp(status.get("completionTimestamp") or status.get("startTimestamp")
-                        or (b.get("metadata") or {}).get("creationTimestamp"))
+        started = _timestamp(status.get("startTimestamp") or (b.get("metadata") or {}).get("creationTimestamp"))
+        at = _timestamp(status.get("completionTimestamp")) or started
         if at is not None:
-            done.append((at, b))
+            done.append((at, started if started is not None else at, b))
     done.sort(key=lambda item: item[0], reverse=True)
+    born = created or {}
     ages: dict[str, float | None] = {}
     for ns in namespaces:
-        ages[ns] = next((now - at for at, b in done if backup_covers(b, ns)), None)
+        ages[ns] = next((now - at for at, started, b in done
+                         if backup_covers(b, ns) and started >= born.get(ns, float("-inf"))), None)
     return ages
 
 
 def velero_results(bsls: list[dict[str, Any]], backups: list[dict[str, Any]], tenant_namespaces: list[str], *,
-                   namespace: str, now: float, max_age_hours: float) -> list[CheckResult]:
+                   namespace: str, now: float, max_age_hours: float,
+                   created: dict[str, float] | None = None) -> list[CheckResult]:
     out = []
     available = [b["metadata"]["name"] for b in bsls if (b.get("status") or {}).get("phase") == "Available"]
     if available:
@@ -183,7 +189,7 @@ def velero_results(bsls: list[dict[str, Any]], backups: list[dict[str, Any]], te
         out.append(CheckResult("velero-location", FINDING, f"no BackupStorageLocation is Available in {namespace}: "
                                "restores would fail validation", phases or ["none found"],
                                "check the Velero server and its object storage (velero backup-location get)"))
-    ages = newest_backup_ages(backups, sorted(tenant_namespaces), now)
+    ages = newest_backup_ages(backups, sorted(tenant_namespaces), now, created)
     missing = [ns for ns, age in ages.items() if age is None]
     stale = [ns for ns, age in ages.items() if age is not None and age > max_age_hours * 3600]
     data = {"newest_backup_age_s": {ns: (round(a) if a is not None else None) for ns, a in ages.items()}}
@@ -304,8 +310,10 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
         bsls = (await client.list_all(f"{VELERO_V1}/namespaces/{ns}/backupstoragelocations"))["items"]
         backups = (await client.list_all(f"{VELERO_V1}/namespaces/{ns}/backups"))["items"]
         namespaces = (await client.list_all("/api/v1/namespaces"))["items"]
+        created = {n["metadata"]["name"]: _timestamp(n["metadata"].get("creationTimestamp")) for n in namespaces}
         return velero_results(bsls, backups, tenant_namespaces(namespaces), namespace=ns, now=time.time(),
-                              max_age_hours=options.max_backup_age_hours)
+                              max_age_hours=options.max_backup_age_hours,
+                              created={k: v for k, v in created.items() if v is not None})
 
     async def protection() -> list[CheckResult]:
         crds = (await client.list_all(CRDS_PATH))["items"]

@@ -155,6 +155,17 @@ def test_newest_completed_backup_per_namespace():
     assert ages == {"a": 600.0, "b": 7200.0, "c": None}
 
 
+def test_a_backup_taken_before_a_namespace_existed_does_not_cover_it():
+    backups = [_backup("all", "Completed", NOW - 600, ["*"])]
+    created = {"before": NOW - 3600, "after": NOW - 60}
+    ages = newest_backup_ages(backups, ["before", "after", "unknown"], NOW, created)
+    assert ages == {"before": 600.0, "after": None, "unknown": 600.0}
+    bsls = [{"metadata": {"name": "default"}, "status": {"phase": "Available"}}]
+    result = velero_results(bsls, backups, ["before", "after"], namespace="velero", now=NOW, max_age_hours=24,
+                            created=created)[1]
+    assert result.status == FINDING and result.details == ["no Completed backup: after"]
+
+
 def test_velero_results_location_and_coverage():
     bsls = [{"metadata": {"name": "default"}, "status": {"phase": "Available"}}]
     backups = [_backup("daily", "Completed", NOW - 3600, ["t-*"])]
