@@ -56,6 +56,15 @@ def open_journal_file(path: Path) -> Journal:
                            fix="pass the inc-*.jsonl file inside it (printed by watch/run)")
     if not path.is_file():
         raise JournalError(f"journal {path} does not exist", fix="pass the inc-*.jsonl path printed by watch/run")
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    try:
+        opened = json.loads(first).get("kind") == "incident-opened"
+    except (ValueError, AttributeError):
+        opened = False
+    if not opened:  # before parsing the whole file: a text file is no journal, not a corrupt one
+        raise JournalError(f"{path} is not a responder journal (its first line is not an incident-opened record)",
+                           fix="pass the inc-*.jsonl path printed by watch/run")
     journal = Journal.open(path)
     records = journal.records()
     if not records or records[0].get("kind") != "incident-opened":

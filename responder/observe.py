@@ -81,6 +81,7 @@ class ClusterObserver:
         # dies, instead of timing out with no reason.
         synced = asyncio.ensure_future(asyncio.gather(*(e.wait() for n, e in self.synced.items()
                                                           if n not in OPTIONAL_STREAMS)))
+        synced.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
         loop = asyncio.get_running_loop()
         deadline = loop.time() + sync_timeout
         try:

@@ -126,6 +126,12 @@ class KubeClient:
         self.access = await asyncio.to_thread(self.access.reload)
         self._auth_header = None
 
+    def _h1_http(self) -> httpx.AsyncClient:
+        """HTTP/1.1 connections: the watches' (each stream its own connection), and the fallback above."""
+        if self._watch_http is None:
+            self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
+        return self._watch_http
+
     # -- requests ---------------------------------------------------------------------------------
 
     def _params(self, method: str, params: dict[str, Any] | None, dry_run: bool | None) -> dict[str, Any]:
@@ -148,13 +154,14 @@ class KubeClient:
         attempt = 0
         reauthed = False
         resent = False  # a mutating request sent again after an attempt whose fate is unknown
+        http = self._http
         while True:
             attempt += 1
             headers = await self._headers()
             if content is not None:
                 headers["Content-Type"] = content_type
             try:
-                response = await self._http.request(method, path, params=query, content=content,
+                response = await http.request(method, path, params=query, content=content,
                                                     headers=list(headers.items()) + self._impersonation_items())
             except (httpx.TransportError, OSError) as exc:
                 self._unreachable_at = time.monotonic()
@@ -163,6 +170,12 @@ class KubeClient:
                         f"TLS verification of the API server at {self.access.server} failed: {exc}",
                         fix="set the cluster's certificate-authority(-data) in the kubeconfig to the CA that signed "
                             "the API server's certificate (and check the server URL)") from None
+                if isinstance(exc, httpx.RemoteProtocolError) and self._http2 and http is self._http:
+                    # Kubernetes closes an HTTP/2 connection right after refusing its credentials (401),
+                    # and the refusal is lost with it (found on the lab): ask once more over HTTP/1.1.
+                    http = self._h1_http()
+                    resent = resent or method in MUTATING
+                    continue
                 if time.monotonic() >= deadline:
                     raise ClusterUnreachable(
                         f"cannot reach the API server at {self.access.server}: {type(exc).__name__}: {exc}",
@@ -232,11 +245,9 @@ class KubeClient:
         """A long-running GET (a watch) as raw lines; raises typed errors for non-2xx answers."""
         headers = await self._headers()
         timeout = httpx.Timeout(self._timeout, connect=5.0, read=read_timeout)
-        if self._watch_http is None:
-            self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
         try:
-            async with self._watch_http.stream("GET", path, params=params, timeout=timeout,
-                                         headers=list(headers.items()) + self._impersonation_items()) as response:
+            async with self._h1_http().stream("GET", path, params=params, timeout=timeout,
+                                              headers=list(headers.items()) + self._impersonation_items()) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     error = api_error_for(response.status_code, _json_or_none(response), method="WATCH", path=path)
