@@ -56,21 +56,29 @@ def restart_apiserver(lab: Lab, *, flags: list[str] = (), kill: bool = True, tim
     argv = with_flags(process_argv(record.pid), list(flags))
     (processes.kill if kill else processes.stop)(record)
     killed = time.monotonic()
+    while processes.is_running(record) and time.monotonic() < killed + 10:
+        time.sleep(0.02)  # the old process holds its port until it is gone
     log = lab.logs / "kube-apiserver.log"
-    offset = log.stat().st_size if log.exists() else 0
-    new, _ = processes.spawn("kube-apiserver", argv, log_dir=lab.logs)
-    lab._record(lab.state(), new)
     deadline = killed + timeout
-    while time.monotonic() < deadline:
-        if lab._apiserver_ready():
-            return time.monotonic() - killed
-        if not processes.is_running(new):
-            with open(log, "rb") as fh:
-                fh.seek(offset)
-                tail = fh.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise LabError(f"kube-apiserver exited after the restart: {' | '.join(tail)}",
-                           fix=f"read {log}")
-        time.sleep(0.1)
+    for attempt in range(5):
+        offset = log.stat().st_size if log.exists() else 0
+        new, _ = processes.spawn("kube-apiserver", argv, log_dir=lab.logs)
+        lab._record(lab.state(), new)
+        while time.monotonic() < deadline:
+            if lab._apiserver_ready():
+                return time.monotonic() - killed
+            if not processes.is_running(new):
+                break
+            time.sleep(0.1)
+        else:
+            break
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            tail = fh.read().decode(errors="replace").strip().splitlines()[-5:]
+        if "address already in use" in " ".join(tail) and attempt < 4:
+            time.sleep(0.5)  # the kernel has not released the listening socket yet: start it again
+            continue
+        raise LabError(f"kube-apiserver exited after the restart: {' | '.join(tail)}", fix=f"read {log}")
     raise LabError(f"kube-apiserver not ready {timeout:.0f}s after the restart", fix="read the log")
 
 
