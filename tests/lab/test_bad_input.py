@@ -311,7 +311,7 @@ CASES: list[Case] = [
     Case("undo-not-a-journal", lambda c: ["undo", str(c.file("notes.txt", "hello\n")), *c.kc()], EXIT_BAD_INPUT,
          ("not a responder journal",), lab=True),
     Case("undo-json-not-a-journal", lambda c: ["undo", str(c.file("x.jsonl", '{"a": 1}\n')), *c.kc()], EXIT_BAD_INPUT,
-         ("not a journal record",), lab=True),
+         ("not a responder journal",), lab=True),
     Case("undo-empty-file", lambda c: ["undo", str(c.file("empty.jsonl", "")), *c.kc()], EXIT_BAD_INPUT,
          ("not a responder journal",), lab=True),
 ]
