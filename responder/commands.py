@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,22 @@ def cluster_flags() -> argparse.ArgumentParser:
     return common
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
+def positive_number(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of `unit` above 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit} above 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive_{unit}"  # argparse names the type in its error messages
+    return parse
+
+
+positive_seconds = positive_number("seconds")
 
 
 def open_journal_file(path: Path) -> Journal:

@@ -34,6 +34,7 @@ import yaml
 from responder import triage
 from responder.actions.breaker import fails_closed, guards_namespace_delete
 from responder.cluster.client import KubeClient
+from responder.commands import positive_number
 from responder.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ResponderError
 from responder.manifests import (DEFAULT_VELERO_NAMESPACE, AccessCheck, access_checks, missing_role,
                                  missing_rules)
@@ -354,17 +355,8 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def positive_hours(text: str) -> float:
-    """--max-backup-age: a finite number of hours above 0 (0 or less would call every backup stale)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of hours, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of hours above 0, got {text!r}")
-    return value
+# --max-backup-age: 0 or less would call every backup stale.
+positive_hours = positive_number("hours")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
