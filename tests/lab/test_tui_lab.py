@@ -4,7 +4,6 @@ hold each destructive recovery step until answered, and the table and runbook pa
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from textual.widgets import Input
@@ -19,24 +18,14 @@ from responder.session import Session, SessionOptions, resolve_runbook
 from responder.tui.app import ResponderApp, TuiConfirmer
 from responder.tui.screens.confirm import ConfirmScreen
 
+from ..tui.conftest import screen_text as text_of
+from ..tui.conftest import wait_until as until
 from .incident_helpers import trigger
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
 KEY_NAMES = {"-": "minus", ".": "full_stop", " ": "space"}  # Textual's key names for these characters
 RECOVER_CONFIRMED = ("wait-lost-gone", "recreate-tenants", "restore", "readopt", "restore-capsule")
-
-
-async def until(pilot, predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def text_of(app: ResponderApp) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def test_real_incident_driven_from_the_tui_to_readopted(lab_manager, tmp_path):
