@@ -14,13 +14,14 @@ import argparse
 import asyncio
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.errors import EXIT_OK
+from responder.errors import EXIT_OK, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
@@ -28,11 +29,14 @@ from responder.lab.seed import seed
 from responder.session import Session, SessionOptions, resolve_runbook
 
 VARIANTS = {
-    # name: (http2, connections, PATCHes in flight)
-    "h2-c1-64": (True, 1, 64),
-    "h2-c4-64": (True, 4, 64),
-    "h1-c16-16": (False, 16, 16),
-    "h1-c64-64": (False, 64, 64),
+    # name: (bulk-write HTTP/1.1 pool connections, 0 = through httpx), httpx HTTP/2?, httpx connections,
+    # PATCHes in flight)
+    "pool-c8": (8, True, 1, 64),
+    "pool-c16": (16, True, 1, 64),
+    "pool-c32": (32, True, 1, 64),
+    "httpx-h2-c1-64": (0, True, 1, 64),
+    "httpx-h2-c4-64": (0, True, 4, 64),
+    "httpx-h1-c16-16": (0, False, 16, 16),
 }
 
 
@@ -42,33 +46,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     contain = bsub.add_parser("contain", help="detection latency and detach throughput")
     contain.add_argument("--namespaces", type=int, default=1000)
     contain.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default="0.12")
-    contain.add_argument("--variants", default="h2-c1-64,h1-c16-16",
+    contain.add_argument("--variants", default="pool-c16,httpx-h2-c1-64",
                          help=f"comma-separated HTTP settings to compare (known: {', '.join(VARIANTS)})")
+    contain.add_argument("--repeat", type=int, default=1, help="trials per variant (median, min, max reported)")
     contain.add_argument("--state-dir", type=Path, default=None)
     contain.set_defaults(handler=cmd_bench_contain)
 
 
 def cmd_bench_contain(args: argparse.Namespace) -> int:
     lab = Lab(args.state_dir or (Lab().dir.parent / "bench-lab"))
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or args.repeat < 1:
+        raise ConfigError(f"bad --variants {unknown} or --repeat {args.repeat}",
+                          fix=f"name variants from {', '.join(VARIANTS)}; --repeat 1 or more")
     results = []
-    for name in args.variants.split(","):
-        http2, connections, in_flight = VARIANTS[name]
-        print(f"bench: {name}: fresh lab, {args.namespaces} namespaces", file=sys.stderr, flush=True)
-        lab.down(wipe=True)
-        lab.up(capsule=args.capsule, out=sys.stderr)
-        try:
-            result = asyncio.run(contain_once(lab, args.namespaces, http2=http2, connections=connections,
-                                              in_flight=in_flight))
-        finally:
+    for trial in range(1, args.repeat + 1):
+        for name in names:  # interleaved, so a slow spell of the machine does not fall on one variant
+            pool, http2, connections, in_flight = VARIANTS[name]
+            print(f"bench: {name} trial {trial}: fresh lab, {args.namespaces} namespaces", file=sys.stderr, flush=True)
             lab.down(wipe=True)
-        results.append({"variant": name, "http2": http2, "connections": connections, "in_flight": in_flight,
-                        **result})
+            lab.up(capsule=args.capsule, out=sys.stderr)
+            try:
+                result = asyncio.run(contain_once(lab, args.namespaces, pool=pool, http2=http2,
+                                                  connections=connections, in_flight=in_flight))
+            finally:
+                lab.down(wipe=True)
+            results.append({"variant": name, "trial": trial, "bulk_pool_connections": pool, "httpx_http2": http2,
+                            "httpx_connections": connections, "in_flight": in_flight, **result})
     print(json.dumps({"benchmark": "contain", "capsule": CAPSULE_VERSIONS[args.capsule],
-                      "namespaces": args.namespaces, "runs": results}, indent=2))
+                      "namespaces": args.namespaces, "summary": summarize(results, names), "runs": results}, indent=2))
     return EXIT_OK
 
 
-async def contain_once(lab: Lab, namespaces: int, *, http2: bool, connections: int, in_flight: int) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Per variant: median, min and max detach throughput and first-write latency over the trials; the
+    ratio of each median throughput to the first variant sending bulk writes through httpx (the
+    baseline), measured in the same run."""
+    out = []
+    for name in names:
+        mine = [r for r in runs if r["variant"] == name]
+        rates = [r["detach_per_second"] or 0.0 for r in mine]
+        first = [r["first_write_after_detection_ms"] for r in mine]
+        out.append({"variant": name, "trials": len(mine),
+                    "detach_per_second": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
+                    "first_write_after_detection_ms": {"median": statistics.median(first), "max": max(first)},
+                    "saved_min": min(r["saved"] for r in mine), "seeded": mine[0]["seeded"]})
+    baseline = next((s for s in out if VARIANTS[s["variant"]][0] == 0), None)
+    for entry in out:
+        if baseline and baseline["detach_per_second"]["median"]:
+            entry["vs_baseline"] = round(entry["detach_per_second"]["median"]
+                                         / baseline["detach_per_second"]["median"], 2)
+    return out
+
+
+async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, connections: int,
+                       in_flight: int) -> dict[str, Any]:
     per_tenant = 20
     tenants = max(1, namespaces // per_tenant)
     async with lab.admin_client() as admin:
@@ -78,7 +111,7 @@ async def contain_once(lab: Lab, namespaces: int, *, http2: bool, connections: i
         runbook = lab.dir / "bench-runbook.yaml"
         runbook.write_text(resolve_runbook(None).read_text().replace("concurrency: 64", f"concurrency: {in_flight}"))
         options = SessionOptions(runbook=runbook, journal_dir=lab.dir / "incidents", yes=True, concurrency=connections,
-                                 http2=http2)
+                                 http2=http2, bulk_connections=pool)
         session = Session(load_cluster_access(str(kubeconfig)), options)
         await session.preflight()
         await session.start()

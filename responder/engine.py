@@ -148,7 +148,8 @@ class StepContext:
         async def send(seq: int, r: WriteRequest) -> dict[str, Any] | ApiError:
             async with limit:
                 try:
-                    response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type)
+                    response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type,
+                                                         bulk=True)
                 except ApiError as exc:
                     if not _maybe_applied(exc):
                         self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500],

@@ -102,6 +102,7 @@ class Journal:
         self.path = path
         self.incident_id = incident_id
         self._fd = fd
+        self._size = os.fstat(fd).st_size if fd is not None else 0  # kept here, not fstat'ed per record
         self._records = records
         self._next_seq = (records[-1]["seq"] + 1) if records else 1
 
@@ -221,7 +222,7 @@ class Journal:
             raise JournalError(f"cannot journal a {kind!r} record: {exc}",
                                fix="pass only JSON-compatible values to the journal") from exc
         data = line.encode("utf-8")
-        size = os.fstat(self._fd).st_size
+        size = self._size
         try:
             # One write of the whole line (O_APPEND), so a crash leaves at most one torn line at the end.
             view = memoryview(data)
@@ -229,6 +230,7 @@ class Journal:
                 view = view[os.write(self._fd, view):]
             if sync:
                 os.fsync(self._fd)
+            self._size = size + len(data)
         except OSError as exc:
             # A half-written line (disk full) must not stay in the middle of the file.
             try:

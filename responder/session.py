@@ -62,6 +62,7 @@ class SessionOptions:
     extra_protected: tuple[str, ...] = ()
     concurrency: int = 8  # HTTP connections (HTTP/2 multiplexes the requests in flight over them)
     http2: bool = True
+    bulk_connections: int = 16  # HTTP/1.1 connections for batched writes (0: send them through httpx)
     contain_only: bool = False  # stop after the contain phase (recover later with run --resume)
 
 
@@ -114,7 +115,7 @@ class Session:
         self.runbook: Runbook = load_runbook(options.runbook, action_specs())
         self.runbook = check_runbook_targets(self.runbook, options)
         self.client = KubeClient(access, dry_run=options.dry_run, max_connections=options.concurrency,
-                                 http2=options.http2)
+                                 http2=options.http2, bulk_connections=options.bulk_connections)
         self.protected = triage.protected_namespaces(options.capsule.namespace, options.velero_namespace,
                                                      options.extra_protected)
         shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"

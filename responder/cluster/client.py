@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from responder.cluster.kubeconfig import ClusterAccess
+from responder.cluster.pool import H1Pool, PoolResponse
 from responder.errors import ApiError, ClusterUnreachable, Forbidden, ServerError, Unauthorized, api_error_for
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,24 @@ USER_AGENT = "responder/0.1"
 class KubeClient:
     """Async client for one cluster identity.
 
-    `max_connections` and `http2` are chosen by measurement (see README, detach benchmark): HTTP/2
-    multiplexes many concurrent requests over one TLS connection, which beats a large pool on 2 cores.
+    `max_connections` and `http2` are chosen by measurement (see README, detach benchmark): for httpx,
+    HTTP/2 multiplexing many concurrent requests over one TLS connection beats a large pool on 2
+    cores. Bulk writes (`request(..., bulk=True)`, i.e. `StepContext.write_many`) go through
+    `bulk_connections` HTTP/1.1 connections driven by h11 (responder.cluster.pool), measured several
+    times cheaper per request; `bulk_connections=0` sends them through httpx like the rest.
     """
 
     def __init__(self, access: ClusterAccess, *, dry_run: bool = False, http2: bool = True,
-                 max_connections: int = 8, timeout: float = 30.0, retry_deadline: float = 60.0,
-                 impersonate: str | None = None, impersonate_groups: tuple[str, ...] = ()) -> None:
+                 max_connections: int = 8, bulk_connections: int = 16, timeout: float = 30.0,
+                 retry_deadline: float = 60.0, impersonate: str | None = None,
+                 impersonate_groups: tuple[str, ...] = ()) -> None:
         self.access = access
         self.dry_run = dry_run
         self.retry_deadline = retry_deadline
         self._impersonate = impersonate
         self._impersonate_groups = impersonate_groups
-        self._auth_header: str | None = None
-        self._auth_fetched = 0.0
+        self._auth_header: str | None = None  # None also for client-certificate auth
+        self._auth_fetched = 0.0  # monotonic time of the last fetch; 0: fetch before the next request
         self._unreachable_at = float("-inf")  # when a request last failed to reach the server
         self._http = self._new_http(http2=http2, max_connections=max_connections, timeout=timeout)
         # Watches get their own HTTP/1.1 connections: an idle long-running stream on a shared HTTP/2
@@ -57,6 +62,8 @@ class KubeClient:
         self._watch_http: httpx.AsyncClient | None = None
         self._http2 = http2
         self._max_connections = max_connections
+        self._bulk_connections = bulk_connections
+        self._bulk: H1Pool | None = None
         self._timeout = timeout
 
     def _new_http(self, *, http2: bool, max_connections: int, timeout: float) -> httpx.AsyncClient:
@@ -73,12 +80,15 @@ class KubeClient:
                      impersonate_groups: tuple[str, ...] = ()) -> "KubeClient":
         """A sibling client sharing credentials (a new connection pool)."""
         return KubeClient(self.access, dry_run=self.dry_run if dry_run is None else dry_run, http2=self._http2,
-                          max_connections=self._max_connections, timeout=self._timeout,
+                          max_connections=self._max_connections, bulk_connections=self._bulk_connections,
+                          timeout=self._timeout,
                           retry_deadline=self.retry_deadline, impersonate=impersonate,
                           impersonate_groups=impersonate_groups)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._bulk is not None:
+            await self._bulk.aclose()
         if self._watch_http is not None:
             await self._watch_http.aclose()
 
@@ -93,7 +103,7 @@ class KubeClient:
     async def _headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         # Tokens from exec plugins expire; re-ask the loader (cheap unless expired) once a minute.
-        if self._auth_header is None or time.monotonic() - self._auth_fetched > 60:
+        if not self._auth_fetched or time.monotonic() - self._auth_fetched > 60:
             self._auth_header = await asyncio.to_thread(self.access.authorization)
             self._auth_fetched = time.monotonic()
         if self._auth_header:
@@ -125,12 +135,23 @@ class KubeClient:
     async def _reauthenticate(self) -> None:
         self.access = await asyncio.to_thread(self.access.reload)
         self._auth_header = None
+        self._auth_fetched = 0.0
+        if self._bulk is not None:  # reconnect with the reloaded TLS settings (rotated client certificates)
+            await self._bulk.aclose()
+            self._bulk = None
 
     def _h1_http(self) -> httpx.AsyncClient:
         """HTTP/1.1 connections: the watches' (each stream its own connection), and the fallback above."""
         if self._watch_http is None:
             self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
         return self._watch_http
+
+    def _bulk_pool(self) -> H1Pool:
+        if self._bulk is None:
+            self._bulk = H1Pool(self.access.server, self.access.new_ssl_context(), size=self._bulk_connections,
+                                timeout=self._timeout, server_hostname=self.access.tls_server_name,
+                                headers=[("User-Agent", USER_AGENT), ("Accept", "application/json")])
+        return self._bulk
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -145,9 +166,10 @@ class KubeClient:
 
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
-                      dry_run: bool | None = None) -> dict[str, Any]:
+                      dry_run: bool | None = None, bulk: bool = False) -> dict[str, Any]:
         """Send one request, retrying 429/503/504 (honouring Retry-After) and connection failures
-        until `retry_deadline`; a 401 reloads credentials once. Returns the decoded JSON body."""
+        until `retry_deadline`; a 401 reloads credentials once. Returns the decoded JSON body.
+        `bulk`: one of many writes sent together, through the HTTP/1.1 pool (see the class doc)."""
         query = self._params(method, params, dry_run)
         content = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
         deadline = time.monotonic() + self.retry_deadline
@@ -155,14 +177,20 @@ class KubeClient:
         reauthed = False
         resent = False  # a mutating request sent again after an attempt whose fate is unknown
         http = self._http
+        pooled = bulk and self._bulk_connections > 0
         while True:
             attempt += 1
             headers = await self._headers()
             if content is not None:
                 headers["Content-Type"] = content_type
+            header_items = list(headers.items()) + self._impersonation_items()
+            response: httpx.Response | PoolResponse
             try:
-                response = await http.request(method, path, params=query, content=content,
-                                                    headers=list(headers.items()) + self._impersonation_items())
+                if pooled:
+                    response = await self._bulk_pool().request(method, path, params=query, content=content,
+                                                               headers=header_items)
+                else:
+                    response = await http.request(method, path, params=query, content=content, headers=header_items)
             except (httpx.TransportError, OSError) as exc:
                 self._unreachable_at = time.monotonic()
                 if _tls_verify_failure(exc):  # retrying cannot help, and the usual fix is in the kubeconfig
@@ -276,7 +304,7 @@ def _tls_verify_failure(exc: BaseException) -> bool:
     return False
 
 
-def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:
+def _json_or_none(response: httpx.Response | PoolResponse) -> dict[str, Any] | None:
     try:
         data = response.json()
     except ValueError:
@@ -288,8 +316,8 @@ def _backoff(attempt: int, cap: float = 2.0) -> float:
     return min(cap, 0.05 * (2 ** min(attempt, 8))) * (0.5 + random.random() / 2)
 
 
-def _retry_after(response: httpx.Response, attempt: int) -> float:
-    value = response.headers.get("Retry-After")
+def _retry_after(response: httpx.Response | PoolResponse, attempt: int) -> float:
+    value = response.headers.get("retry-after")  # httpx's headers ignore case; the pool's are lower-cased
     if value:
         try:
             return min(float(value), 10.0)

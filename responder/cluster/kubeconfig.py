@@ -30,7 +30,9 @@ class ClusterAccess:
 
     server: str
     context: str | None
-    ssl_context: ssl.SSLContext
+    ssl_context: ssl.SSLContext  # httpx's (httpcore sets its ALPN protocols on it per connection)
+    # A fresh context with the same CA and client certificate, for a transport that sets its own ALPN.
+    new_ssl_context: Callable[[], ssl.SSLContext]
     cert: tuple[str, str] | None
     tls_server_name: str | None
     # Returns the current "Authorization" header value (may run an exec plugin); None for cert auth.
@@ -137,25 +139,31 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
         raise ConfigError(f"context {context_name!r} has no valid cluster server URL ({cfg.host!r})",
                           fix="set clusters[].cluster.server to https://HOST:PORT")
 
-    try:
-        ssl_context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl and cfg.ssl_ca_cert \
-            else ssl.create_default_context()
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"the certificate authority of context {context_name!r} in {source} cannot be loaded "
-                          f"({exc}): not a PEM certificate",
-                          fix="set clusters[].cluster.certificate-authority(-data) to the cluster's CA certificate") from None
-    if not cfg.verify_ssl:
-        ssl_context.check_hostname = False
-        ssl_context.verify_mode = ssl.CERT_NONE
     cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
-    if cert:
+
+    def new_ssl_context() -> ssl.SSLContext:
         try:
-            ssl_context.load_cert_chain(*cert)
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl and cfg.ssl_ca_cert \
+                else ssl.create_default_context()
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"the client certificate and key of context {context_name!r} in {source} cannot be "
-                              f"loaded ({exc}): not a PEM certificate with its matching private key",
-                              fix="set users[].user.client-certificate(-data) and client-key(-data) to a matching "
-                                  "PEM pair") from None
+            raise ConfigError(f"the certificate authority of context {context_name!r} in {source} cannot be loaded "
+                              f"({exc}): not a PEM certificate",
+                              fix="set clusters[].cluster.certificate-authority(-data) to the cluster's CA "
+                                  "certificate") from None
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            try:
+                ctx.load_cert_chain(*cert)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"the client certificate and key of context {context_name!r} in {source} cannot "
+                                  f"be loaded ({exc}): not a PEM certificate with its matching private key",
+                                  fix="set users[].user.client-certificate(-data) and client-key(-data) to a "
+                                      "matching PEM pair") from None
+        return ctx
+
+    ssl_context = new_ssl_context()  # checked now: bad input fails before anything starts
 
     def authorization() -> str | None:
         # Runs refresh_api_key_hook (exec plugins) when the token expired.
@@ -165,6 +173,7 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
         server=cfg.host.rstrip("/"),
         context=context_name,
         ssl_context=ssl_context,
+        new_ssl_context=new_ssl_context,
         cert=cert,
         tls_server_name=getattr(cfg, "tls_server_name", None),
         authorization=authorization,

@@ -153,11 +153,13 @@ async def tenant_refs_left(admin, names: set[str]) -> dict[str, list[str]]:
 
 
 async def check_saved_once(lab, journal: list[dict[str, Any]], namespaces: set[str], tracker: faults.NamespaceTracker,
-                           *, since: float, audit_may_miss: bool = False, alive_from: float | None = None
-                           ) -> dict[str, Any]:
+                           *, since: float, audit_may_miss: bool = False, client_vanished: bool = False,
+                           alive_from: float | None = None) -> dict[str, Any]:
     """Every namespace alive at detection (or at `alive_from`) is alive and detached; one successful
     detach each in the journal; one successful detach PATCH each in the audit log (`audit_may_miss`:
-    at most one, for a killed apiserver may have applied a request it never audited)."""
+    at most one, for a killed apiserver may have applied a request it never audited;
+    `client_vanished`: responder was killed or its connections cut, and kube-apiserver persists a
+    write whose client has gone but audits it 504 (measured on the lab), so a 504 may stand for it)."""
     trigger_rec = next(r for r in journal if r["kind"] == "trigger")
     detected = trigger_rec["trigger"]["event_received"]
     alive_at_detection = tracker.alive_at(alive_from if alive_from is not None else detected)
@@ -177,7 +179,8 @@ async def check_saved_once(lab, journal: list[dict[str, Any]], namespaces: set[s
         twice = {n: c for n, c in audited.items() if c > 1}
         assert not twice, f"audit: namespaces patched successfully more than once: {twice}"
     else:
-        wrong = {n: c for n, c in audited.items() if c != 1}
+        wrong = {n: c for n, c in audited.items()
+                 if c > 1 or (c == 0 and not (client_vanished and audit.get(n, Counter())[504]))}
         assert not wrong, f"audit: successful detach PATCHes per namespace should be 1: {wrong}"
     codes = Counter()
     for c in audit.values():
@@ -343,7 +346,7 @@ async def test_responder_connections_cut_mid_detach(lab_manager, tmp_path):
         assert cut >= 1
         assert rc == 0, stderr[-3000:]
         journal = read_journal(watch.journal_path())
-        result = await check_saved_once(lab, journal, namespaces, tracker, since=since)
+        result = await check_saved_once(lab, journal, namespaces, tracker, since=since, client_vanished=True)
     finally:
         await tracker.stop()
         await tracker.client.aclose()
@@ -533,7 +536,8 @@ async def test_sigkill_at_random_points_then_resume(lab_manager, tmp_path):
             # controller keeps running until the lab's kubelet has stopped it (CAPSULE_STOP_S).
             held_at_kill = breaker_held(at_kill)
             alive_from = None if held_at_kill else breaker_held(journal) + CAPSULE_STOP_S
-            result = await check_saved_once(lab, journal, namespaces, tracker, since=since, alive_from=alive_from)
+            result = await check_saved_once(lab, journal, namespaces, tracker, since=since, alive_from=alive_from,
+                                            client_vanished=True)
             async with client_for(lab.kubeconfig) as admin:
                 deployment = await admin.get(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/"
                                              f"{CAPSULE_DEPLOYMENT}")
