@@ -4,8 +4,10 @@ For each run: a fresh lab, N tenant namespaces (created by their owners through 
 the detach cost does not depend on it), responder watching as its own identity, the Tenant CRD
 deleted. Measured: detection latency (CRD DELETE sent -> CRD event received), detection-to-first-
 write latency (event received -> first write journaled and sent), detach throughput, and how many
-namespaces survived. Each HTTP setting named with --variants runs as its own incident, in the same
-invocation, so the figures compare.
+namespaces survived, and the CPU each process spent per detached namespace (responder, kube-apiserver,
+etcd, kube-controller-manager): on a machine that runs the whole control plane, the control plane's
+own share bounds the detach rate whatever the client does. Each HTTP setting named with --variants
+runs as its own incident, in the same invocation (--repeat: interleaved trials), so the figures compare.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import sys
@@ -23,6 +26,7 @@ from typing import Any
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_OK, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
+from responder.lab import processes
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
@@ -92,6 +96,13 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
                     "detach_per_second": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
                     "first_write_after_detection_ms": {"median": statistics.median(first), "max": max(first)},
                     "saved_min": min(r["saved"] for r in mine), "seeded": mine[0]["seeded"]})
+        for key in ("control_plane_cpu_ms_per_namespace", "ceiling_per_second_with_a_free_client"):
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                out[-1][key] = {"median": statistics.median(values)}
+        responder = [r["cpu_ms_per_namespace"]["responder"] for r in mine if "cpu_ms_per_namespace" in r]
+        if responder:
+            out[-1]["responder_cpu_ms_per_namespace"] = {"median": statistics.median(responder)}
     baseline = next((s for s in out if VARIANTS[s["variant"]][0] == 0), None)
     for entry in out:
         if baseline and baseline["detach_per_second"]["median"]:
@@ -118,8 +129,10 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
         try:
             sent = await delete_tenant_crd(admin)
             await asyncio.wait_for(session.incident_opened.wait(), 30)
+            cpu_before = _cpu_now(lab)
             await session.contain()
             done = time.time()
+            cpu_after = _cpu_now(lab)
             await asyncio.sleep(max(0.0, sent + 20 - time.time()))
             listing = await admin.list_all("/api/v1/namespaces")
         finally:
@@ -136,9 +149,37 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
         "detached": detach.get("detached"), "detach_seconds": detach.get("seconds"),
         "detach_per_second": detach.get("per_second"),
         "time_to_contain_s": round(done - sent, 3),
+        **_cpu_per_namespace(cpu_before, cpu_after, detach.get("detached") or 0),
         "saved": len(set(seeded.namespaces) & live), "seeded": len(seeded.namespaces),
         "responder_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
+
+
+def _cpu_now(lab: Lab) -> dict[str, float | None]:
+    """CPU seconds used so far by each lab process and by this process (responder runs in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out: dict[str, float | None] = {name: processes.cpu_seconds(rec) for name, rec in lab._records().items()}
+    out["responder"] = usage.ru_utime + usage.ru_stime
+    return out
+
+
+def _cpu_per_namespace(before: dict[str, float | None], after: dict[str, float | None],
+                       detached: int) -> dict[str, Any]:
+    """CPU milliseconds per detached namespace, from incident opened to contained, for responder and
+    the control plane, and the detach rate the machine's cores would allow if responder cost nothing:
+    the control plane's own CPU per namespace is the ceiling on a machine that runs it all."""
+    if not detached:
+        return {}
+    per = {name: round((after[name] - before[name]) * 1000 / detached, 2)
+           for name in before if before[name] is not None and after.get(name) is not None}
+    control_plane = sum(per.get(name, 0.0) for name in CONTROL_PLANE)
+    cores = os.cpu_count() or 1
+    return {"cpu_ms_per_namespace": per, "control_plane_cpu_ms_per_namespace": round(control_plane, 2),
+            "cores": cores,
+            "ceiling_per_second_with_a_free_client": round(cores * 1000 / control_plane) if control_plane else None}
 
 
 def _ts(value: str) -> float:

@@ -22,13 +22,26 @@ class ProcessRecord:
         return asdict(self)
 
 
-def _start_ticks(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 on (the command name, field 2, may contain spaces)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # The command name (field 2) may contain spaces; fields after the closing paren are fixed.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def cpu_seconds(record: ProcessRecord) -> float | None:
+    """User + system CPU time the process has used so far; None once it is gone (or the pid reused)."""
+    fields = _stat_fields(record.pid)
+    if not fields or int(fields[19]) != record.start_ticks:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def is_running(record: ProcessRecord) -> bool:

@@ -20,6 +20,16 @@ def test_medians_ranges_and_ratio_to_the_baseline_measured_in_the_same_run():
     assert pool["vs_baseline"] == round(450 / 160, 2) and httpx["vs_baseline"] == 1.0
 
 
+def test_cpu_medians_when_the_runs_measured_them():
+    runs = [dict(_run("pool-c16", t, 400.0, 9.0), cpu_ms_per_namespace={"responder": r},
+                 control_plane_cpu_ms_per_namespace=cp, ceiling_per_second_with_a_free_client=round(2000 / cp))
+            for t, (r, cp) in enumerate([(1.0, 4.0), (1.4, 5.0), (1.2, 4.5)], 1)]
+    (pool,) = summarize(runs, ["pool-c16"])
+    assert pool["responder_cpu_ms_per_namespace"] == {"median": 1.2}
+    assert pool["control_plane_cpu_ms_per_namespace"] == {"median": 4.5}
+    assert pool["ceiling_per_second_with_a_free_client"] == {"median": 444}
+
+
 def test_no_baseline_variant_means_no_ratio():
     (pool,) = summarize([_run("pool-c8", 1, 300.0, 5.0)], ["pool-c8"])
     assert "vs_baseline" not in pool
