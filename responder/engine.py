@@ -71,6 +71,10 @@ class StepOutcome:
 
 
 class Action(Protocol):
+    """A registered runbook action. One that asks for confirmation may also define
+    `async def preview(self, ctx) -> list[str]`: the writes it would make now, one line each, computed
+    by the same planning code `run` uses and without writing; the confirmation shows them."""
+
     spec: ActionSpec
 
     async def run(self, ctx: "StepContext") -> StepOutcome: ...
@@ -175,6 +179,16 @@ class StepContext:
         return ok
 
 
+async def _preview(action: Action, ctx: StepContext) -> list[str]:
+    preview = getattr(action, "preview", None)
+    if preview is None:
+        return []
+    try:
+        return list(await preview(ctx))
+    except ApiError as exc:  # the step itself will meet (and report) the same error
+        return [f"(the writes could not be listed: {exc.status} {exc.reason}: {exc.api_message[:160]})"]
+
+
 def _maybe_applied(exc: ApiError) -> bool:
     """A conflict answering a write the client had to resend: the first attempt may have been applied
     (its response was lost). Its intent is left pending, like after a crash, for the step (or a
@@ -234,7 +248,8 @@ class Engine:
         self.journal.step(step.id, "started")
         self.emit(EngineEvent("step-started", step.id, {"action": step.action, "description": step.description}))
         if needs_confirmation and not self.options.yes and not getattr(action, "confirms_itself", False):
-            ok = await ctx.confirm(f"run step {step.id} ({step.action}): {step.description}", [], step.id)
+            ok = await ctx.confirm(f"run step {step.id} ({step.action}): {step.description}",
+                                   await _preview(action, ctx), step.id)
             if not ok:
                 outcome = StepOutcome("skipped", "not confirmed")
                 self.journal.step(step.id, "skipped", detail=outcome.summary)

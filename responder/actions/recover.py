@@ -162,6 +162,16 @@ def recovery_plan(ctx: StepContext) -> dict[str, Any]:
 
 # -- 2. wait until the lost namespaces are gone ----------------------------------------------------
 
+def frozen_lost(lost: Any, live: dict[str, Any]) -> list[str]:
+    """Lost namespaces still Terminating: Capsule's fail-closed webhooks (the breaker) also refuse the
+    namespace controller's deletes of their content, so they are frozen with their content intact."""
+    return sorted(ns for ns in lost if ns in live)
+
+
+def rescue_backup_name(ctx: StepContext) -> str:
+    return f"responder-rescue-{ctx.journal.incident_id}".lower()[:63]
+
+
 class WaitLostGone:
     spec = ActionSpec(
         name="wait-lost-gone",
@@ -177,13 +187,25 @@ class WaitLostGone:
                     description="the username kube-controller-manager's namespace controller writes as")},
     )
 
+    async def preview(self, ctx: StepContext) -> list[str]:
+        plan = recovery_plan(ctx)
+        frozen = frozen_lost(plan["lost"], await _all_namespaces(ctx))
+        if not frozen:
+            return []
+        rescue = bool(ctx.params.get("rescueBackup", True))
+        lines = [f"create Velero Backup {rescue_backup_name(ctx)} of the {len(frozen)} lost namespaces frozen "
+                 f"Terminating"] if rescue else []
+        if rescue or plan.get("backup"):
+            lines.append(f"exempt {ctx.params['namespaceControllerIdentity']} in Capsule's webhook configurations "
+                         f"(as responder is), once a backup holds them")
+            lines += [f"annotate namespace {ns} so the namespace controller finishes deleting it" for ns in frozen]
+        return lines
+
     async def run(self, ctx: StepContext) -> StepOutcome:
         plan = recovery_plan(ctx)
         lost = set(plan["lost"])
         live = await _all_namespaces(ctx)
-        # Lost namespaces still Terminating: Capsule's fail-closed webhooks (the breaker) also refuse the
-        # namespace controller's deletes of their content, so they are frozen with their content intact.
-        frozen = sorted(ns for ns in lost if ns in live)
+        frozen = frozen_lost(plan["lost"], live)
         rescue = None
         if frozen and bool(ctx.params.get("rescueBackup", True)):
             rescue = await self.rescue_backup(ctx, frozen)
@@ -226,7 +248,7 @@ class WaitLostGone:
 
     async def rescue_backup(self, ctx: StepContext, namespaces: list[str]) -> str | None:
         """A Velero Backup of the frozen namespaces as they are now (newer than any scheduled one)."""
-        name = f"responder-rescue-{ctx.journal.incident_id}".lower()[:63]
+        name = rescue_backup_name(ctx)
         body = {"apiVersion": "velero.io/v1", "kind": "Backup",
                 "metadata": {"name": name, "namespace": str(ctx.params.get("veleroNamespace", "velero")),
                              "labels": {"app.kubernetes.io/managed-by": "responder"}},
@@ -303,26 +325,46 @@ class RecreateTenants:
                                             description="the username Velero's server writes as")},
     )
 
+    @staticmethod
+    def wanted_tenants(ctx: StepContext, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The Tenants the known namespaces belong to, as they are to be created (name -> body)."""
+        tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
+                                          for n, t in ctx.observer.shadow.tenants.items()}
+        wanted = set(known_namespaces(ctx).values())
+        return {n: t for n, t in tenants.items() if n in wanted}
+
+    @staticmethod
+    async def absent_tenants(ctx: StepContext, tenants: dict[str, dict[str, Any]]) -> list[str]:
+        absent = []
+        for name in sorted(tenants):
+            existing = await ctx.client.get_or_none(f"{TENANTS_PATH}/{name}")
+            if existing is None or existing["metadata"].get("deletionTimestamp"):
+                absent.append(name)
+        return absent
+
+    async def preview(self, ctx: StepContext) -> list[str]:
+        plan = recovery_plan(ctx)
+        lines = [f"exempt Velero ({ctx.params['veleroIdentity']}) in Capsule's webhook configurations, as "
+                 f"responder is"] if plan.get("backup") else []
+        crd = await ctx.client.get_or_none(CRD_PATH)
+        if crd is None or crd["metadata"].get("deletionTimestamp"):
+            lines.append(f"create the Tenant CRD {CRD_NAME} (from the {plan.get('tenants_from')})")
+        tenants = self.wanted_tenants(ctx, plan)
+        return lines + [f"create Tenant {name} (from the {plan.get('tenants_from')})"
+                        for name in await self.absent_tenants(ctx, tenants)]
+
     async def run(self, ctx: StepContext) -> StepOutcome:
         plan = recovery_plan(ctx)
         await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])]
                                    if plan.get("backup") else [ctx.options.identity])
         crd_created = await self.ensure_crd(ctx, plan)
-        tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
-                                          for n, t in ctx.observer.shadow.tenants.items()}
-        wanted = set(known_namespaces(ctx).values())
-        tenants = {n: t for n, t in tenants.items() if n in wanted}
+        tenants = self.wanted_tenants(ctx, plan)
         if ctx.dry_run and crd_created:
             return StepOutcome("finished", f"dry run: would create the CRD and {len(tenants)} Tenants",
                                {"tenants": len(tenants)})
-        requests = []
-        for name, body in sorted(tenants.items()):
-            existing = await ctx.client.get_or_none(f"{TENANTS_PATH}/{name}")
-            if existing is not None and not existing["metadata"].get("deletionTimestamp"):
-                continue
-            if not ctx.done_before("create-tenant", name):
-                # No undo: deleting a Tenant would take its namespaces with it.
-                requests.append(WriteRequest("create-tenant", name, "POST", TENANTS_PATH, body=body))
+        # No undo: deleting a Tenant would take its namespaces with it.
+        requests = [WriteRequest("create-tenant", name, "POST", TENANTS_PATH, body=tenants[name])
+                    for name in await self.absent_tenants(ctx, tenants) if not ctx.done_before("create-tenant", name)]
         results = await ctx.write_many(requests, in_flight=8)
         errors = [r for r in results if isinstance(r, ApiError) and r.status != 409]
         if errors:
@@ -369,13 +411,15 @@ class RestoreNamespaces:
         params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900)},
     )
 
-    async def run(self, ctx: StepContext) -> StepOutcome:
+    @staticmethod
+    def restore_groups(ctx: StepContext) -> tuple[list[tuple[str, str, list[str]]], list[str]]:
+        """(Restore name, backup, namespaces) per Restore to create, and the lost namespaces no backup holds.
+        Namespaces the rescue backup holds come from it (their content as of the incident); the rest
+        from the chosen backup."""
         plan = recovery_plan(ctx)
         gone_rec = latest_record(ctx, "recovery-gone") or {}
         stuck = set(gone_rec.get("stuck") or [])
         rescued = set(gone_rec.get("rescued") or []) - stuck
-        # Namespaces the rescue backup holds come from it (their content as of the incident); the rest
-        # from the chosen backup.
         groups: list[tuple[str, str, list[str]]] = []
         base = f"responder-{ctx.journal.incident_id}".lower()[:54]
         if rescued and gone_rec.get("rescue_backup"):
@@ -383,7 +427,20 @@ class RestoreNamespaces:
         others = sorted(set(plan["lost"]) - stuck - rescued)
         if others and plan.get("backup"):
             groups.append((base, plan["backup"], others))
-        unrestorable = sorted(set(plan["lost"]) - {ns for _, _, group in groups for ns in group})
+        return groups, sorted(set(plan["lost"]) - {ns for _, _, group in groups for ns in group})
+
+    async def preview(self, ctx: StepContext) -> list[str]:
+        groups, unrestorable = self.restore_groups(ctx)
+        lines = [f"create Velero Restore {name} from backup {backup}: {len(targets)} namespaces ("
+                 f"{', '.join(targets[:3])}{', ...' if len(targets) > 3 else ''}); existing objects are never "
+                 f"overwritten" for name, backup, targets in groups]
+        if unrestorable:
+            lines.append(f"(no backup holds {len(unrestorable)} lost namespaces: they cannot be restored)")
+        return lines
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        plan = recovery_plan(ctx)
+        groups, unrestorable = self.restore_groups(ctx)
         if not groups:
             ctx.journal.record("recovery-restore", step=ctx.step.id, phase="none", restored=[], restores=[],
                                unrestorable=unrestorable, reason=plan.get("reason"), warnings=[], errors=[])
@@ -483,7 +540,9 @@ class ReadoptNamespaces:
         params={"concurrency": ParamSpec(int, default=32)},
     )
 
-    async def run(self, ctx: StepContext) -> StepOutcome:
+    @staticmethod
+    async def planned(ctx: StepContext) -> tuple[list[WriteRequest], list[str], list[str]]:
+        """The re-adoption patches to send, the known namespaces absent, those whose Tenant is missing."""
         known = known_namespaces(ctx)
         templates = _snapshot(ctx).get("owners") or {}
         live = await _all_namespaces(ctx)
@@ -501,6 +560,20 @@ class ReadoptNamespaces:
             if patch and not ctx.done_before("readopt", ns):
                 requests.append(WriteRequest("readopt", ns, "PATCH", f"/api/v1/namespaces/{ns}", body=patch,
                                              content_type=JSON_PATCH))
+        return requests, absent, missing_tenant
+
+    async def preview(self, ctx: StepContext) -> list[str]:
+        known = known_namespaces(ctx)
+        requests, absent, missing_tenant = await self.planned(ctx)
+        lines = [f"set namespace {r.target}'s ownerReference to its recreated Tenant {known[r.target]}"
+                 for r in requests]
+        if missing_tenant:
+            lines.append(f"(no Tenant to adopt {len(missing_tenant)} namespaces: {', '.join(missing_tenant[:3])})")
+        return lines
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        known = known_namespaces(ctx)
+        requests, absent, missing_tenant = await self.planned(ctx)
         results = await ctx.write_many(requests, in_flight=int(ctx.params.get("concurrency", 32)))
         failed = [(r.target, res) for r, res in zip(requests, results) if isinstance(res, ApiError)]
         for r, res in zip(requests, results):
@@ -527,17 +600,40 @@ class RestoreCapsule:
                 "reconcileTimeout": ParamSpec((int, float), default=120)},
     )
 
-    async def run(self, ctx: StepContext) -> StepOutcome:
-        target = capsule_target(ctx)
-        for key, undo in breaker_originals(ctx).items():
-            current = await ctx.client.get(undo["path"])
-            ops = restore_match_conditions_patch(current, undo["webhooks"])
-            if ops and not ctx.done_before("restore-webhooks", key):
-                await ctx.write("restore-webhooks", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH)
+    @staticmethod
+    def original_replicas(ctx: StepContext) -> int:
+        """Capsule's replicas from before the incident: the breaker's undo, else the snapshot or shadow."""
         replicas = next((rec["undo"]["replicas"] for rec in ctx.journal.records()
                          if rec.get("kind") == "intent" and (rec.get("undo") or {}).get("op") == "scale"), None)
         if replicas is None:
             replicas = _snapshot(ctx).get("capsule_replicas") or ctx.observer.shadow.capsule_replicas or 1
+        return int(replicas)
+
+    @staticmethod
+    async def webhook_patches(ctx: StepContext) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+        """(configuration, its undo record, JSON patch) for each webhook configuration to put back."""
+        out = []
+        for key, undo in breaker_originals(ctx).items():
+            ops = restore_match_conditions_patch(await ctx.client.get(undo["path"]), undo["webhooks"])
+            if ops:
+                out.append((key, undo, ops))
+        return out
+
+    async def preview(self, ctx: StepContext) -> list[str]:
+        target = capsule_target(ctx)
+        lines = [f"put the matchConditions of {key} back as recorded before the incident"
+                 for key, _, _ in await self.webhook_patches(ctx) if not ctx.done_before("restore-webhooks", key)]
+        if not ctx.done_before("restore-replicas", target.deployment):
+            lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
+                         f"(as before the incident)")
+        return lines
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        target = capsule_target(ctx)
+        for key, undo, ops in await self.webhook_patches(ctx):
+            if not ctx.done_before("restore-webhooks", key):
+                await ctx.write("restore-webhooks", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH)
+        replicas = self.original_replicas(ctx)
         if not ctx.done_before("restore-replicas", target.deployment):
             await ctx.write("restore-replicas", target.deployment, "PATCH", f"{target.deployment_path}/scale",
                             body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)

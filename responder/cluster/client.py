@@ -13,8 +13,10 @@ import logging
 import random
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -146,6 +148,16 @@ class KubeClient:
             self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
         return self._watch_http
 
+    def _behind_proxy(self) -> bool:
+        """True when the environment routes this server through a proxy (HTTPS_PROXY, ALL_PROXY, not
+        excluded by NO_PROXY): httpx honours that and the pool does not, so bulk writes then stay on
+        httpx rather than try a direct connection the network may not allow."""
+        url = urlsplit(self.access.server)
+        proxies = urllib.request.getproxies()
+        if not (proxies.get(url.scheme) or proxies.get("all")):
+            return False
+        return not urllib.request.proxy_bypass(url.hostname or "")
+
     def _bulk_pool(self) -> H1Pool:
         if self._bulk is None:
             self._bulk = H1Pool(self.access.server, self.access.new_ssl_context(), size=self._bulk_connections,
@@ -177,7 +189,7 @@ class KubeClient:
         reauthed = False
         resent = False  # a mutating request sent again after an attempt whose fate is unknown
         http = self._http
-        pooled = bulk and self._bulk_connections > 0
+        pooled = bulk and self._bulk_connections > 0 and not self._behind_proxy()
         while True:
             attempt += 1
             headers = await self._headers()

@@ -4,6 +4,7 @@ hold each destructive recovery step until answered, and the table and runbook pa
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from textual.widgets import Input
@@ -58,6 +59,19 @@ async def test_real_incident_driven_from_the_tui_to_readopted(lab_manager, tmp_p
                 request = app.screen.request
                 assert request.step == step
                 assert app.model.waiting_confirmation == step
+                # The modal lists the writes the step is about to make.
+                writes = "\n".join(request.writes)
+                if step == "recreate-tenants":
+                    assert all(f"create Tenant {t} " in writes for t in seeded.tenants), writes
+                    assert "create Tenant " in text_of(app)
+                elif step == "restore":
+                    counts = [int(n) for n in re.findall(r"create Velero Restore \S+ from backup \S+: (\d+) namespaces",
+                                                         writes)]
+                    assert counts and sum(counts) == len(lost), writes  # from the rescue and/or the chosen backup
+                elif step == "readopt":
+                    assert all(f"namespace {ns}'s ownerReference" in writes for ns in seeded.namespaces), writes
+                elif step == "restore-capsule":
+                    assert "capsule-controller-manager to 1 replicas" in writes, writes
                 if step == "recreate-tenants":
                     assert "CONTAINED" in text_of(app) or app.model.steps["detach"].status == "finished"
                     # The modal blocks the step: nothing is written while it waits.

@@ -198,3 +198,14 @@ async def test_kube_client_bulk_writes_keep_retries_auth_and_typed_errors(tmp_pa
         assert "dryRun=All" in target and "fieldManager=responder" in target
         assert headers["authorization"] == "Bearer t0ken-for-the-test"
     assert json.loads(server.requests[1][2]) == [{"op": "test", "path": "/x", "value": 1}]
+
+
+def test_bulk_writes_stay_on_httpx_when_the_environment_sets_a_proxy(tmp_path, monkeypatch):
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    client = KubeClient(load_cluster_access(_kubeconfig(tmp_path, "https://api.example.test:6443")))
+    assert client._behind_proxy() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
+    assert client._behind_proxy() is True  # httpx would use the proxy; the pool would not
+    monkeypatch.setenv("NO_PROXY", ".example.test")
+    assert client._behind_proxy() is False
