@@ -63,7 +63,7 @@ async def test_real_incident_driven_from_the_tui_to_readopted(lab_manager, tmp_p
                 writes = "\n".join(request.writes)
                 if step == "recreate-tenants":
                     assert all(f"create Tenant {t} " in writes for t in seeded.tenants), writes
-                    assert "create Tenant " in text_of(app)
+                    await until(pilot, lambda: "create Tenant " in text_of(app), 10, "the writes shown in the modal")
                 elif step == "restore":
                     counts = [int(n) for n in re.findall(r"create Velero Restore \S+ from backup \S+: (\d+) namespaces",
                                                          writes)]

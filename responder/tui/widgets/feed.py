@@ -40,3 +40,7 @@ class EventFeed(Log):
 
     def add_lines(self, lines: Iterable[FeedLine]) -> None:
         self.write_lines([(("!" if line.alert else " ") + line.text)[:LINE_WIDTH] for line in lines])
+        # The feed is always full, so every write prunes: Log.write_lines then refreshes the rows the
+        # lines had before the pruning shifted them and, already at the end, does not scroll. Without
+        # this the visible rows keep their old rendering (found in `responder drill`: an empty feed).
+        self.refresh()
