@@ -115,3 +115,19 @@ async def trigger(lab: Lab) -> float:
 
 def client_for(kubeconfig: Path) -> KubeClient:
     return KubeClient(load_cluster_access(str(kubeconfig)))
+
+
+# The lab's kubelet stops the Capsule process within this long after the breaker's scale to 0; until
+# then Capsule keeps running (and, on 0.14, deleting the namespaces of Tenants being deleted).
+CAPSULE_STOP_S = 1.0
+
+
+def breaker_held(records: list[dict[str, Any]]) -> float | None:
+    """When Capsule's scale-to-0 succeeded (epoch seconds of its outcome), None if it has not."""
+    from datetime import datetime
+
+    outcomes = {r["intent"]: r for r in records if r["kind"] == "outcome"}
+    for r in records:
+        if r["kind"] == "intent" and r.get("action") == "scale-capsule" and outcomes.get(r["seq"], {}).get("status") == "ok":
+            return datetime.fromisoformat(outcomes[r["seq"]]["ts"].replace("Z", "+00:00")).timestamp()
+    return None

@@ -29,8 +29,8 @@ from responder.lab.control_plane import bind_cluster_admin
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 
-from .incident_helpers import (RESPONDER, WatchProcess, client_for, namespace_states, read_journal, run_responder,
-                               trigger)
+from .incident_helpers import (CAPSULE_STOP_S, RESPONDER, WatchProcess, breaker_held, client_for, namespace_states,
+                               read_journal, run_responder, trigger)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
 
@@ -447,20 +447,6 @@ async def test_apiserver_throttles_responder(lab_manager, tmp_path):
 
 
 # -- responder killed at random points ------------------------------------------------------------------------------
-
-
-CAPSULE_STOP_S = 1.0
-
-
-def breaker_held(records: list[dict[str, Any]]) -> float | None:
-    """When Capsule's scale-to-0 succeeded (epoch seconds of its outcome), None if it has not."""
-    from datetime import datetime
-
-    outcomes = {r["intent"]: r for r in records if r["kind"] == "outcome"}
-    for r in records:
-        if r["kind"] == "intent" and r.get("action") == "scale-capsule" and outcomes.get(r["seq"], {}).get("status") == "ok":
-            return datetime.fromisoformat(outcomes[r["seq"]]["ts"].replace("Z", "+00:00")).timestamp()
-    return None
 
 
 def _journal_len(path: Path) -> int:

@@ -2,7 +2,8 @@
 scorecard must say what the cluster shows. No timings are asserted.
 
 - tenant-mass-deletion: every Tenant deleted at once (the CRD stays). Capsule 0.14's Tenant finalizer
-  makes Capsule the deleter, which the breaker stops: everything is saved. On 0.12 the Tenants vanish at
+  makes Capsule the deleter, which the breaker stops: no namespace is deleted after Capsule has stopped
+  (the first Tenants' namespaces race the breaker, see the test). On 0.12 the Tenants vanish at
   once and the garbage collector deletes their namespaces within tens of milliseconds, before any
   write by responder can land (measured: 6 of 12 gone 40 ms after the DELETEs), so some may be lost;
   the test asserts the accounting, not the luck.
@@ -18,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from responder.actions.breaker import fails_closed, guards_namespace_delete
 from responder.lab.control_plane import LAB_CONTEXT, Lab
+from responder.lab.incident import read_audit
 from responder.scenarios import _capsule_webhook_configurations
 
-from .incident_helpers import namespace_states, read_journal, run_responder
+from .incident_helpers import CAPSULE_STOP_S, breaker_held, namespace_states, read_journal, run_responder
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -52,6 +55,10 @@ def _run_on_existing(lab: Lab, tmp_path, scenario: str) -> tuple[dict, dict[str,
     states = asyncio.run(_states(lab, f"responder.io/drill={card['options']['drill_id']}"))
     assert len(states) <= SEEDED
     return card, states, proc.stderr
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _trigger(card: dict) -> dict:
@@ -80,8 +87,24 @@ def test_tenant_mass_deletion(lab_manager, tmp_path, line):
     alive = _assert_scored_as_the_cluster_shows(card, states)
     assert card["breaker"] == "tripped" and card["breaker_verified"] == "verified", card
     if line == "0.14":
-        # The deleter is Capsule itself (its Tenant finalizer), and the breaker stops it: nothing is lost.
-        assert len(alive) == SEEDED and card["passed"], stderr[-3000:]
+        # The deleter is Capsule itself (its Tenant finalizer), and the breaker stops it. responder trips on
+        # the third Tenant deleted (one is a tenant's offboarding, not an incident) and Capsule runs until
+        # its process stops, so the first Tenants' namespaces race the breaker: usually nothing is lost
+        # (the run in the README), once in CI one namespace was. What must hold: no namespace DELETE
+        # accepted after Capsule stopped, and every loss is one of the DELETEs accepted before.
+        held = breaker_held(read_journal(Path(card["journal"])))
+        assert held is not None, card
+        deleted = {e["objectRef"]["name"]: _epoch(e["requestReceivedTimestamp"])
+                   for e in read_audit(lab.audit_log, since=_trigger(card)["event_received"] - 60)
+                   if e.get("verb") == "delete" and (e.get("objectRef") or {}).get("resource") == "namespaces"
+                   and not e["objectRef"].get("subresource") and e["objectRef"].get("name", "").startswith(
+                       f"drill-{card['options']['drill_id'].rsplit('-', 1)[-1]}-")
+                   and (e.get("responseStatus") or {}).get("code", 500) < 300 and "dryRun=" not in e.get("requestURI", "")}
+        late = {n: round(t - held, 3) for n, t in deleted.items() if t > held + CAPSULE_STOP_S}
+        assert not late, f"namespaces deleted after the breaker held (s after): {late}"
+        assert SEEDED - len(alive) <= len(deleted), (deleted, states)
+        if len(alive) == SEEDED:
+            assert card["passed"], stderr[-3000:]
     # Every namespace responder saved was re-adopted by its recreated Tenant.
     assert card["re_adopted"] == len(alive) and card["still_at_risk"] == 0, card
 
