@@ -66,6 +66,7 @@ class KubeClient:
         self._max_connections = max_connections
         self._bulk_connections = bulk_connections
         self._bulk: H1Pool | None = None
+        self._proxied = behind_proxy(access.server)  # read once: the environment does not change mid-run
         self._timeout = timeout
 
     def _new_http(self, *, http2: bool, max_connections: int, timeout: float) -> httpx.AsyncClient:
@@ -148,16 +149,6 @@ class KubeClient:
             self._watch_http = self._new_http(http2=False, max_connections=64, timeout=self._timeout)
         return self._watch_http
 
-    def _behind_proxy(self) -> bool:
-        """True when the environment routes this server through a proxy (HTTPS_PROXY, ALL_PROXY, not
-        excluded by NO_PROXY): httpx honours that and the pool does not, so bulk writes then stay on
-        httpx rather than try a direct connection the network may not allow."""
-        url = urlsplit(self.access.server)
-        proxies = urllib.request.getproxies()
-        if not (proxies.get(url.scheme) or proxies.get("all")):
-            return False
-        return not urllib.request.proxy_bypass(url.hostname or "")
-
     def _bulk_pool(self) -> H1Pool:
         if self._bulk is None:
             self._bulk = H1Pool(self.access.server, self.access.new_ssl_context(), size=self._bulk_connections,
@@ -189,7 +180,7 @@ class KubeClient:
         reauthed = False
         resent = False  # a mutating request sent again after an attempt whose fate is unknown
         http = self._http
-        pooled = bulk and self._bulk_connections > 0 and not self._behind_proxy()
+        pooled = bulk and self._bulk_connections > 0 and not self._proxied
         while True:
             attempt += 1
             headers = await self._headers()
@@ -303,6 +294,17 @@ class KubeClient:
         except (httpx.TransportError, OSError):
             self._unreachable_at = time.monotonic()
             raise
+
+
+def behind_proxy(server: str) -> bool:
+    """True when the environment routes this server through a proxy (HTTPS_PROXY, ALL_PROXY, not
+    excluded by NO_PROXY): httpx honours that and the pool does not, so bulk writes then stay on httpx
+    rather than try a direct connection the network may not allow."""
+    url = urlsplit(server)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.hostname or "")
 
 
 def _tls_verify_failure(exc: BaseException) -> bool:

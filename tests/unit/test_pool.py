@@ -16,7 +16,7 @@ import h11
 import pytest
 import yaml
 
-from responder.cluster.client import KubeClient
+from responder.cluster.client import KubeClient, behind_proxy
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.cluster.pool import ConnectionFailed, H1Pool
 from responder.errors import NotFound
@@ -200,12 +200,12 @@ async def test_kube_client_bulk_writes_keep_retries_auth_and_typed_errors(tmp_pa
     assert json.loads(server.requests[1][2]) == [{"op": "test", "path": "/x", "value": 1}]
 
 
-def test_bulk_writes_stay_on_httpx_when_the_environment_sets_a_proxy(tmp_path, monkeypatch):
+def test_bulk_writes_stay_on_httpx_when_the_environment_sets_a_proxy(monkeypatch):
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(var, raising=False)
-    client = KubeClient(load_cluster_access(_kubeconfig(tmp_path, "https://api.example.test:6443")))
-    assert client._behind_proxy() is False
+    server = "https://api.example.test:6443"
+    assert behind_proxy(server) is False
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
-    assert client._behind_proxy() is True  # httpx would use the proxy; the pool would not
+    assert behind_proxy(server) is True  # httpx would use the proxy; the pool would not
     monkeypatch.setenv("NO_PROXY", ".example.test")
-    assert client._behind_proxy() is False
+    assert behind_proxy(server) is False
