@@ -129,9 +129,6 @@ class H1Pool:
             raise ConnectionFailed(f"the API server chose {protocol!r} on a connection offering only HTTP/1.1")
         return _Connection(reader, writer)
 
-    def _discard(self, conn: _Connection) -> None:
-        conn.close()
-
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       content: bytes | str | None = None, headers: list[tuple[str, str]] | None = None,
                       timeout: float | None = None) -> PoolResponse:
@@ -150,26 +147,26 @@ class H1Pool:
                 if candidate.usable:
                     conn = candidate
                 else:
-                    self._discard(candidate)
+                    candidate.close()
             if conn is None:
                 conn = await self._connect()
             try:
                 async with asyncio.timeout(timeout or self._timeout):
                     response = await conn.exchange(request, body)
             except TimeoutError:
-                self._discard(conn)
+                conn.close()
                 raise ConnectionFailed(f"no answer from the API server within {timeout or self._timeout:.0f}s") \
                     from None
             except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
-                self._discard(conn)
+                conn.close()
                 raise ConnectionFailed(f"connection to the API server failed: {type(exc).__name__}: {exc}") from exc
             except BaseException:  # OSError (TLS), cancellation: the connection's state is unknown
-                self._discard(conn)
+                conn.close()
                 raise
             if conn.reusable() and not self._closed:
                 self._idle.append(conn)
             else:
-                self._discard(conn)
+                conn.close()
             return response
 
     async def aclose(self) -> None:

@@ -45,14 +45,8 @@ def cpu_seconds(record: ProcessRecord) -> float | None:
 
 
 def is_running(record: ProcessRecord) -> bool:
-    ticks = _start_ticks(record.pid)
-    if ticks is None or ticks != record.start_ticks:
-        return False
-    try:
-        state = Path(f"/proc/{record.pid}/stat").read_text()
-        return state[state.rindex(")") + 2] != "Z"
-    except OSError:
-        return False
+    fields = _stat_fields(record.pid)  # field 3 (state) first, then start time at index 19
+    return bool(fields) and int(fields[19]) == record.start_ticks and fields[0] != "Z"
 
 
 def spawn(name: str, argv: list[str], *, log_dir: Path, env: dict[str, str] | None = None,
