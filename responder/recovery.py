@@ -187,6 +187,58 @@ def restorable_counts(contents: BackupContents, namespace: str) -> dict[str, int
     return dict(sorted(counts.items()))
 
 
+def counts_short(have: Mapping[str, int], want: Mapping[str, int]) -> dict[str, int]:
+    """Per resource, how many objects `have` lacks of `want`."""
+    return {r: n - have.get(r, 0) for r, n in sorted(want.items()) if have.get(r, 0) < n}
+
+
+@dataclass(frozen=True)
+class RestoreGroup:
+    """One Velero Restore: `namespaces` from `backup`. A fill restore runs after the rescue one and brings
+    back only what the rescue backup lacks (existing objects are never overwritten)."""
+    name: str
+    backup: str
+    namespaces: list[str]
+    fill: int = 0  # objects the rescue backup lacks in these namespaces (fill restores only)
+
+    def describe(self) -> str:
+        shown = f"{', '.join(self.namespaces[:3])}{', ...' if len(self.namespaces) > 3 else ''}"
+        if self.fill:
+            return (f"create Velero Restore {self.name} from backup {self.backup} to fill in {self.fill} objects "
+                    f"the rescue backup lacks (deleted before the breaker held) in {len(self.namespaces)} "
+                    f"namespaces ({shown}); existing objects are never overwritten")
+        return (f"create Velero Restore {self.name} from backup {self.backup}: {len(self.namespaces)} namespaces "
+                f"({shown}); existing objects are never overwritten")
+
+
+def plan_restores(base: str, *, lost: Iterable[str], backup: str | None, counts: Mapping[str, Mapping[str, int]],
+                  stuck: Iterable[str], rescue_backup: str | None, rescued: Iterable[str],
+                  rescue_counts: Mapping[str, Mapping[str, int]] | None) -> tuple[list[RestoreGroup], list[str]]:
+    """The Restores to create, in order, and the lost namespaces no backup holds.
+
+    Namespaces the rescue backup holds come from it (their content as of the incident); the rest from
+    the chosen backup. The namespace controller may have deleted part of a rescued namespace's content
+    before the breaker froze it, so where the rescue holds fewer objects than the chosen backup (or its
+    contents are unknown), a second Restore from the chosen backup fills in the rest after it."""
+    lost, stuck = set(lost), set(stuck)
+    rescued = set(rescued) - stuck if rescue_backup else set()
+    groups: list[RestoreGroup] = []
+    if rescued:
+        groups.append(RestoreGroup(f"{base}-rescue", rescue_backup or "", sorted(rescued)))
+    others = sorted(lost - stuck - rescued)
+    if others and backup:
+        groups.append(RestoreGroup(base, backup, others))
+    if rescued and backup:
+        known = rescue_counts or {}
+        # Unknown rescue contents: fill in all the chosen backup holds (nothing existing is overwritten).
+        short = {ns: sum(counts_short(known.get(ns) or {}, counts.get(ns) or {}).values()) for ns in sorted(rescued)}
+        short = {ns: n for ns, n in short.items() if n}
+        if short:
+            groups.append(RestoreGroup(f"{base}-fill", backup, sorted(short), fill=sum(short.values())))
+    covered = {ns for g in groups for ns in g.namespaces}
+    return groups, sorted(lost - covered)
+
+
 def parse_restore_results(data: bytes) -> dict[str, list[str]]:
     """Velero's restore results file (gzip JSON {warnings, errors} each {velero, cluster, namespaces})
     as flat lists of messages in words: "<namespace>: <message>"."""

@@ -233,9 +233,29 @@ class Session:
         """The runbook's recover phase, after containment, on the same engine and journal."""
         engine = self.engine or self.make_engine()
         await self.contain_escalation(engine)
-        results = await engine.run(("recover",))
+        stop = asyncio.Event()
+        guard = asyncio.create_task(self.guard_escalation(engine, stop))
+        try:
+            results = await engine.run(("recover",))
+        finally:
+            stop.set()  # a containment pass under way finishes first: no write is cut in half
+            await guard
         self.results.update(results)
         return results
+
+    async def guard_escalation(self, engine: Engine, stop: asyncio.Event, *, every: float = 0.5) -> None:
+        """While recovery runs, the incident can still grow (the Tenant CRD deleted while a Velero backup
+        runs): contain again the moment namespaces are at risk, as before recovery."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.contain_escalation(engine, settle=0.0, passes=1)
+            except Exception:  # the guard must not end recovery; the step that needs it will report
+                log.exception("containing the grown incident failed")
 
     def at_risk(self) -> list[str]:
         return [r.name for r in triage.triage(self.view()) if r.state == triage.NsState.AT_RISK]

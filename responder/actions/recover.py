@@ -207,8 +207,11 @@ class WaitLostGone:
         live = await _all_namespaces(ctx)
         frozen = frozen_lost(plan["lost"], live)
         rescue = None
+        rescue_counts: dict[str, dict[str, int]] = {}
         if frozen and bool(ctx.params.get("rescueBackup", True)):
             rescue = await self.rescue_backup(ctx, frozen)
+            if rescue:
+                rescue_counts = await self.rescue_contents(ctx, rescue, frozen)
         # Let the namespace controller finish only where a backup holds the content (the chosen one holds
         # every lost namespace); otherwise they stay frozen, content intact, and the report says so.
         releasable = set(frozen) if (rescue or plan.get("backup")) else set()
@@ -233,6 +236,7 @@ class WaitLostGone:
         gone = sorted(lost - set(stuck))
         ctx.journal.record("recovery-gone", step=ctx.step.id, gone=gone, stuck=stuck, frozen=frozen,
                            kept_terminating=kept, rescue_backup=rescue, rescued=frozen if rescue else [],
+                           rescue_counts=rescue_counts,
                            crd_deleting=crd_deleting)
         data = {"gone": len(gone), "stuck": stuck, "rescue_backup": rescue}
         if kept:
@@ -281,6 +285,16 @@ class WaitLostGone:
             await asyncio.sleep(0.5)
         ctx.log(f"rescue backup {name} did not complete in time", level="warning")
         return None
+
+    async def rescue_contents(self, ctx: StepContext, name: str, namespaces: list[str]) -> dict[str, dict[str, int]]:
+        """Per frozen namespace, what the rescue backup holds: the namespace controller may have deleted
+        part of the content before the breaker held, and the restore fills that in from the chosen backup."""
+        try:
+            contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", name))
+        except Exception as exc:  # without the counts every rescued namespace is filled in from the chosen backup
+            ctx.log(f"could not read the rescue backup's contents: {exc}", level="warning")
+            return {}
+        return {ns: recovery.restorable_counts(contents, ns) for ns in namespaces}
 
     async def nudge(self, ctx: StepContext, namespaces: list[str]) -> None:
         """Touch each frozen namespace so the namespace controller retries now, not after its back-off."""
@@ -412,28 +426,21 @@ class RestoreNamespaces:
     )
 
     @staticmethod
-    def restore_groups(ctx: StepContext) -> tuple[list[tuple[str, str, list[str]]], list[str]]:
-        """(Restore name, backup, namespaces) per Restore to create, and the lost namespaces no backup holds.
-        Namespaces the rescue backup holds come from it (their content as of the incident); the rest
-        from the chosen backup."""
+    def restore_groups(ctx: StepContext) -> tuple[list[recovery.RestoreGroup], list[str]]:
+        """The Restores to create, in order, and the lost namespaces no backup holds (see
+        recovery.plan_restores)."""
         plan = recovery_plan(ctx)
         gone_rec = latest_record(ctx, "recovery-gone") or {}
-        stuck = set(gone_rec.get("stuck") or [])
-        rescued = set(gone_rec.get("rescued") or []) - stuck
-        groups: list[tuple[str, str, list[str]]] = []
         base = f"responder-{ctx.journal.incident_id}".lower()[:54]
-        if rescued and gone_rec.get("rescue_backup"):
-            groups.append((f"{base}-rescue", gone_rec["rescue_backup"], sorted(rescued)))
-        others = sorted(set(plan["lost"]) - stuck - rescued)
-        if others and plan.get("backup"):
-            groups.append((base, plan["backup"], others))
-        return groups, sorted(set(plan["lost"]) - {ns for _, _, group in groups for ns in group})
+        return recovery.plan_restores(base, lost=plan["lost"], backup=plan.get("backup"),
+                                      counts=plan.get("counts") or {}, stuck=gone_rec.get("stuck") or [],
+                                      rescue_backup=gone_rec.get("rescue_backup"),
+                                      rescued=gone_rec.get("rescued") or [],
+                                      rescue_counts=gone_rec.get("rescue_counts"))
 
     async def preview(self, ctx: StepContext) -> list[str]:
         groups, unrestorable = self.restore_groups(ctx)
-        lines = [f"create Velero Restore {name} from backup {backup}: {len(targets)} namespaces ("
-                 f"{', '.join(targets[:3])}{', ...' if len(targets) > 3 else ''}); existing objects are never "
-                 f"overwritten" for name, backup, targets in groups]
+        lines = [group.describe() for group in groups]
         if unrestorable:
             lines.append(f"(no backup holds {len(unrestorable)} lost namespaces: they cannot be restored)")
         return lines
@@ -448,7 +455,7 @@ class RestoreNamespaces:
                 return StepOutcome("skipped", "nothing to restore", {})
             return StepOutcome("skipped", f"no backup: {len(unrestorable)} lost namespaces cannot be restored",
                                {"unrestorable": len(unrestorable)})
-        records = [await self.restore_from(ctx, name, backup, targets) for name, backup, targets in groups]
+        records = [await self.restore_from(ctx, g.name, g.backup, g.namespaces) for g in groups]
         if ctx.dry_run:
             return StepOutcome("finished", f"dry run: {len(groups)} Restore(s) validated", {})
         ok = all(r["phase"] in ("Completed", "PartiallyFailed") for r in records)
@@ -456,7 +463,7 @@ class RestoreNamespaces:
                   "phase": next((r["phase"] for r in records if r["phase"] not in ("Completed", "PartiallyFailed")),
                                 "PartiallyFailed" if any(r["phase"] == "PartiallyFailed" for r in records)
                                 else "Completed"),
-                  "restored": sorted(ns for r in records for ns in r["restored"]),
+                  "restored": sorted({ns for r in records for ns in r["restored"]}),
                   "unrestorable": unrestorable, "restores": records,
                   "items_restored": sum(int(r["items_restored"] or 0) for r in records),
                   "total_items": sum(int(r["total_items"] or 0) for r in records),

@@ -327,6 +327,8 @@ class ResponderApp(App[int]):
     def _pump(self) -> None:
         """Flush when the model changed, at most once per flush interval: a lone event shows within
         a pump tick, a stream of them is batched into one update per interval."""
+        if not self.is_running:  # shutting down: the timers still tick while the widgets are removed
+            return
         if time.perf_counter() - self._last_flush < self.flush_interval:
             return
         model = self.model
@@ -384,7 +386,7 @@ class ResponderApp(App[int]):
         self.latency_samples.extend(now - a for a in arrivals)
 
     def _tick(self) -> None:
-        if any(s.status in ("running", "waiting") for s in self.model.steps.values()):
+        if self.is_running and any(s.status in ("running", "waiting") for s in self.model.steps.values()):
             self.runbook.show(self.model, self.clock())
 
     @work(group="journal", exclusive=True, name="journal-tail")

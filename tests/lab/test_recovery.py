@@ -166,3 +166,76 @@ async def test_no_backup_recreates_tenants_from_shadow_and_says_what_is_lost(lab
     report = run_responder("report", str(watch.journal_path()))
     assert "No backup used" in report.stdout and "Could not be restored (4)" in report.stdout, report.stdout[-3000:]
     assert all(ns in report.stdout for ns in doomed)
+
+
+async def test_half_deleted_namespace_is_filled_in_and_an_incident_growing_during_recovery_is_contained(
+        lab_manager, tmp_path):
+    """A tenant namespace deleted while responder was down: the namespace controller removed all its content
+    but an object a finalizer holds. responder starts, the breaker freezes it, the rescue backup holds what
+    was left, and the chosen backup fills in the rest. Meanwhile, during recovery, the Tenant CRD is deleted:
+    the incident grows, and responder contains it again before going on."""
+    lab = await lab_manager.get("0.14", fresh=True, velero=True)
+    kubeconfig = lab.mint_user("responder")
+    async with lab.admin_client() as admin:
+        await bind_cluster_admin(admin, "responder")
+        seeded = await seed(admin, tenants=3, namespaces_per_tenant=2)
+        await create_backup(admin, "before-the-incident")
+        half = seeded.namespaces[0]
+        content_before = await content_of(admin, half)
+        held = f"/api/v1/namespaces/{half}/configmaps/held"
+        await admin.create(f"/api/v1/namespaces/{half}/configmaps",
+                           {"metadata": {"name": "held", "finalizers": ["responder.dev/test-hold"]}})
+    journal = tmp_path / "journal"
+    first = start_watch(kubeconfig, journal, "--timeout", "3")  # the shadow copy the second watch loads
+    first.wait_watching()
+    assert first.finish(timeout=60)[0] == 0
+
+    def but_held(content: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {kind: [n for n in names if n != "held"] for kind, names in content.items()}
+
+    async with client_for(lab.kubeconfig) as admin:
+        await admin.delete(f"/api/v1/namespaces/{half}")
+        deadline = asyncio.get_running_loop().time() + 60
+        while any(but_held(await content_of(admin, half)).values()):
+            assert asyncio.get_running_loop().time() < deadline, await content_of(admin, half)
+            await asyncio.sleep(0.3)
+    watch = start_watch(kubeconfig, journal, "--timeout", "120", recover=True)
+    watch.wait_watching()
+    async with client_for(lab.kubeconfig) as admin:
+        deadline = asyncio.get_running_loop().time() + 300
+        while not any(b["metadata"]["name"].startswith("responder-rescue-")
+                      and (b.get("status") or {}).get("phase") == "Completed"
+                      for b in (await admin.get(velero_path("backups")))["items"]):
+            assert asyncio.get_running_loop().time() < deadline, "no rescue backup"
+            await asyncio.sleep(0.5)
+        await trigger(lab)  # recovery is waiting for the half-deleted namespace to go
+        await asyncio.sleep(2)
+    # The held object may go now. Its finalizer is removed as responder: the breaker refuses every other
+    # identity's writes in tenant namespaces.
+    async with client_for(kubeconfig) as as_responder:
+        await as_responder.patch(held, {"metadata": {"finalizers": None}})
+    rc, summary, stderr = watch.finish(timeout=900)
+    assert rc == 0, stderr[-4000:]
+    rec = summary["recovery"]
+    assert rec["verified"] and rec["lost"] == rec["restored"] == 1, rec
+    async with client_for(lab.kubeconfig) as admin:
+        assert but_held(await content_of(admin, half)) == content_before  # whether Velero kept held is its call
+        live = {n["metadata"]["name"]: n for n in (await admin.get("/api/v1/namespaces"))["items"]}
+        tenants = {t["metadata"]["name"]: t for t in (await admin.get(TENANTS_PATH))["items"]}
+    for ns in seeded.namespaces:
+        assert recovery.adopted_by(live[ns], tenants[ns.rsplit("-ns-", 1)[0]]), ns
+    records = read_journal(watch.journal_path())
+    gone = next(r for r in records if r["kind"] == "recovery-gone")
+    assert gone["rescued"] == [half], gone
+    assert not any(gone["rescue_counts"][half].get(k) for k in ("configmaps", "secrets", "deployments.apps")), gone
+    restore = next(r for r in reversed(records) if r["kind"] == "recovery-restore")
+    # The rescue first (it held nothing restorable of this namespace), then the fill from the chosen backup.
+    assert [r["backup"] for r in restore["restores"]] == [gone["rescue_backup"], "before-the-incident"], restore
+    assert restore["restores"][1]["restored"] == [half] and restore["restored"] == [half], restore
+    # The growth was contained during recovery: detached again and the Tenants released, before recreating.
+    seq = {r["kind"]: r["seq"] for r in reversed(records) if r["kind"] in ("escalated", "recovery-plan",
+                                                                           "recovery-tenants")}
+    assert seq["recovery-plan"] < seq["escalated"] < seq["recovery-tenants"], seq
+    detached_after = {r["target"] for r in records if r["kind"] == "intent" and r["action"] == "detach"
+                      and r["seq"] > seq["escalated"]}
+    assert detached_after == set(seeded.namespaces) - {half}, detached_after

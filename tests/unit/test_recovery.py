@@ -111,6 +111,38 @@ def test_restore_results_in_words():
     assert out == {"warnings": ["cluster: c1", "ns1: w1", "ns2: w2"], "errors": ["ns1: e1"]}
 
 
+FULL = {"configmaps": 2, "secrets": 1, "deployments.apps": 1}
+
+
+def test_rescued_namespaces_come_from_the_rescue_and_only_missing_content_is_filled_in():
+    # a: the rescue holds it all; b: the namespace controller deleted its configmaps and secret before the
+    # breaker froze it; c: lost while responder was down, from the chosen backup; d: stuck Terminating.
+    groups, unrestorable = recovery.plan_restores(
+        "responder-inc", lost=["a", "b", "c", "d"], backup="nightly", counts={ns: FULL for ns in "abcd"},
+        stuck=["d"], rescue_backup="rescue", rescued=["a", "b", "d"],
+        rescue_counts={"a": FULL, "b": {"deployments.apps": 1}, "d": {}})
+    assert [(g.name, g.backup, g.namespaces, g.fill) for g in groups] == [
+        ("responder-inc-rescue", "rescue", ["a", "b"], 0),  # first: the newest content wins
+        ("responder-inc", "nightly", ["c"], 0),
+        ("responder-inc-fill", "nightly", ["b"], 3)]
+    assert unrestorable == ["d"]
+    assert "to fill in 3 objects the rescue backup lacks" in groups[2].describe()
+    assert groups[1].describe().startswith("create Velero Restore responder-inc from backup nightly: 1 namespaces")
+
+
+def test_unknown_rescue_contents_are_filled_in_from_the_backup_and_no_backup_means_no_fill():
+    groups, _ = recovery.plan_restores("r", lost=["a"], backup="nightly", counts={"a": FULL}, stuck=[],
+                                       rescue_backup="rescue", rescued=["a"], rescue_counts=None)
+    assert [(g.name, g.namespaces, g.fill) for g in groups] == [("r-rescue", ["a"], 0), ("r-fill", ["a"], 4)]
+    groups, unrestorable = recovery.plan_restores("r", lost=["a", "b"], backup=None, counts={}, stuck=[],
+                                                  rescue_backup="rescue", rescued=["a"], rescue_counts={"a": {}})
+    assert [(g.name, g.namespaces) for g in groups] == [("r-rescue", ["a"])] and unrestorable == ["b"]
+    # No rescue backup: rescued means nothing.
+    groups, _ = recovery.plan_restores("r", lost=["a"], backup="nightly", counts={"a": FULL}, stuck=[],
+                                       rescue_backup=None, rescued=["a"], rescue_counts={})
+    assert [(g.name, g.namespaces, g.fill) for g in groups] == [("r", ["a"], 0)]
+
+
 def test_tenant_for_create_drops_identity_and_status():
     tenant = {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
               "metadata": {"name": "t1", "uid": "old", "resourceVersion": "9", "finalizers": ["f"],
