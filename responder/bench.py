@@ -1,4 +1,5 @@
-"""`responder bench contain`: containment figures on the lab, printed as JSON.
+"""`responder bench contain`: containment figures on the lab, printed as JSON (and `responder bench hold`:
+how soon the namespace hold is enforced).
 
 For each run: a fresh lab, N tenant namespaces (created by their owners through Capsule, no content:
 the detach cost does not depend on it), responder watching as its own identity, the Tenant CRD
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.errors import EXIT_OK, ConfigError
+from responder.errors import EXIT_OK, ApiError, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab import processes
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
+from responder.manifests import HOLD_POLICY
 from responder.session import Session, SessionOptions, resolve_runbook
 
 VARIANTS = {
@@ -55,6 +57,76 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     contain.add_argument("--repeat", type=int, default=1, help="trials per variant (median, min, max reported)")
     contain.add_argument("--state-dir", type=Path, default=None)
     contain.set_defaults(handler=cmd_bench_contain)
+    hold = bsub.add_parser("hold", help="how soon the API server enforces the breaker's namespace hold")
+    hold.add_argument("--trials", type=int, default=10)
+    hold.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default="0.14")
+    hold.add_argument("--state-dir", type=Path, default=None)
+    hold.set_defaults(handler=cmd_bench_hold)
+
+
+def cmd_bench_hold(args: argparse.Namespace) -> int:
+    """Two ways to put the hold in place, each measured from its write returning to the first refused
+    dry-run DELETE of a tenant namespace (by the lab's admin, whom the hold does not exempt): creating the
+    policy and binding (what the breaker does), and activating a policy installed beforehand through its
+    parameter object (a ConfigMap; `parameterNotFoundAction: Allow` keeps it dormant until then)."""
+    if args.trials < 1:
+        raise ConfigError(f"bad --trials {args.trials}", fix="--trials 1 or more")
+    lab = Lab(args.state_dir or (Lab().dir.parent / "bench-lab"))
+    lab.down(wipe=True)
+    lab.up(capsule=args.capsule, out=sys.stderr)
+    try:
+        result = asyncio.run(hold_trials(lab, args.trials))
+    finally:
+        lab.down(wipe=True)
+    summary = {way: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)}
+               for way, v in result.items()}
+    print(json.dumps({"benchmark": "hold", "capsule": CAPSULE_VERSIONS[args.capsule], "trials": args.trials,
+                      "summary": summary, "runs": result}, indent=2))
+    return EXIT_OK
+
+
+async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
+    from responder.actions.breaker import HOLD_PATHS, namespace_hold_objects
+
+    async with lab.admin_client() as admin:
+        seeded = await seed(admin, tenants=1, namespaces_per_tenant=1, with_content=False)
+        probe = f"/api/v1/namespaces/{seeded.namespaces[0]}"
+
+        async def refused_after(started: float, held: bool) -> float:
+            """ms from `started` until a dry-run DELETE is refused by the hold (held) or admitted (not held)."""
+            while True:
+                try:
+                    await admin.delete(probe, dry_run=True)
+                    if not held:
+                        return round((time.perf_counter() - started) * 1000, 1)
+                except ApiError as exc:
+                    if held and HOLD_POLICY in exc.api_message:
+                        return round((time.perf_counter() - started) * 1000, 1)
+
+        out: dict[str, list[float]] = {"create_policy_and_binding": [], "activate_installed_policy": []}
+        for trial in range(trials):
+            objects = namespace_hold_objects("responder", f"bench-{trial}")
+            for obj in objects:
+                await admin.create(HOLD_PATHS[obj["kind"]], obj)
+            out["create_policy_and_binding"].append(await refused_after(time.perf_counter(), True))
+            for obj in objects:
+                await admin.delete(f"{HOLD_PATHS[obj['kind']]}/{obj['metadata']['name']}")
+            await refused_after(time.perf_counter(), False)
+        # The same policy, dormant until its parameter object exists.
+        params_ns = "responder-bench-hold"
+        await admin.create("/api/v1/namespaces", {"metadata": {"name": params_ns}})
+        policy, binding = namespace_hold_objects("responder", "bench-armed")
+        policy["spec"]["paramKind"] = {"apiVersion": "v1", "kind": "ConfigMap"}
+        binding["spec"]["paramRef"] = {"name": "hold", "namespace": params_ns, "parameterNotFoundAction": "Allow"}
+        for obj in (policy, binding):
+            await admin.create(HOLD_PATHS[obj["kind"]], obj)
+        await asyncio.sleep(3)  # compiled and loaded, dormant
+        for _ in range(trials):
+            await admin.create(f"/api/v1/namespaces/{params_ns}/configmaps", {"metadata": {"name": "hold"}})
+            out["activate_installed_policy"].append(await refused_after(time.perf_counter(), True))
+            await admin.delete(f"/api/v1/namespaces/{params_ns}/configmaps/hold")
+            await refused_after(time.perf_counter(), False)
+    return out
 
 
 def cmd_bench_contain(args: argparse.Namespace) -> int:

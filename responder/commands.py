@@ -20,7 +20,7 @@ from responder.actions.breaker import restore_match_conditions_patch
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, Forbidden, JournalError, Unauthorized
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, Forbidden, JournalError, NotFound, Unauthorized
 from responder.journal import Journal
 from responder.observe import CapsuleTarget
 from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
@@ -365,6 +365,11 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
                 await client.patch(payload["path"], {"spec": {"replicas": payload["replicas"]}}, patch_type=MERGE_PATCH)
             elif op == "webhook-match-conditions":
                 await _restore_match_conditions(client, payload)
+            elif op == "delete":  # an object responder created (the namespace hold); gone already is fine
+                try:
+                    await client.delete(payload["path"])
+                except NotFound:
+                    pass
             elif op == "reattach":
                 reason = await _reattach(client, payload)
                 if reason:

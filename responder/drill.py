@@ -142,14 +142,19 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
             driver.say(f"drill: {_INCIDENT[scenario]} (the incident)")
             sent = await scenarios.trigger(admin, scenario)
             await asyncio.wait_for(session.incident_opened.wait(), 30)
+            if progress is not None and session.journal is not None:
+                progress["incident"] = session.journal.incident_id  # its namespace hold, if the drill stops early
             alive_at_detection = sum(1 for n in session.observer.objects("namespaces")
                                      if n["metadata"]["name"] in namespaces
                                      and not n["metadata"].get("deletionTimestamp"))
             contained_at, recovered_at = await driver.respond(session)
-            breaker = (session.results["breaker"].data.get("breaker") if "breaker" in session.results else None)
+            breaker_data = session.results["breaker"].data if "breaker" in session.results else {}
+            breaker, hold = breaker_data.get("breaker"), breaker_data.get("hold")
             if breaker == "unavailable":
                 driver.say("drill: BREAKER UNAVAILABLE - no Capsule webhook refuses namespace DELETEs (failurePolicy "
-                           "Ignore): responder could only race the deleters (detach speed). See the scorecard.")
+                           "Ignore): " + ("only responder's namespace hold refused the deleters" if hold == "held"
+                                          else "responder could only race the deleters (detach speed)")
+                           + ". See the scorecard.")
             while time.time() < sent + observe:
                 await asyncio.sleep(1)
             listing = await admin.list_all("/api/v1/namespaces")
@@ -193,7 +198,7 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
         "detach_per_second": (detach.data.get("per_second") if detach else None),
         "still_at_risk": len(still_at_risk),
         "scenario": scenario, "options": options or {"scenario": scenario},
-        "breaker": breaker, "breaker_verified": (session.results["verify-breaker"].data.get("breaker")
+        "breaker": breaker, "namespace_hold": hold, "breaker_verified": (session.results["verify-breaker"].data.get("breaker")
                                                  if "verify-breaker" in session.results else None),
         "fault_injection": prepared,
         "steps": {sid: r.status for sid, r in session.results.items()},
@@ -342,7 +347,10 @@ def print_scorecard(card: dict[str, Any]) -> None:
         f"  lost                         {card['lost']}",
         f"  alive but still at risk      {card.get('still_at_risk')}",
         f"  scenario                     {card.get('scenario')}"
-        + ("   BREAKER UNAVAILABLE: containment relied on speed" if card.get("breaker") == "unavailable" else ""),
+        + ("   BREAKER UNAVAILABLE: " + ("only the namespace hold refused the deleters"
+                                         if card.get("namespace_hold") == "held" else "containment relied on speed")
+           if card.get("breaker") == "unavailable" else ""),
+        f"  breaker / namespace hold     {card.get('breaker')} / {card.get('namespace_hold')}",
         f"  options                      {card.get('options')}",
         f"  backup                       {card.get('backup') or 'none'}",
         f"  restored / re-adopted        {card['restored']} / {card['re_adopted']}",

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from responder.actions.breaker import HOLD_INCIDENT_ANNOTATION, HOLD_PATHS, HOLD_POLICY
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess, list_contexts, load_cluster_access
 from responder.errors import ConfigError
@@ -103,14 +104,21 @@ class ExistingCluster:
         return f"drill-{self.drill_id.rsplit('-', 1)[-1]}"
 
 
-async def cleanup(admin: KubeClient, drill_id: str, *, timeout: float = 120.0) -> dict[str, Any]:
+async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = None,
+                  timeout: float = 120.0) -> dict[str, Any]:
     """Delete exactly what the drill seeded (by its label) and wait for the namespaces to go.
 
-    Namespaces first, then Tenants: deleting a Tenant first would let Capsule >= 0.13's finalizer
-    delete its namespaces itself (the cleanup would still end clean, but could not say what it did)."""
+    First the drill incident's namespace hold, if recovery did not get to remove it (it would refuse
+    the deletes). Namespaces next, then Tenants: deleting a Tenant first would let Capsule >= 0.13's
+    finalizer delete its namespaces itself (the cleanup would still end clean, but could not say what it did)."""
     selector = f"{DRILL_LABEL}={drill_id}"
     result: dict[str, Any] = {"label": selector, "namespaces_deleted": 0, "namespaces_already_terminating": 0,
-                              "tenants_deleted": 0, "errors": []}
+                              "tenants_deleted": 0, "hold_removed": [], "errors": []}
+    for kind, path in HOLD_PATHS.items():
+        obj = await admin.get_or_none(f"{path}/{HOLD_POLICY}")
+        if incident and obj and (obj["metadata"].get("annotations") or {}).get(HOLD_INCIDENT_ANNOTATION) == incident:
+            await admin.delete(f"{path}/{HOLD_POLICY}")
+            result["hold_removed"].append(kind)
     listing = await admin.list_all("/api/v1/namespaces", labelSelector=selector)
     for ns in listing["items"]:
         if ns["metadata"].get("deletionTimestamp"):
@@ -191,7 +199,7 @@ def cmd_drill_existing(args) -> int:
                 else:
                     print(f"drill {drill_id}: cleaning up what it seeded ({DRILL_LABEL}={drill_id})", file=out,
                           flush=True)
-                    cleaned = await cleanup(admin, drill_id)
+                    cleaned = await cleanup(admin, drill_id, incident=progress.get("incident"))
             if card:
                 card["cleanup"] = cleaned | {"fault_injection_restored": restored}
         return card

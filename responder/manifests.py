@@ -42,6 +42,8 @@ VELERO_NAMESPACE = "<velero-namespace>"
 # `responder protect`'s objects (responder.protect imports these: one place for the names).
 PROTECT_POLICY = "responder-protect-crds"
 PROTECT_BINDING = "responder-protect-crds"
+HOLD_POLICY = "responder-namespace-hold"  # the breaker's ValidatingAdmissionPolicy (responder.actions.breaker)
+HOLD_BINDING = "responder-namespace-hold"
 
 IDENTITY_KINDS = ("ServiceAccount", "User")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
@@ -156,9 +158,15 @@ PERMISSIONS: tuple[Permission, ...] = (
                namespace=VELERO_NAMESPACE),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("create",),
-               ("protect",),
-               "responder protect: install the policy that refuses deleting the Tenant CRD (create cannot be limited "
-               "by name; server-side apply of a new object needs it)"),
+               ("protect", "trip-breaker"),
+               "responder protect: install the policy that refuses deleting the Tenant CRD; the breaker: the namespace "
+               "hold, a policy that refuses every DELETE of a tenant namespace but responder's (create cannot be "
+               "limited by name; server-side apply of a new object needs it)"),
+    Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+               ("delete",),
+               ("restore-capsule", "undo"),
+               "remove the breaker's namespace hold once Capsule is back (or on undo); only those two names",
+               resource_names=tuple(sorted({HOLD_POLICY, HOLD_BINDING}))),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("update", "patch", "delete"),
                ("protect",),

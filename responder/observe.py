@@ -67,6 +67,9 @@ class ClusterObserver:
         self.subscribers: list[Callable[[WatchEvent], None]] = []
         self.synced: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.watches}
         self.tenant_type_gone = False
+        # Set while containment is about to start: each stream then hands the loop over after every event,
+        # so a burst of buffered watch events (the CRD deletion brings hundreds) cannot delay the breaker.
+        self.yield_each_event = False
         self._tasks: list[asyncio.Task] = []
 
     def subscribe(self, callback: Callable[[WatchEvent], None]) -> None:
@@ -134,6 +137,8 @@ class ClusterObserver:
                     callback(event)
                 except Exception:  # a broken subscriber must not stop the watch
                     log.exception("subscriber failed on %s event", name)
+            if self.yield_each_event:
+                await asyncio.sleep(0)
 
     def _update_shadow(self, name: str, event: WatchEvent) -> None:
         obj = event.object

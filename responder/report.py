@@ -196,7 +196,12 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
     detach = by_target({"detach"})
     tenants = by_target({"release-finalizer"})
     finalize = by_target({"finalize"})
-    known = {"scale-capsule", "exempt-responder", "detach", "release-finalizer", "finalize"}
+    hold = by_target({"hold-namespaces"})
+    hold_removed = by_target({"release-hold"})
+    for h in hold:  # removed by recovery, or by `responder undo` (journaled as undone)
+        h["removed"] = h.get("undone") or any(r["target"] == h["target"] and r["status"] == "ok" for r in hold_removed)
+    known = {"scale-capsule", "exempt-responder", "detach", "release-finalizer", "finalize", "hold-namespaces",
+             "release-hold"}
     other = [entry(i) for i in incident_writes if _family(i.get("action")) not in known]
 
     failures = [entry(i) for i in incident_writes
@@ -359,6 +364,7 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
         "actions": {
             "capsule_scaled": capsule_scaled,
             "webhooks_exempted": webhooks,
+            "namespace_hold": hold,
             "breaker_verified": verified,
             "namespaces_detached": {"count": len(names(detach)), "names": names(detach),
                                     "not_detached": [e for e in detach if e["status"] != "ok"]},
@@ -570,6 +576,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"- Webhook configurations exempting responder ({len(hooks)}): "
                    + ", ".join(f"{_code(h.get('name'))} ({h.get('kind') or '?'}, {h['status']}"
                                + (", undone" if h.get("undone") else "") + ")" for h in hooks) + ".")
+    hold = acts.get("namespace_hold") or []
+    if hold:
+        in_place = [h for h in hold if h["status"] == "ok" and not h.get("removed")]
+        out.append("- Namespace hold (no tenant namespace DELETE but responder's): "
+                   + ", ".join(f"{_code(h['target'])} ({h['status']}" + (", removed" if h.get("removed") else "") + ")"
+                               for h in hold) + "."
+                   + (" **Still in place**: tenant namespaces cannot be deleted until `responder undo` removes it."
+                      if in_place and not dry else ""))
     for v in acts.get("breaker_verified") or []:
         out.append(f"- Breaker verified at {v.get('ts')}: a dry-run DELETE of namespace {_code(v.get('probe'))} "
                    "was refused by Capsule's webhook.")

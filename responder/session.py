@@ -211,6 +211,7 @@ class Session:
         self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
         if journal is None:
             self.record_snapshot()
+        self.observer.yield_each_event = True  # until containment starts (contain())
         self.incident_opened.set()
         return self.journal
 
@@ -289,6 +290,7 @@ class Session:
         return engine
 
     async def contain(self) -> dict[str, StepOutcome]:
+        self.observer.yield_each_event = False
         engine = self.make_engine()
         self.results = await engine.run(("contain",))
         await self.contain_escalation(engine, settle=0.0, passes=1)

@@ -1,6 +1,13 @@
 """The circuit breaker: Capsule's own webhooks (failurePolicy Fail) refuse every namespace write once
 the controller is down; responder exempts only itself and takes the controller down.
 
+With the first write goes the namespace hold: a ValidatingAdmissionPolicy, evaluated in the API server
+itself, that refuses every DELETE of a tenant namespace except responder's. It holds from the moment the
+API server loads it, while the Capsule process is still shutting down (Capsule >= 0.13 deletes namespaces
+itself, through its own still-serving webhooks) and whatever the webhooks' failurePolicy; recovery removes
+it once Capsule is back. Where the API server has no such policies (before Kubernetes 1.30) or responder
+may not create them, the breaker goes on without it and says so.
+
 Order matters: scaling to 0 is the first write (it stops Capsule >= 0.13 deleting namespaces itself,
 and the controller then cannot revert the exemption in its own dynamic webhook configuration); the
 exemption follows. Then the breaker is verified: a server-side dry-run DELETE by responder is still
@@ -15,10 +22,12 @@ import json
 import time
 from typing import Any
 
+from responder import triage
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.engine import StepContext, StepOutcome
 from responder.errors import ApiError
+from responder.manifests import HOLD_BINDING, HOLD_POLICY
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"
@@ -54,6 +63,89 @@ def widen_exemption_patch(obj: dict[str, Any], identities: list[str]) -> list[di
     if ops and rv:
         ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
     return ops
+
+
+HOLD_ACTION = "hold-namespaces"  # the journal action of the hold's creations
+HOLD_INCIDENT_ANNOTATION = "responder.dev/incident"
+ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
+HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{ADMISSION_V1}/validatingadmissionpolicies",
+              "ValidatingAdmissionPolicyBinding": f"{ADMISSION_V1}/validatingadmissionpolicybindings"}
+
+
+def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]:
+    """The policy refusing every DELETE of a tenant namespace (Capsule's label, or a Tenant owner) by
+    anyone but `identity`, and its binding."""
+    label = json.dumps(triage.TENANT_LABEL)
+    tenant_owned = (f"(has(oldObject.metadata.labels) && {label} in oldObject.metadata.labels) || "
+                    "(has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, "
+                    f"r.kind == {json.dumps(triage.TENANT_KIND)} && "
+                    f"r.apiVersion.startsWith({json.dumps(triage.TENANT_GROUP + '/')})))")
+    meta = {"labels": {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "breaker"},
+            "annotations": {HOLD_INCIDENT_ANNOTATION: incident}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": HOLD_POLICY, **meta},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
+                                                    "resources": ["namespaces"]}]},
+            "matchConditions": [{"name": "not-responder",
+                                 "expression": f"request.userInfo.username != {json.dumps(identity)}"}],
+            # On DELETE `object` is null; the namespace being deleted is `oldObject`.
+            "validations": [{"expression": f"!({tenant_owned})", "reason": "Forbidden",
+                             "message": f"tenant namespaces are held by responder's circuit breaker during incident "
+                                        f"{incident}: no deletes until recovery ends (or `responder undo`)"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": HOLD_BINDING, **meta},
+        "spec": {"policyName": HOLD_POLICY, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
+async def hold_namespaces(ctx: StepContext) -> str:
+    """Create the namespace hold (journaled, undoable); 'held', 'dry-run' or why not. Never raises for a
+    refusal: the breaker goes on without it."""
+    outcome = "held"
+    for obj in namespace_hold_objects(ctx.options.identity, ctx.journal.incident_id):
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        target = f"{kind}/{name}"
+        if ctx.done_before(HOLD_ACTION, target):
+            continue
+        try:
+            await ctx.write("hold-namespaces", target, "POST", HOLD_PATHS[kind], body=obj,
+                            undo={"op": "delete", "path": f"{HOLD_PATHS[kind]}/{name}"})
+        except ApiError as exc:
+            if exc.status == 409:  # left by an earlier run of this incident (resume): it is the same hold
+                continue
+            why = ("the API server serves no ValidatingAdmissionPolicy (Kubernetes < 1.30)" if exc.status == 404
+                   else f"{exc.status} {exc.api_message[:200]}")
+            ctx.log(f"NO NAMESPACE HOLD ({why}): Capsule's webhooks are the only breaker, and a Capsule >= 0.13 "
+                    "still shutting down can delete namespaces until its process stops", level="warning")
+            return f"unavailable: {why}"
+    return "dry-run" if ctx.dry_run else outcome
+
+
+def hold_intents(ctx: StepContext) -> list[dict[str, Any]]:
+    """The hold's persisted creations not removed yet (undo plan entries)."""
+    return [e for e in ctx.journal.undo_plan() if e.get("action") == HOLD_ACTION]
+
+
+async def release_hold(ctx: StepContext) -> list[str]:
+    """Delete the namespace hold this incident created (journaled; absent is fine). Returns what was removed."""
+    removed = []
+    for entry in hold_intents(ctx):
+        path = entry["undo"]["path"]
+        try:
+            await ctx.write("release-hold", entry["target"], "DELETE", path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        ctx.journal.mark_undone(entry["intent"])
+        removed.append(entry["target"])
+    return removed
 
 
 def webhook_path(kind: str, name: str) -> str:
@@ -119,7 +211,10 @@ class TripBreaker:
         name="trip-breaker",
         description="Scale the Capsule controller to 0 and exempt responder in Capsule's fail-closed webhooks.",
         params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
-                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "namespaceHold": ParamSpec(bool, default=True,
+                                           description="also refuse tenant namespace DELETEs in the API server "
+                                                       "(a ValidatingAdmissionPolicy) until recovery ends")},
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
@@ -137,20 +232,29 @@ class TripBreaker:
             original = int(((deployment or {}).get("spec") or {}).get("replicas", 1)) if deployment else None
             if not original:
                 original = ctx.observer.shadow.capsule_replicas or 1
-        if not ctx.done_before("scale-capsule", target.deployment):
-            await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
-                            body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
-                            undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
+        # The namespace hold goes out right behind it: it refuses namespace deletes while the Capsule
+        # process is still shutting down.
+        hold = asyncio.create_task(hold_namespaces(ctx)) if ctx.params.get("namespaceHold", True) else None
+        try:
+            if not ctx.done_before("scale-capsule", target.deployment):
+                await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                                body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
+                                undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
+        finally:
+            data["hold"] = await hold if hold is not None else "disabled"
         data["original_replicas"] = original
         if not guarding:
             # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself, and its
             # webhooks, failing open without it, stop refusing responder's detach patches.
+            held = data["hold"] == "held"
             ctx.log("BREAKER UNAVAILABLE: no Capsule webhook refuses namespace DELETEs when the controller is down "
-                    "(no such webhook, or failurePolicy Ignore). Capsule is scaled to 0; containment relies on "
-                    "detach speed against the garbage collector.", level="warning")
+                    "(no such webhook, or failurePolicy Ignore). Capsule is scaled to 0; "
+                    + ("the namespace hold refuses deletes of tenant namespaces in the API server, and detach "
+                       "races the garbage collector." if held else
+                       "containment relies on detach speed against the garbage collector."), level="warning")
             data["breaker"] = "unavailable"
-            return StepOutcome("finished", f"breaker unavailable: Capsule scaled to 0 (was {original}); relying on "
-                                           "speed", data)
+            return StepOutcome("finished", f"breaker unavailable: Capsule scaled to 0 (was {original}); "
+                                           + ("namespace hold in place" if held else "relying on speed"), data)
 
         # 2. Exempt responder (and only responder) in every fail-closed Capsule webhook.
         await self.ensure_exemption(ctx, hooks)
@@ -161,7 +265,8 @@ class TripBreaker:
         # Verification is its own step (verify-breaker), after detach: detaching must not wait for the
         # controller to finish shutting down.
         data["breaker"] = "tripped"
-        return StepOutcome("finished", f"Capsule scaled to 0 (was {original}); responder exempted", data)
+        hold = "namespace hold in place" if data["hold"] == "held" else f"namespace hold {data['hold']}"
+        return StepOutcome("finished", f"Capsule scaled to 0 (was {original}); responder exempted; {hold}", data)
 
     async def ensure_exemption(self, ctx: StepContext, hooks: list[tuple[str, dict[str, Any]]]) -> None:
         for kind, obj in hooks:

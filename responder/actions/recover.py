@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from responder import recovery
-from responder.actions.breaker import (restore_match_conditions_patch,
+from responder.actions.breaker import (HOLD_POLICY, hold_intents, release_hold, restore_match_conditions_patch,
                                        widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
@@ -633,6 +633,9 @@ class RestoreCapsule:
         if not ctx.done_before("restore-replicas", target.deployment):
             lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
                          f"(as before the incident)")
+        if hold_intents(ctx):
+            lines.append(f"delete the namespace hold (ValidatingAdmissionPolicy {HOLD_POLICY} and its binding) once "
+                         f"every Tenant lists its namespaces again")
         return lines
 
     async def run(self, ctx: StepContext) -> StepOutcome:
@@ -649,11 +652,15 @@ class RestoreCapsule:
         pending = await self.wait_reconciled(ctx, float(ctx.params.get("reconcileTimeout", 120)))
         data = {"replicas": replicas, "tenants_not_reconciled": pending}
         if pending:
-            ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet: {', '.join(pending[:5])}",
+            ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet: {', '.join(pending[:5])}"
+                    + ("; the namespace hold stays (remove it with `responder undo`)" if hold_intents(ctx) else ""),
                     level="warning")
             return StepOutcome("failed", f"Capsule back at {replicas} replicas; {len(pending)} Tenants not reconciled",
                                data)
-        return StepOutcome("finished", f"Capsule back at {replicas} replicas; every Tenant lists its namespaces", data)
+        # Capsule runs and owns every namespace again: tenant namespaces may be deleted again.
+        data["hold_removed"] = await release_hold(ctx)
+        return StepOutcome("finished", f"Capsule back at {replicas} replicas; every Tenant lists its namespaces"
+                                       + ("; namespace hold removed" if data["hold_removed"] else ""), data)
 
     async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
         """Tenants whose status does not list every known namespace of theirs that exists."""
@@ -731,6 +738,8 @@ class VerifyRecovery:
             problems.append("webhooks differ: " + "; ".join(webhook_diffs))
         if expected_replicas is not None and replicas != expected_replicas:
             problems.append(f"Capsule at {replicas} replicas, expected {expected_replicas}")
+        if hold_intents(ctx):
+            problems.append(f"the namespace hold ({HOLD_POLICY}) is still in place")
         data = {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in result.items()}
         if problems:
             for p in problems:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from responder.actions.breaker import EXEMPTION_NAME
+from responder.actions.breaker import EXEMPTION_NAME, HOLD_PATHS, HOLD_POLICY
+from responder.errors import ApiError
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import bind_cluster_admin
 from responder.lab.incident import read_audit
@@ -60,6 +61,14 @@ async def test_contains_the_crd_deletion(lab_manager, capsule_line, tmp_path):
         states = await namespace_states(admin, namespaces)
         deployment = await admin.get(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}")
         hooks = await capsule_webhooks(admin)
+        hold = await admin.get(f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{HOLD_POLICY}")
+        # The namespace hold refuses a tenant namespace DELETE by anyone else, cluster-admin included.
+        probe = next(ns for ns, s in sorted(states.items()) if s == "alive")
+        with pytest.raises(ApiError) as refused:
+            await admin.delete(f"/api/v1/namespaces/{probe}", dry_run=True)
+    assert HOLD_POLICY in refused.value.api_message, refused.value.api_message
+    assert [c["expression"] for c in hold["spec"]["matchConditions"]] == [
+        'request.userInfo.username != "responder"']
     journal = read_journal(watch.journal_path())
     trigger_rec = next(r for r in journal if r["kind"] == "trigger")
     detected = trigger_rec["trigger"]["event_received"]
@@ -213,9 +222,11 @@ async def test_undo_restores_replicas_and_webhooks_exactly(lab_manager, capsule_
     proc = run_responder("undo", str(watch.journal_path()), "--kubeconfig", str(kubeconfig), "-o", "json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert {u["op"] for u in result["undone"]} >= {"scale", "webhook-match-conditions"}
+    assert {u["op"] for u in result["undone"]} >= {"scale", "webhook-match-conditions", "delete"}
     async with client_for(lab.kubeconfig) as admin:
         after = await capsule_webhooks(admin)
         deployment = await admin.get(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}")
+        hold = [await admin.get_or_none(f"{path}/{HOLD_POLICY}") for path in HOLD_PATHS.values()]
     assert deployment["spec"]["replicas"] == 1
     assert after == before
+    assert hold == [None, None]  # the namespace hold (policy and binding) is gone

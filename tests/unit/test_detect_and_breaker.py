@@ -6,7 +6,7 @@ import time
 
 from responder import triage
 from responder.actions.breaker import (EXEMPTION_NAME, exemption_condition, exemption_patch, fails_closed,
-                                       guards_namespace_delete)
+                                       guards_namespace_delete, namespace_hold_objects)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
 from responder.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
@@ -111,3 +111,19 @@ def test_release_patch_removes_only_capsules_finalizer():
     patched = apply_patch(tenant, release_patch(tenant))
     assert patched["metadata"]["finalizers"] == ["other/keep"]
     assert release_patch(patched) == []
+
+
+def test_namespace_hold_refuses_tenant_namespace_deletes_by_all_but_responder():
+    policy, binding = namespace_hold_objects("system:serviceaccount:ops:responder", "inc-1")
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"], "resources": ["namespaces"]}]
+    # Exactly one identity is let through, dry runs included (the breaker probe is a dry run by responder).
+    assert [c["expression"] for c in spec["matchConditions"]] == [
+        'request.userInfo.username != "system:serviceaccount:ops:responder"']
+    (rule,) = spec["validations"]
+    assert rule["expression"].startswith("!(") and '"capsule.clastix.io/tenant" in oldObject.metadata.labels' in \
+        rule["expression"] and 'r.apiVersion.startsWith("capsule.clastix.io/")' in rule["expression"]
+    assert "inc-1" in rule["message"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}

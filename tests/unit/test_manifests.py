@@ -47,6 +47,12 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
     "restore-webhooks": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch", "any-name"),
                          ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
     "restore-replicas": [("apps", "deployments/scale", "patch", CAPSULE)],
+    # The breaker's namespace hold: created at the breaker, deleted when Capsule is back.
+    "hold-namespaces": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "create", None),
+                        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "create", None)],
+    "release-hold": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "responder-namespace-hold"),
+                     ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "delete",
+                      "responder-namespace-hold")],
 }
 # `responder undo`, per undo op (responder/commands.py::undo_journal).
 UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
@@ -57,6 +63,9 @@ UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                                  ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "x")],
     "reattach": [("", "namespaces", "get", "ns"), ("", "namespaces", "patch", "ns"),
                  ("capsule.clastix.io", "tenants", "get", "tenant-a")],
+    "delete": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "responder-namespace-hold"),
+               ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "delete",
+                "responder-namespace-hold")],
 }
 # Not journaled: the watches (responder/observe.py), the preflight, doctor, the breaker probe, content counting.
 WATCH_NEEDS = [

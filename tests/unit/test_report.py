@@ -319,3 +319,26 @@ def test_cli_bad_journal_is_exit_2(tmp_path, capsys, make):
     assert main(["report", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "fix:" in err
+
+
+def test_the_namespace_hold_is_reported_and_said_to_be_in_place_until_removed(tmp_path):
+    j = Journal.create(tmp_path, incident_id="inc-hold", meta={"trigger": _trigger(time.time()), "dry_run": False})
+    j.record("trigger", trigger=_trigger(time.time()), journaled_after_s=0.001)
+    seqs = []
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        seq = j.intent("breaker", "hold-namespaces", f"{kind}/responder-namespace-hold",
+                       request={"method": "POST", "path": "/apis/admissionregistration.k8s.io/v1/x"},
+                       undo={"op": "delete", "path": f"/apis/admissionregistration.k8s.io/v1/x/{kind}"})
+        j.outcome(seq, "ok")
+        seqs.append(seq)
+    text = render_markdown(build_report(j.records()))
+    assert "Namespace hold" in text and "Still in place" in text and "responder undo" in text
+    # Recovery removed the policy; the binding stays: still in place.
+    release = j.intent("restore-capsule", "release-hold", "ValidatingAdmissionPolicy/responder-namespace-hold",
+                       request={"method": "DELETE", "path": "/x"})
+    j.outcome(release, "ok")
+    j.mark_undone(seqs[0])
+    text = render_markdown(build_report(j.records()))
+    assert "`ValidatingAdmissionPolicy/responder-namespace-hold` (ok, removed)" in text and "Still in place" in text
+    j.mark_undone(seqs[1])
+    assert "Still in place" not in render_markdown(build_report(j.records()))
