@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from responder.actions.breaker import HOLD_INCIDENT_ANNOTATION, HOLD_PATHS, HOLD_POLICY
+from responder.actions.breaker import HOLD_INCIDENT_ANNOTATION, HOLD_OBJECT_PATHS
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess, list_contexts, load_cluster_access
 from responder.errors import ConfigError
@@ -114,10 +114,10 @@ async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = No
     selector = f"{DRILL_LABEL}={drill_id}"
     result: dict[str, Any] = {"label": selector, "namespaces_deleted": 0, "namespaces_already_terminating": 0,
                               "tenants_deleted": 0, "hold_removed": [], "errors": []}
-    for kind, path in HOLD_PATHS.items():
-        obj = await admin.get_or_none(f"{path}/{HOLD_POLICY}")
+    for kind, path in HOLD_OBJECT_PATHS.items():
+        obj = await admin.get_or_none(path)
         if incident and obj and (obj["metadata"].get("annotations") or {}).get(HOLD_INCIDENT_ANNOTATION) == incident:
-            await admin.delete(f"{path}/{HOLD_POLICY}")
+            await admin.delete(path)
             result["hold_removed"].append(kind)
     listing = await admin.list_all("/api/v1/namespaces", labelSelector=selector)
     for ns in listing["items"]:

@@ -70,6 +70,9 @@ HOLD_INCIDENT_ANNOTATION = "responder.dev/incident"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
 HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{ADMISSION_V1}/validatingadmissionpolicies",
               "ValidatingAdmissionPolicyBinding": f"{ADMISSION_V1}/validatingadmissionpolicybindings"}
+HOLD_OBJECT_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{HOLD_POLICY}",
+                     "ValidatingAdmissionPolicyBinding":
+                         f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{HOLD_BINDING}"}
 
 
 def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]:
@@ -108,7 +111,6 @@ def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]
 async def hold_namespaces(ctx: StepContext) -> str:
     """Create the namespace hold (journaled, undoable); 'held', 'dry-run' or why not. Never raises for a
     refusal: the breaker goes on without it."""
-    outcome = "held"
     for obj in namespace_hold_objects(ctx.options.identity, ctx.journal.incident_id):
         kind, name = obj["kind"], obj["metadata"]["name"]
         target = f"{kind}/{name}"
@@ -116,7 +118,7 @@ async def hold_namespaces(ctx: StepContext) -> str:
             continue
         try:
             await ctx.write("hold-namespaces", target, "POST", HOLD_PATHS[kind], body=obj,
-                            undo={"op": "delete", "path": f"{HOLD_PATHS[kind]}/{name}"})
+                            undo={"op": "delete", "path": HOLD_OBJECT_PATHS[kind]})
         except ApiError as exc:
             if exc.status == 409:  # left by an earlier run of this incident (resume): it is the same hold
                 continue
@@ -125,7 +127,7 @@ async def hold_namespaces(ctx: StepContext) -> str:
             ctx.log(f"NO NAMESPACE HOLD ({why}): Capsule's webhooks are the only breaker, and a Capsule >= 0.13 "
                     "still shutting down can delete namespaces until its process stops", level="warning")
             return f"unavailable: {why}"
-    return "dry-run" if ctx.dry_run else outcome
+    return "dry-run" if ctx.dry_run else "held"
 
 
 def hold_intents(ctx: StepContext) -> list[dict[str, Any]]:

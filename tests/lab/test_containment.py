@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.actions.breaker import EXEMPTION_NAME, HOLD_PATHS, HOLD_POLICY
+from responder.actions.breaker import EXEMPTION_NAME, HOLD_OBJECT_PATHS, HOLD_POLICY
 from responder.errors import ApiError
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import bind_cluster_admin
@@ -61,7 +61,7 @@ async def test_contains_the_crd_deletion(lab_manager, capsule_line, tmp_path):
         states = await namespace_states(admin, namespaces)
         deployment = await admin.get(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}")
         hooks = await capsule_webhooks(admin)
-        hold = await admin.get(f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{HOLD_POLICY}")
+        hold = await admin.get(HOLD_OBJECT_PATHS["ValidatingAdmissionPolicy"])
         # The namespace hold refuses a tenant namespace DELETE by anyone else, cluster-admin included.
         probe = next(ns for ns, s in sorted(states.items()) if s == "alive")
         with pytest.raises(ApiError) as refused:
@@ -226,7 +226,7 @@ async def test_undo_restores_replicas_and_webhooks_exactly(lab_manager, capsule_
     async with client_for(lab.kubeconfig) as admin:
         after = await capsule_webhooks(admin)
         deployment = await admin.get(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}")
-        hold = [await admin.get_or_none(f"{path}/{HOLD_POLICY}") for path in HOLD_PATHS.values()]
+        hold = [await admin.get_or_none(path) for path in HOLD_OBJECT_PATHS.values()]
     assert deployment["spec"]["replicas"] == 1
     assert after == before
     assert hold == [None, None]  # the namespace hold (policy and binding) is gone
