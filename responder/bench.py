@@ -65,10 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_hold(args: argparse.Namespace) -> int:
-    """Two ways to put the hold in place, each measured from its write returning to the first refused
+    """Three ways to put the hold in place, each measured from its write returning to the first refused
     dry-run DELETE of a tenant namespace (by the lab's admin, whom the hold does not exempt): creating the
-    policy and binding (what the breaker does), and activating a policy installed beforehand through its
-    parameter object (a ConfigMap; `parameterNotFoundAction: Allow` keeps it dormant until then)."""
+    policy and binding (what the breaker does where the hold is not armed), creating only the binding of
+    a policy installed beforehand, and marking the armed hold's parameter (`responder protect`; what the
+    breaker does where it is armed)."""
     if args.trials < 1:
         raise ConfigError(f"bad --trials {args.trials}", fix="--trials 1 or more")
     lab = Lab(args.state_dir or (Lab().dir.parent / "bench-lab"))
@@ -86,7 +87,9 @@ def cmd_bench_hold(args: argparse.Namespace) -> int:
 
 
 async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
-    from responder.actions.breaker import HOLD_PATHS, namespace_hold_objects
+    from responder.actions.breaker import (HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION, HOLD_PARAM_PATH,
+                                           HOLD_PATHS, namespace_hold_objects, release_request)
+    from responder.protect import arm_hold
 
     async with lab.admin_client() as admin:
         seeded = await seed(admin, tenants=1, namespaces_per_tenant=1, with_content=False)
@@ -94,7 +97,7 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
 
         async def refused_after(started: float, held: bool) -> float:
             """ms from `started` until a dry-run DELETE is refused by the hold (held) or admitted (not held)."""
-            while True:
+            while time.perf_counter() - started < 30:
                 try:
                     await admin.delete(probe, dry_run=True)
                     if not held:
@@ -102,8 +105,10 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
                 except ApiError as exc:
                     if held and HOLD_POLICY in exc.api_message:
                         return round((time.perf_counter() - started) * 1000, 1)
+            raise RuntimeError(f"the hold was still {'not ' if held else ''}refusing after 30 s")
 
-        out: dict[str, list[float]] = {"create_policy_and_binding": [], "activate_installed_policy": []}
+        out: dict[str, list[float]] = {"create_policy_and_binding": [], "bind_installed_policy": [],
+                                       "mark_armed_hold": []}
         for trial in range(trials):
             objects = namespace_hold_objects("responder", f"bench-{trial}")
             for obj in objects:
@@ -112,19 +117,27 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
             for obj in objects:
                 await admin.delete(f"{HOLD_PATHS[obj['kind']]}/{obj['metadata']['name']}")
             await refused_after(time.perf_counter(), False)
-        # The same policy, dormant until its parameter object exists.
-        params_ns = "responder-bench-hold"
-        await admin.create("/api/v1/namespaces", {"metadata": {"name": params_ns}})
-        policy, binding = namespace_hold_objects("responder", "bench-armed")
-        policy["spec"]["paramKind"] = {"apiVersion": "v1", "kind": "ConfigMap"}
-        binding["spec"]["paramRef"] = {"name": "hold", "namespace": params_ns, "parameterNotFoundAction": "Allow"}
-        for obj in (policy, binding):
-            await admin.create(HOLD_PATHS[obj["kind"]], obj)
-        await asyncio.sleep(3)  # compiled and loaded, dormant
+        # The policy installed beforehand (inert without a binding); the binding created at the incident.
+        policy, binding = namespace_hold_objects("responder", "bench-bound")
+        await admin.create(HOLD_PATHS["ValidatingAdmissionPolicy"], policy)
+        await asyncio.sleep(3)  # compiled and loaded
         for _ in range(trials):
-            await admin.create(f"/api/v1/namespaces/{params_ns}/configmaps", {"metadata": {"name": "hold"}})
-            out["activate_installed_policy"].append(await refused_after(time.perf_counter(), True))
-            await admin.delete(f"/api/v1/namespaces/{params_ns}/configmaps/hold")
+            await admin.create(HOLD_PATHS["ValidatingAdmissionPolicyBinding"], binding)
+            out["bind_installed_policy"].append(await refused_after(time.perf_counter(), True))
+            await admin.delete(f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{binding['metadata']['name']}")
+            await refused_after(time.perf_counter(), False)
+        await admin.delete(f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{policy['metadata']['name']}")
+        # The armed hold (`responder protect --only hold`), marked and unmarked as the breaker and recovery do.
+        await arm_hold(admin)
+        await asyncio.sleep(3)  # compiled and loaded, dormant
+        for trial in range(trials):
+            mark = {"metadata": {"annotations": {HOLD_INCIDENT_ANNOTATION: f"bench-{trial}",
+                                                 HOLD_IDENTITY_ANNOTATION: "responder"}}}
+            await admin.patch(HOLD_PARAM_PATH, mark)
+            out["mark_armed_hold"].append(await refused_after(time.perf_counter(), True))
+            param = await admin.get(HOLD_PARAM_PATH)
+            method, path, body, content_type = release_request("ConfigMap", param)
+            await admin.request(method, path, body=body, content_type=content_type)
             await refused_after(time.perf_counter(), False)
     return out
 

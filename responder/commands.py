@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from responder import triage
-from responder.actions.breaker import restore_match_conditions_patch
+from responder.actions.breaker import hold_incident, holds_in_place, release_request, restore_match_conditions_patch
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
@@ -356,7 +356,9 @@ def cmd_undo(args: argparse.Namespace) -> int:
 async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     """Revert, newest first, what the journal says is reversible; each undo is journaled too."""
     undone, skipped, failed = [], [], []
-    for entry in journal.undo_plan():
+    plan = journal.undo_plan()
+    hold_entries = [e for e in plan if _undoes_the_hold(e)]  # by what the cluster holds, below
+    for entry in (e for e in plan if e not in hold_entries):
         payload = entry["undo"] or {}
         op = payload.get("op")
         seq = journal.intent("undo", f"undo-{op}", entry["target"], request={"undo_of": entry["intent"]})
@@ -365,11 +367,6 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
                 await client.patch(payload["path"], {"spec": {"replicas": payload["replicas"]}}, patch_type=MERGE_PATCH)
             elif op == "webhook-match-conditions":
                 await _restore_match_conditions(client, payload)
-            elif op == "delete":  # an object responder created (the namespace hold); gone already is fine
-                try:
-                    await client.delete(payload["path"])
-                except NotFound:
-                    pass
             elif op == "reattach":
                 reason = await _reattach(client, payload)
                 if reason:
@@ -389,7 +386,37 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
         journal.outcome(seq, "ok")
         journal.mark_undone(entry["intent"])
         undone.append({"op": op, "target": entry["target"]})
+    # The namespace hold by what the cluster holds, not by the journal: a crash between its POST and the
+    # journaled answer leaves it out of the undo plan, and a later incident may have taken it over.
+    hold_failed = False
+    for kind, obj in (await holds_in_place(client)).items():
+        if hold_incident(obj) != journal.incident_id:
+            continue
+        target = f"{kind}/{obj['metadata']['name']}"
+        method, path, body, content_type = release_request(kind, obj)
+        seq = journal.intent("undo", "undo-release-hold", target, request={"method": method, "path": path})
+        try:
+            await client.request(method, path, body=body, content_type=content_type)
+        except NotFound:
+            pass
+        except ApiError as exc:
+            journal.outcome(seq, "failed", detail=f"{exc.status} {exc.api_message[:200]}")
+            if isinstance(exc, (Forbidden, Unauthorized)):
+                raise
+            failed.append({"target": target, "error": exc.api_message[:200]})
+            hold_failed = True
+            continue
+        journal.outcome(seq, "ok")
+        undone.append({"op": "release-hold", "target": target})
+    if not hold_failed:
+        for entry in hold_entries:
+            journal.mark_undone(entry["intent"])
     return {"journal": str(journal.path), "undone": undone, "skipped": skipped, "failed": failed}
+
+
+def _undoes_the_hold(entry: dict[str, Any]) -> bool:
+    op = (entry["undo"] or {}).get("op")
+    return op == "release-hold"
 
 
 async def _restore_match_conditions(client: KubeClient, payload: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ Checks (each a CheckResult: ok, finding or info):
   velero         velero.io served, a BackupStorageLocation Available, and for each tenant namespace the age of
                  the newest Completed Backup covering it
   tenant-crd-protection   responder protect's ValidatingAdmissionPolicy refuses deleting the Tenant CRD
+  namespace-hold the breaker's namespace hold is armed (`responder protect`): it then holds within
+                 milliseconds of the breaker's first write instead of after the API server's policy refresh
   crd-keep       `helm.sh/resource-policy: keep` on Capsule's CRDs (else `helm uninstall` deletes them)
   prevent-deletion        Tenants' spec.preventDeletion, and why it does not help against CRD deletion
 
@@ -32,7 +34,7 @@ from typing import Any
 import yaml
 
 from responder import triage
-from responder.actions.breaker import fails_closed, guards_namespace_delete
+from responder.actions.breaker import fails_closed, guards_namespace_delete, read_armed_hold
 from responder.cluster.client import KubeClient
 from responder.commands import positive_number
 from responder.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ResponderError
@@ -225,6 +227,16 @@ def protection_result(status: ProtectionStatus, crds: list[str]) -> CheckResult:
     return CheckResult("tenant-crd-protection", OK, f"deletion refused by responder protect: {', '.join(crds)}")
 
 
+def hold_result(why_not: str | None) -> CheckResult:
+    if why_not is None:
+        return CheckResult("namespace-hold", OK, "armed: the breaker's first write makes the API server refuse every "
+                                                 "tenant namespace DELETE but responder's within milliseconds")
+    return CheckResult("namespace-hold", FINDING, f"namespace hold not armed ({why_not}): during an incident the "
+                       "breaker creates it, and the API server enforces it only at its next policy refresh (up to "
+                       "~1 s), a window in which a Capsule still shutting down, or the garbage collector, can delete "
+                       "tenant namespaces", fix="run `responder protect --only hold` as a cluster admin")
+
+
 def crd_keep_result(crds: list[dict[str, Any]]) -> CheckResult:
     capsule = [c for c in crds if (c.get("spec") or {}).get("group") in CAPSULE_GROUPS]
     if not capsule:
@@ -319,7 +331,8 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
     async def protection() -> list[CheckResult]:
         crds = (await client.list_all(CRDS_PATH))["items"]
         status = await read_protection(client)
-        return [protection_result(status, protected_crds(options.protect_crds)), crd_keep_result(crds)]
+        return [protection_result(status, protected_crds(options.protect_crds)), crd_keep_result(crds),
+                hold_result(await read_armed_hold(client))]
 
     async def tenants() -> list[CheckResult]:
         listing = await client.get_or_none(TENANTS_PATH)

@@ -124,6 +124,11 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
             responder_kubeconfig = lab.mint_user("responder")
             await bind_cluster_admin(admin, "responder")
             access = load_cluster_access(str(responder_kubeconfig))
+            # Set up as `responder doctor` recommends: the namespace hold armed ahead of the incident.
+            from responder.protect import arm_hold
+
+            await arm_hold(admin)
+            print("drill: namespace hold armed (responder protect --only hold)", file=out, flush=True)
         else:
             access = await lab.responder_access(admin)
         prepared = await scenarios.prepare(admin, scenario)
@@ -198,7 +203,8 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
         "detach_per_second": (detach.data.get("per_second") if detach else None),
         "still_at_risk": len(still_at_risk),
         "scenario": scenario, "options": options or {"scenario": scenario},
-        "breaker": breaker, "namespace_hold": hold, "breaker_verified": (session.results["verify-breaker"].data.get("breaker")
+        "breaker": breaker, "namespace_hold": hold, "namespace_hold_armed": session.hold_not_armed is None,
+        "breaker_verified": (session.results["verify-breaker"].data.get("breaker")
                                                  if "verify-breaker" in session.results else None),
         "fault_injection": prepared,
         "steps": {sid: r.status for sid, r in session.results.items()},
@@ -350,7 +356,8 @@ def print_scorecard(card: dict[str, Any]) -> None:
         + ("   BREAKER UNAVAILABLE: " + ("only the namespace hold refused the deleters"
                                          if card.get("namespace_hold") == "held" else "containment relied on speed")
            if card.get("breaker") == "unavailable" else ""),
-        f"  breaker / namespace hold     {card.get('breaker')} / {card.get('namespace_hold')}",
+        f"  breaker / namespace hold     {card.get('breaker')} / {card.get('namespace_hold')}"
+        + (" (armed ahead)" if card.get("namespace_hold_armed") else ""),
         f"  options                      {card.get('options')}",
         f"  backup                       {card.get('backup') or 'none'}",
         f"  restored / re-adopted        {card['restored']} / {card['re_adopted']}",

@@ -61,6 +61,7 @@ class EngineOptions:
     yes: bool = False  # destructive steps pre-confirmed
     protected: frozenset[str] = frozenset()
     identity: str = ""  # the username the API server sees for responder
+    hold_armed: bool = False  # `responder protect` armed the namespace hold (read at the preflight)
 
 
 @dataclass
@@ -108,6 +109,24 @@ class StepContext:
     def done_before(self, action: str, target: str) -> bool:
         """Resume support: this write already completed in this incident's journal."""
         return self.journal.done(self.step.id, action, target)
+
+    async def settle_pending(self, action: str, applied: Callable[[dict[str, Any]], Awaitable[bool | None]]) -> int:
+        """After a crash: this step's `action` intents with no outcome may or may not have reached the API
+        server. `applied(intent)` looks at the cluster: True (applied), False (not), None (the target is
+        gone). Journal what really happened, so nothing is done twice and nothing stays pending."""
+        settled = 0
+        for intent in self.journal.pending():
+            if intent.get("step") != self.step.id or intent.get("action") != action or intent.get("dry_run"):
+                continue
+            verdict = await applied(intent)
+            if verdict is None:
+                self.journal.outcome(intent["seq"], "skipped", detail="target gone; found on resume")
+            elif verdict:
+                self.journal.outcome(intent["seq"], "ok", detail="applied before the crash; confirmed on resume")
+            else:
+                self.journal.outcome(intent["seq"], "failed", detail="not applied before the crash; redone on resume")
+            settled += 1
+        return settled
 
     def earlier_intent(self, action: str, target: str) -> dict[str, Any] | None:
         """The first intent recorded for this write (completed or not): its undo payload holds the

@@ -44,6 +44,12 @@ PROTECT_POLICY = "responder-protect-crds"
 PROTECT_BINDING = "responder-protect-crds"
 HOLD_POLICY = "responder-namespace-hold"  # the breaker's ValidatingAdmissionPolicy (responder.actions.breaker)
 HOLD_BINDING = "responder-namespace-hold"
+# The armed hold (`responder protect`): a policy and binding installed ahead, dormant until the breaker
+# marks their parameter object, a ConfigMap in responder's own namespace, with the incident.
+ARMED_HOLD_POLICY = "responder-namespace-hold-armed"
+ARMED_HOLD_BINDING = "responder-namespace-hold-armed"
+RESPONDER_NAMESPACE = "responder-system"
+HOLD_PARAM = "responder-namespace-hold"
 
 IDENTITY_KINDS = ("ServiceAccount", "User")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
@@ -107,8 +113,9 @@ PERMISSIONS: tuple[Permission, ...] = (
                read_only=True),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("get", "list", "watch"),
-               ("doctor", "protect"),
-               "doctor checks that the Tenant CRD is protected against deletion (responder protect's policy)",
+               ("doctor", "protect", "trip-breaker", "restore-capsule", "verify-recovery", "undo"),
+               "doctor checks that the Tenant CRD is protected against deletion (responder protect's policy); "
+               "the breaker, recovery, verify and undo find the namespace hold, and its incident, in the cluster",
                read_only=True),
     Permission("velero.io", ("backups", "restores", "backupstoragelocations", "downloadrequests", "schedules"),
                ("get", "list", "watch"),
@@ -162,10 +169,16 @@ PERMISSIONS: tuple[Permission, ...] = (
                "responder protect: install the policy that refuses deleting the Tenant CRD; the breaker: the namespace "
                "hold, a policy that refuses every DELETE of a tenant namespace but responder's (create cannot be "
                "limited by name; server-side apply of a new object needs it)"),
+    Permission("", ("configmaps",), ("get", "patch"),
+               ("trip-breaker", "restore-capsule", "verify-recovery", "undo"),
+               "the armed namespace hold (`responder protect`): the breaker marks its parameter ConfigMap with the "
+               "incident, recovery and undo unmark it; only that name",
+               resource_names=(HOLD_PARAM,), namespace=RESPONDER_NAMESPACE),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
-               ("delete",),
-               ("restore-capsule", "undo"),
-               "remove the breaker's namespace hold once Capsule is back (or on undo); only those two names",
+               ("update", "delete"),
+               ("trip-breaker", "restore-capsule", "undo"),
+               "take over a namespace hold already in place (a crash before its creation was journaled, or an earlier "
+               "incident's); remove it once Capsule is back (or on undo); only those two names",
                resource_names=tuple(sorted({HOLD_POLICY, HOLD_BINDING}))),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("update", "patch", "delete"),

@@ -1,4 +1,5 @@
-"""`responder protect`: refuse deleting the Tenant CRD before an incident can start.
+"""`responder protect`: refuse deleting the Tenant CRD before an incident can start, and arm the
+breaker's namespace hold.
 
 Deleting a CRD deletes every custom resource of its kind straight through storage, bypassing admission, so
 neither Capsule's tenants webhook nor a Tenant's `spec.preventDeletion` can stop it. Admission does run on the
@@ -8,6 +9,13 @@ annotation ALLOW_DELETE_ANNOTATION="true", which makes a deliberate deletion a t
 
 One policy and one binding, both named PROTECT_POLICY (responder.manifests, where the RBAC for them lives).
 Writes are server-side apply through KubeClient (fieldManager responder; dryRun=All with --dry-run).
+
+The armed hold (responder.actions.breaker.armed_hold_objects): a second policy and binding, dormant,
+and their parameter ConfigMap in responder's namespace. They refuse nothing until the breaker marks
+the ConfigMap with an incident; then every tenant namespace DELETE but responder's is refused within
+milliseconds, where a policy created during the incident waits for the API server's next policy refresh
+(up to ~1 s). Installing them needs create on namespaces (when responder's is missing) and ConfigMaps,
+which responder's own role does not grant: run it as a cluster admin.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from responder.cluster.client import APPLY_PATCH, KubeClient
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError
-from responder.manifests import PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
+from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, read_armed_hold
+from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
+from responder.manifests import PROTECT_BINDING, PROTECT_POLICY, RESPONDER_NAMESPACE, TENANT_CRD
 
 ALLOW_DELETE_ANNOTATION = "responder.io/allow-delete"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
@@ -131,18 +140,57 @@ async def install(client: KubeClient, crds: list[str]) -> list[str]:
     return done
 
 
-async def remove(client: KubeClient) -> list[str]:
-    """Delete the binding first (it stops refusing at once), then the policy; absent ones are fine."""
+async def arm_hold(client: KubeClient) -> list[str]:
+    """Install the armed hold: responder's namespace if missing, then (server-side apply) the parameter
+    ConfigMap, the policy and last the binding. Unmarked, they refuse nothing."""
     done = []
-    for kind, path in (("ValidatingAdmissionPolicyBinding", BINDING_PATH), ("ValidatingAdmissionPolicy", POLICY_PATH)):
+    namespace_missing = await client.get_or_none(f"/api/v1/namespaces/{RESPONDER_NAMESPACE}") is None
+    if namespace_missing:
+        try:
+            await client.create("/api/v1/namespaces", {"metadata": {"name": RESPONDER_NAMESPACE,
+                                                                    "labels": dict(LABELS)}})
+            done.append(f"Namespace {RESPONDER_NAMESPACE}: created")
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    policy, binding, param = armed_hold_objects()
+    for obj, path in ((param, ARMED_HOLD_PATHS["ConfigMap"]), (policy, ARMED_HOLD_PATHS["ValidatingAdmissionPolicy"]),
+                      (binding, ARMED_HOLD_PATHS["ValidatingAdmissionPolicyBinding"])):
+        if obj["kind"] == "ConfigMap" and namespace_missing and client.dry_run:
+            done.append(f"ConfigMap {RESPONDER_NAMESPACE}/{obj['metadata']['name']}: not sent (its namespace "
+                        "does not exist before the real run)")
+            continue
+        await client.patch(path, obj, patch_type=APPLY_PATCH)
+        where = f"{obj['metadata']['namespace']}/" if obj["metadata"].get("namespace") else ""
+        done.append(f"{obj['kind']} {where}{obj['metadata']['name']}: applied")
+    return done
+
+
+async def _delete_each(client: KubeClient, objects: list[tuple[str, str]]) -> list[str]:
+    """DELETE each (kind, path) in order; absent ones are fine. One line each for the operator."""
+    done = []
+    for kind, path in objects:
+        name = path.rsplit("/", 1)[-1]
         try:
             await client.delete(path)
-            done.append(f"{kind} {PROTECT_POLICY}: deleted")
+            done.append(f"{kind} {name}: deleted")
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            done.append(f"{kind} {PROTECT_POLICY}: not there")
+            done.append(f"{kind} {name}: not there")
     return done
+
+
+async def disarm_hold(client: KubeClient) -> list[str]:
+    """Delete the armed hold: binding, policy, parameter (responder's namespace stays)."""
+    return await _delete_each(client, [(kind, ARMED_HOLD_PATHS[kind]) for kind in
+                                       ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "ConfigMap")])
+
+
+async def remove(client: KubeClient) -> list[str]:
+    """Delete the binding first (without it the policy refuses nothing), then the policy."""
+    return await _delete_each(client, [("ValidatingAdmissionPolicyBinding", BINDING_PATH),
+                                       ("ValidatingAdmissionPolicy", POLICY_PATH)])
 
 
 async def verify(client: KubeClient, crds: list[str], timeout: float = 30.0) -> str:
@@ -178,13 +226,16 @@ async def verify(client: KubeClient, crds: list[str], timeout: float = 30.0) -> 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("protect",
                        help="refuse deleting the Tenant CRD (a ValidatingAdmissionPolicy) unless it is annotated "
-                            f"{ALLOW_DELETE_ANNOTATION}=true")
+                            f"{ALLOW_DELETE_ANNOTATION}=true, and arm the breaker's namespace hold")
     p.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, merged, or ~/.kube/config)")
     p.add_argument("--context", help="the kubeconfig context to use")
     p.add_argument("--crd", action="append", default=[], metavar="NAME",
                    help=f"protect this CRD too (repeatable; also ${CRDS_ENV}, comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="send the writes with dryRun=All: nothing persists")
-    p.add_argument("--remove", action="store_true", help="delete responder's policy and binding")
+    p.add_argument("--remove", action="store_true", help="delete responder's policies, bindings and the hold's "
+                                                          "parameter")
+    p.add_argument("--only", choices=("crds", "hold"),
+                   help="only the CRD protection, or only the armed namespace hold (default: both)")
     p.set_defaults(handler=cmd_protect)
 
 
@@ -194,22 +245,39 @@ def cmd_protect(args: argparse.Namespace) -> int:
     crds = protected_crds(args.crd)
     access = load_cluster_access(args.kubeconfig, args.context)
 
+    do_crds, do_hold = args.only in (None, "crds"), args.only in (None, "hold")
+
     async def go() -> int:
         # Fail fast when the cluster is unreachable instead of retrying for the incident write deadline.
         async with KubeClient(access, dry_run=args.dry_run, retry_deadline=10.0) as client:
-            lines = await (remove(client) if args.remove else install(client, crds))
             suffix = " (dry run: nothing persisted)" if args.dry_run else ""
-            for line in lines:
-                print(line + suffix)
-            if args.remove or args.dry_run:
-                return EXIT_OK
-            print(f"protected: {', '.join(crds)}")
-            verdict = await verify(client, crds)
-            print(verdict)
-            return EXIT_NOT_CONTAINED if verdict.startswith("NOT EFFECTIVE") else EXIT_OK
+            rc = EXIT_OK
+            if do_crds:
+                for line in await (remove(client) if args.remove else install(client, crds)):
+                    print(line + suffix)
+                if not args.remove and not args.dry_run:
+                    print(f"protected: {', '.join(crds)}")
+                    verdict = await verify(client, crds)
+                    print(verdict)
+                    rc = EXIT_NOT_CONTAINED if verdict.startswith("NOT EFFECTIVE") else EXIT_OK
+            if do_hold:
+                try:
+                    lines = await (disarm_hold(client) if args.remove else arm_hold(client))
+                except Forbidden as exc:
+                    print(f"namespace hold NOT armed: {exc.api_message[:200]}. Installing it needs create on "
+                          f"namespaces and configmaps: run `responder protect --only hold` once as a cluster admin")
+                    return EXIT_FORBIDDEN
+                for line in lines:
+                    print(line + suffix)
+                if not args.remove and not args.dry_run:
+                    why = await read_armed_hold(client)
+                    print("namespace hold armed: dormant until the breaker marks it" if why is None
+                          else f"namespace hold NOT armed: {why}")
+                    rc = rc or (EXIT_OK if why is None else EXIT_NOT_CONTAINED)
+            return rc
 
     return asyncio.run(go())
 
 
 __all__ = ["ALLOW_DELETE_ANNOTATION", "policy_objects", "protected_crds", "protection_from", "read_protection",
-           "install", "remove", "verify", "add_parser", "ProtectionStatus"]
+           "install", "remove", "verify", "arm_hold", "disarm_hold", "add_parser", "ProtectionStatus"]

@@ -365,6 +365,7 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
             "capsule_scaled": capsule_scaled,
             "webhooks_exempted": webhooks,
             "namespace_hold": hold,
+            "namespace_hold_armed": meta.get("hold_armed"), "namespace_hold_not_armed": meta.get("hold_not_armed"),
             "breaker_verified": verified,
             "namespaces_detached": {"count": len(names(detach)), "names": names(detach),
                                     "not_detached": [e for e in detach if e["status"] != "ok"]},
@@ -579,7 +580,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     hold = acts.get("namespace_hold") or []
     if hold:
         in_place = [h for h in hold if h["status"] == "ok" and not h.get("removed")]
-        out.append("- Namespace hold (no tenant namespace DELETE but responder's): "
+        armed = acts.get("namespace_hold_armed")
+        out.append("- Namespace hold (no tenant namespace DELETE but responder's"
+                   + ("; armed ahead by `responder protect`, so it held within milliseconds" if armed else
+                      f"; not armed ahead: {acts.get('namespace_hold_not_armed')}" if armed is False else "")
+                   + "): "
                    + ", ".join(f"{_code(h['target'])} ({h['status']}" + (", removed" if h.get("removed") else "") + ")"
                                for h in hold) + "."
                    + (" **Still in place**: tenant namespaces cannot be deleted until `responder undo` removes it."

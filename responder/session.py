@@ -15,6 +15,7 @@ from typing import Any
 
 from responder import triage
 from responder.actions import ACTIONS, action_specs
+from responder.actions.breaker import read_armed_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.detect import Detector, Trigger, late_start_trigger
@@ -124,6 +125,7 @@ class Session:
         self.detector = Detector()
         self.confirmer = confirmer
         self.identity = ""
+        self.hold_not_armed: str | None = "not read"  # why the armed namespace hold would not hold (None: armed)
         self.journal: Journal | None = None
         self.trigger: Trigger | None = None
         self.engine: Engine | None = None
@@ -163,6 +165,8 @@ class Session:
             self.client.retry_deadline = deadline
         if not self.identity:
             raise ResponderError("the API server did not say who responder is", fix="check the credentials")
+        # Read once, before any incident: the breaker marks the armed hold only where it is installed.
+        self.hold_not_armed = await read_armed_hold(self.client)
         self.options.journal_dir.mkdir(parents=True, exist_ok=True)
 
     async def start(self) -> None:
@@ -207,7 +211,8 @@ class Session:
         self.trigger = trigger
         self.journal = journal or Journal.create(self.options.journal_dir, meta={
             "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.server,
-            "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook)})
+            "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook),
+            "hold_armed": self.hold_not_armed is None, "hold_not_armed": self.hold_not_armed})
         self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
         if journal is None:
             self.record_snapshot()
@@ -283,7 +288,7 @@ class Session:
         engine = Engine(self.runbook, ACTIONS, client=self.client, observer=self.observer, journal=self.journal,
                         options=EngineOptions(dry_run=self.options.dry_run, auto=self.options.auto,
                                               yes=self.options.yes, protected=self.protected,
-                                              identity=self.identity),
+                                              identity=self.identity, hold_armed=self.hold_not_armed is None),
                         confirmer=self.confirmer)
         engine.listeners.extend(self.engine_listeners)
         self.engine = engine
@@ -317,6 +322,7 @@ def summarize(session: Session) -> dict[str, Any]:
         "trigger": session.trigger.to_json() if session.trigger else None,
         "dry_run": session.options.dry_run,
         "identity": session.identity,
+        "hold_armed": session.hold_not_armed is None,
         "steps": {sid: {"status": r.status, "summary": r.summary, **{k: v for k, v in r.data.items()
                                                                        if k in ("seconds", "detached", "breaker",
                                                                                 "released", "per_second")}}

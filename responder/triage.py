@@ -27,7 +27,8 @@ CAPSULE_FINALIZER_PREFIXES = (
     "projectcapsule.dev/",
     "controller.projectcapsule.dev/",
 )
-BUILTIN_PROTECTED = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
+# The control plane's own, and responder's (its ServiceAccount, the armed namespace hold's parameter).
+BUILTIN_PROTECTED = frozenset({"kube-system", "kube-public", "kube-node-lease", "default", "responder-system"})
 TENANT_LABEL = "capsule.clastix.io/tenant"
 
 ALIVE = "alive"

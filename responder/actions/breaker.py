@@ -24,10 +24,11 @@ from typing import Any
 
 from responder import triage
 from responder.actions.common import capsule_target
-from responder.cluster.client import JSON_PATCH, MERGE_PATCH
+from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.engine import StepContext, StepOutcome
 from responder.errors import ApiError
-from responder.manifests import HOLD_BINDING, HOLD_POLICY
+from responder.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_POLICY,
+                                 RESPONDER_NAMESPACE)
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"
@@ -67,35 +68,51 @@ def widen_exemption_patch(obj: dict[str, Any], identities: list[str]) -> list[di
 
 HOLD_ACTION = "hold-namespaces"  # the journal action of the hold's creations
 HOLD_INCIDENT_ANNOTATION = "responder.dev/incident"
+HOLD_IDENTITY_ANNOTATION = "responder.dev/identity"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
 HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{ADMISSION_V1}/validatingadmissionpolicies",
               "ValidatingAdmissionPolicyBinding": f"{ADMISSION_V1}/validatingadmissionpolicybindings"}
+HOLD_PARAM_PATH = f"/api/v1/namespaces/{RESPONDER_NAMESPACE}/configmaps/{HOLD_PARAM}"
+# Every object that makes up a hold in the cluster: the incident's own policy and binding, and the
+# armed hold's parameter object (marked with the incident while it holds).
 HOLD_OBJECT_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{HOLD_POLICY}",
                      "ValidatingAdmissionPolicyBinding":
-                         f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{HOLD_BINDING}"}
+                         f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{HOLD_BINDING}",
+                     "ConfigMap": HOLD_PARAM_PATH}
+ARMED_HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{ARMED_HOLD_POLICY}",
+                    "ValidatingAdmissionPolicyBinding":
+                        f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{ARMED_HOLD_BINDING}",
+                    "ConfigMap": HOLD_PARAM_PATH}
+HOLD_LABELS = {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "breaker"}
+
+
+def _tenant_owned() -> str:
+    """CEL: the namespace being deleted is a tenant namespace (Capsule's label, or a Tenant owner).
+    On DELETE `object` is null; the namespace being deleted is `oldObject`."""
+    label = json.dumps(triage.TENANT_LABEL)
+    return (f"(has(oldObject.metadata.labels) && {label} in oldObject.metadata.labels) || "
+            "(has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, "
+            f"r.kind == {json.dumps(triage.TENANT_KIND)} && "
+            f"r.apiVersion.startsWith({json.dumps(triage.TENANT_GROUP + '/')})))")
+
+
+_NAMESPACE_DELETES = {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
+                                         "resources": ["namespaces"]}]}
 
 
 def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]:
     """The policy refusing every DELETE of a tenant namespace (Capsule's label, or a Tenant owner) by
     anyone but `identity`, and its binding."""
-    label = json.dumps(triage.TENANT_LABEL)
-    tenant_owned = (f"(has(oldObject.metadata.labels) && {label} in oldObject.metadata.labels) || "
-                    "(has(oldObject.metadata.ownerReferences) && oldObject.metadata.ownerReferences.exists(r, "
-                    f"r.kind == {json.dumps(triage.TENANT_KIND)} && "
-                    f"r.apiVersion.startsWith({json.dumps(triage.TENANT_GROUP + '/')})))")
-    meta = {"labels": {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "breaker"},
-            "annotations": {HOLD_INCIDENT_ANNOTATION: incident}}
+    meta = {"labels": dict(HOLD_LABELS), "annotations": {HOLD_INCIDENT_ANNOTATION: incident}}
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": HOLD_POLICY, **meta},
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
-                                                    "resources": ["namespaces"]}]},
+            "matchConstraints": _NAMESPACE_DELETES,
             "matchConditions": [{"name": "not-responder",
                                  "expression": f"request.userInfo.username != {json.dumps(identity)}"}],
-            # On DELETE `object` is null; the namespace being deleted is `oldObject`.
-            "validations": [{"expression": f"!({tenant_owned})", "reason": "Forbidden",
+            "validations": [{"expression": f"!({_tenant_owned()})", "reason": "Forbidden",
                              "message": f"tenant namespaces are held by responder's circuit breaker during incident "
                                         f"{incident}: no deletes until recovery ends (or `responder undo`)"}],
         },
@@ -108,46 +125,213 @@ def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]
     return [policy, binding]
 
 
+def armed_hold_objects() -> list[dict[str, Any]]:
+    """The armed hold `responder protect` installs ahead of an incident: the same refusal, keyed to a
+    parameter object. A new policy or binding is enforced only at the API server's next policy refresh
+    (up to ~1 s, `responder bench hold`); a parameter object is read at each evaluation, so marking it
+    makes an installed policy hold within milliseconds. Unmarked, the policy refuses nothing; without
+    the ConfigMap (`parameterNotFoundAction: Allow`) neither. The breaker's mark names the incident and
+    the identity let through (match conditions cannot read parameters, so the validation checks it)."""
+    annotations = "params.metadata.annotations"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": ARMED_HOLD_POLICY, "labels": dict(HOLD_LABELS)},
+        "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": _NAMESPACE_DELETES,
+            "variables": [
+                {"name": "held", "expression": f"has({annotations}) && "
+                                               f"{json.dumps(HOLD_INCIDENT_ANNOTATION)} in {annotations}"},
+                {"name": "responder", "expression": f"has({annotations}) && "
+                                                    f"{json.dumps(HOLD_IDENTITY_ANNOTATION)} in {annotations} && "
+                                                    f"request.userInfo.username == "
+                                                    f"{annotations}[{json.dumps(HOLD_IDENTITY_ANNOTATION)}]"},
+            ],
+            "validations": [{
+                "expression": f"!variables.held || variables.responder || !({_tenant_owned()})",
+                "reason": "Forbidden",
+                "message": "tenant namespaces are held by responder's circuit breaker: no deletes until recovery ends "
+                           "(or `responder undo`)",
+                "messageExpression": "\"tenant namespaces are held by responder's circuit breaker during incident \" + "
+                                     f"{annotations}[{json.dumps(HOLD_INCIDENT_ANNOTATION)}] + "
+                                     "\": no deletes until recovery ends (or `responder undo`)\"",
+            }],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": ARMED_HOLD_BINDING, "labels": dict(HOLD_LABELS)},
+        "spec": {"policyName": ARMED_HOLD_POLICY, "validationActions": ["Deny"],
+                 "paramRef": {"name": HOLD_PARAM, "namespace": RESPONDER_NAMESPACE,
+                              "parameterNotFoundAction": "Allow"}},
+    }
+    param = {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": HOLD_PARAM, "namespace": RESPONDER_NAMESPACE, "labels": dict(HOLD_LABELS)},
+             "data": {"about": "responder's armed namespace hold: the breaker marks this object with the incident "
+                               f"({HOLD_INCIDENT_ANNOTATION}) and its identity; the mark makes policy "
+                               f"{ARMED_HOLD_POLICY} refuse tenant namespace deletes"}}
+    return [policy, binding, param]
+
+
+def armed_hold_in_place(objects: dict[str, dict[str, Any] | None]) -> str | None:
+    """Pure: why the armed hold would not hold (None: armed). `objects` by kind, None = absent."""
+    policy, binding, param = (objects.get(k) for k in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                                                       "ConfigMap"))
+    want_policy, want_binding, _ = armed_hold_objects()
+    if policy is None or binding is None or param is None:
+        missing = [k for k, v in (("policy", policy), ("binding", binding), ("parameter ConfigMap", param)) if v is None]
+        return "not installed (" + ", ".join(missing) + " missing): run `responder protect`"
+    if (policy.get("spec") or {}).get("validations") != want_policy["spec"]["validations"] \
+            or (policy.get("spec") or {}).get("paramKind") != want_policy["spec"]["paramKind"]:
+        return "the policy differs from this version's: run `responder protect` again"
+    spec = binding.get("spec") or {}
+    if spec.get("policyName") != ARMED_HOLD_POLICY or "Deny" not in (spec.get("validationActions") or []) \
+            or spec.get("paramRef") != want_binding["spec"]["paramRef"]:
+        return "the binding differs from this version's: run `responder protect` again"
+    return None
+
+
+async def read_armed_hold(client: KubeClient) -> str | None:
+    """armed_hold_in_place() for the cluster; a refusal to read counts as not armed."""
+    try:
+        return armed_hold_in_place({kind: await client.get_or_none(path) for kind, path in ARMED_HOLD_PATHS.items()})
+    except ApiError as exc:
+        return f"cannot read it ({exc.status} {exc.reason})"
+
+
 async def hold_namespaces(ctx: StepContext) -> str:
-    """Create the namespace hold (journaled, undoable); 'held', 'dry-run' or why not. Never raises for a
-    refusal: the breaker goes on without it."""
+    """Put the namespace hold in place (journaled, undoable): mark the armed hold's parameter object if
+    `responder protect` armed it (holds within milliseconds), and create this incident's own policy and
+    binding either way (holds after the API server's next policy refresh, whatever happened to the armed
+    one since the preflight read it). 'held', 'dry-run' or why not. Never raises for a refusal: the
+    breaker goes on without it."""
+    marking = asyncio.create_task(_mark_armed_hold(ctx)) if ctx.options.hold_armed else None
+    created = await _create_incident_hold(ctx)
+    marked = await marking if marking is not None else "not armed"
+    if created in ("held", "dry-run") or marked in ("held", "dry-run"):
+        return "dry-run" if ctx.dry_run else "held"
+    ctx.log(f"NO NAMESPACE HOLD ({created}; armed hold: {marked}): Capsule's webhooks are the only breaker, and a "
+            "Capsule >= 0.13 still shutting down can delete namespaces until its process stops", level="warning")
+    return f"unavailable: {created}"
+
+
+async def _mark_armed_hold(ctx: StepContext) -> str:
+    """Mark the armed hold's parameter object with this incident and responder's identity."""
+    target = f"ConfigMap/{HOLD_PARAM}"
+    if ctx.done_before(HOLD_ACTION, target):
+        return "held"
+    mark = {"metadata": {"annotations": {HOLD_INCIDENT_ANNOTATION: ctx.journal.incident_id,
+                                         HOLD_IDENTITY_ANNOTATION: ctx.options.identity}}}
+    try:
+        await ctx.write("hold-namespaces", target, "PATCH", HOLD_PARAM_PATH, body=mark, content_type=MERGE_PATCH,
+                        undo={"op": "release-hold", "path": HOLD_PARAM_PATH})
+    except ApiError as exc:
+        return f"{exc.status} {exc.api_message[:200]}"
+    return "dry-run" if ctx.dry_run else "held"
+
+
+async def _create_incident_hold(ctx: StepContext) -> str:
+    """Create this incident's policy and binding. A hold already there (409) is replaced by this
+    incident's, guarded by its resourceVersion: it is this incident's own when a crash came between the
+    POST and its journaled answer (the PUT then journals it, so recovery and undo know it), or one an
+    earlier incident left behind (said loudly; this incident's recovery removes it with its own)."""
     for obj in namespace_hold_objects(ctx.options.identity, ctx.journal.incident_id):
         kind, name = obj["kind"], obj["metadata"]["name"]
         target = f"{kind}/{name}"
         if ctx.done_before(HOLD_ACTION, target):
             continue
         try:
-            await ctx.write("hold-namespaces", target, "POST", HOLD_PATHS[kind], body=obj,
-                            undo={"op": "delete", "path": HOLD_OBJECT_PATHS[kind]})
+            try:
+                await ctx.write("hold-namespaces", target, "POST", HOLD_PATHS[kind], body=obj,
+                                undo={"op": "release-hold", "path": HOLD_OBJECT_PATHS[kind]})
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                existing = await ctx.client.get(HOLD_OBJECT_PATHS[kind])
+                owner = hold_incident(existing)
+                if owner != ctx.journal.incident_id:
+                    ctx.log(f"a namespace hold left by incident {owner or '(unknown)'} was still in place: "
+                            f"{target} now belongs to this incident, and its recovery removes it", level="warning")
+                replacement = {**obj, "metadata": {**obj["metadata"],
+                                                   "resourceVersion": existing["metadata"]["resourceVersion"]}}
+                await ctx.write("hold-namespaces", target, "PUT", HOLD_OBJECT_PATHS[kind], body=replacement,
+                                undo={"op": "release-hold", "path": HOLD_OBJECT_PATHS[kind]})
         except ApiError as exc:
-            if exc.status == 409:  # left by an earlier run of this incident (resume): it is the same hold
-                continue
-            why = ("the API server serves no ValidatingAdmissionPolicy (Kubernetes < 1.30)" if exc.status == 404
-                   else f"{exc.status} {exc.api_message[:200]}")
-            ctx.log(f"NO NAMESPACE HOLD ({why}): Capsule's webhooks are the only breaker, and a Capsule >= 0.13 "
-                    "still shutting down can delete namespaces until its process stops", level="warning")
-            return f"unavailable: {why}"
+            return ("the API server serves no ValidatingAdmissionPolicy (Kubernetes < 1.30)" if exc.status == 404
+                    else f"{exc.status} {exc.api_message[:200]}")
     return "dry-run" if ctx.dry_run else "held"
 
 
+def hold_incident(obj: dict[str, Any]) -> str | None:
+    """The incident a hold object belongs to (its annotation; on the armed hold's parameter, its mark)."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(HOLD_INCIDENT_ANNOTATION)
+
+
+async def holds_in_place(client: KubeClient) -> dict[str, dict[str, Any]]:
+    """The hold objects holding now, by kind: the truth recovery, verify and undo go by (a journal can
+    miss one: a crash between a write and its journaled answer). The armed hold's parameter object
+    counts only while marked."""
+    found = {}
+    for kind, path in HOLD_OBJECT_PATHS.items():
+        try:
+            obj = await client.get_or_none(path)
+        except ApiError as exc:
+            if kind == "ConfigMap" and exc.status == 403:  # not armed here, and responder may not read it
+                continue
+            raise
+        if obj is not None and (kind != "ConfigMap" or hold_incident(obj)):
+            found[kind] = obj
+    return found
+
+
+def release_request(kind: str, obj: dict[str, Any]) -> tuple[str, str, dict[str, Any], str]:
+    """(method, path, body, content type) lifting one hold object: this incident's policy and binding
+    are deleted (guarded by UID), the armed hold's parameter is unmarked (guarded by resourceVersion) and
+    stays, armed for the next incident."""
+    path = HOLD_OBJECT_PATHS[kind]
+    if kind == "ConfigMap":
+        unmark = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
+                               "annotations": {HOLD_INCIDENT_ANNOTATION: None, HOLD_IDENTITY_ANNOTATION: None}}}
+        return "PATCH", path, unmark, MERGE_PATCH
+    return ("DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": obj["metadata"]["uid"]}},
+            "application/json")
+
+
 def hold_intents(ctx: StepContext) -> list[dict[str, Any]]:
-    """The hold's persisted creations not removed yet (undo plan entries)."""
+    """The hold's journaled writes not marked removed yet (undo plan entries)."""
     return [e for e in ctx.journal.undo_plan() if e.get("action") == HOLD_ACTION]
 
 
 async def release_hold(ctx: StepContext) -> list[str]:
-    """Delete the namespace hold this incident created (journaled; absent is fine). Returns what was removed."""
+    """Lift the hold objects in the cluster that belong to this incident (journaled). A hold of another
+    incident is left and said. Returns what was lifted."""
     removed = []
-    for entry in hold_intents(ctx):
-        path = entry["undo"]["path"]
+    for kind, obj in (await holds_in_place(ctx.client)).items():
+        target = f"{kind}/{obj['metadata']['name']}"
+        owner = hold_incident(obj)
+        if owner != ctx.journal.incident_id:
+            ctx.log(f"{target} belongs to incident {owner or '(unknown)'}, not this one: left in place "
+                    f"(`responder undo` that incident's journal removes it)", level="warning")
+            continue
+        method, path, body, content_type = release_request(kind, obj)
         try:
-            await ctx.write("release-hold", entry["target"], "DELETE", path)
+            await ctx.write("release-hold", target, method, path, body=body, content_type=content_type)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or changed meanwhile (another incident's now)
                 raise
+            continue
+        removed.append(target)
+    for entry in hold_intents(ctx):  # none of this incident's hold is left in the cluster
         ctx.journal.mark_undone(entry["intent"])
-        removed.append(entry["target"])
     return removed
+
+
+async def hold_left_in_place(client: KubeClient, incident: str) -> list[str]:
+    """What verify says of the hold: each object still holding, with its incident."""
+    return [f"{kind}/{obj['metadata']['name']} (incident {hold_incident(obj) or 'unknown'}"
+            + (", this one)" if hold_incident(obj) == incident else ")")
+            for kind, obj in (await holds_in_place(client)).items()]
 
 
 def webhook_path(kind: str, name: str) -> str:

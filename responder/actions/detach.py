@@ -45,24 +45,17 @@ class DetachNamespaces:
                 "maxPasses": ParamSpec(int, default=20, description="re-triage passes before giving up")},
     )
 
-    async def settle_pending(self, ctx: StepContext) -> int:
-        """After a crash: detach intents with no outcome may or may not have reached the API server.
-        Look at each namespace and journal what really happened, so nothing is done twice."""
-        settled = 0
-        for intent in ctx.journal.pending():
-            if intent.get("step") != ctx.step.id or intent.get("action") != "detach" or intent.get("dry_run"):
-                continue
+    @staticmethod
+    async def settle_pending(ctx: StepContext) -> int:
+        """Detach writes a crash (or a resent request) left unknown: is the Tenant reference still there?"""
+        async def applied(intent: dict[str, Any]) -> bool | None:
             ns = await ctx.client.get_or_none(f"/api/v1/namespaces/{intent['target']}")
-            removed = {r.get("uid") for r in (intent.get("undo") or {}).get("ownerReferences") or []}
-            still = ns is not None and any(r.get("uid") in removed for r in triage.tenant_refs(ns))
             if ns is None:
-                ctx.journal.outcome(intent["seq"], "skipped", detail="namespace gone; found on resume")
-            elif still:
-                ctx.journal.outcome(intent["seq"], "failed", detail="not applied before the crash; redone on resume")
-            else:
-                ctx.journal.outcome(intent["seq"], "ok", detail="applied before the crash; confirmed on resume")
-            settled += 1
-        return settled
+                return None
+            removed = {r.get("uid") for r in (intent.get("undo") or {}).get("ownerReferences") or []}
+            return not any(r.get("uid") in removed for r in triage.tenant_refs(ns))
+
+        return await ctx.settle_pending("detach", applied)
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         settled = await self.settle_pending(ctx)

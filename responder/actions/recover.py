@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 
 from responder import recovery
-from responder.actions.breaker import (HOLD_POLICY, hold_intents, release_hold, restore_match_conditions_patch,
-                                       widen_exemption_patch)
+from responder.actions.breaker import (HOLD_POLICY, hold_incident, hold_left_in_place, holds_in_place, release_hold,
+                                       restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery
@@ -633,9 +633,9 @@ class RestoreCapsule:
         if not ctx.done_before("restore-replicas", target.deployment):
             lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
                          f"(as before the incident)")
-        if hold_intents(ctx):
-            lines.append(f"delete the namespace hold (ValidatingAdmissionPolicy {HOLD_POLICY} and its binding) once "
-                         f"every Tenant lists its namespaces again")
+        if await self.own_hold(ctx):
+            lines.append(f"lift the namespace hold (delete ValidatingAdmissionPolicy {HOLD_POLICY} and its binding, "
+                         f"unmark the armed hold's parameter) once every Tenant lists its namespaces again")
         return lines
 
     async def run(self, ctx: StepContext) -> StepOutcome:
@@ -653,7 +653,8 @@ class RestoreCapsule:
         data = {"replicas": replicas, "tenants_not_reconciled": pending}
         if pending:
             ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet: {', '.join(pending[:5])}"
-                    + ("; the namespace hold stays (remove it with `responder undo`)" if hold_intents(ctx) else ""),
+                    + ("; the namespace hold stays (remove it with `responder undo`)" if await self.own_hold(ctx)
+                       else ""),
                     level="warning")
             return StepOutcome("failed", f"Capsule back at {replicas} replicas; {len(pending)} Tenants not reconciled",
                                data)
@@ -661,6 +662,11 @@ class RestoreCapsule:
         data["hold_removed"] = await release_hold(ctx)
         return StepOutcome("finished", f"Capsule back at {replicas} replicas; every Tenant lists its namespaces"
                                        + ("; namespace hold removed" if data["hold_removed"] else ""), data)
+
+    @staticmethod
+    async def own_hold(ctx: StepContext) -> bool:
+        """This incident's namespace hold is in the cluster."""
+        return any(hold_incident(o) == ctx.journal.incident_id for o in (await holds_in_place(ctx.client)).values())
 
     async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
         """Tenants whose status does not list every known namespace of theirs that exists."""
@@ -716,6 +722,7 @@ class VerifyRecovery:
         replicas = ((deployment or {}).get("spec") or {}).get("replicas")
         expected_replicas = snapshot.get("capsule_replicas")
         lost = set(plan.get("lost") or {})
+        hold_left = await hold_left_in_place(ctx.client, ctx.journal.incident_id)
         result = {
             "known": len(known), "present": len(known) - len(missing), "missing": missing,
             "adopted": len(known) - len(missing) - len(not_adopted), "not_adopted": not_adopted,
@@ -723,7 +730,7 @@ class VerifyRecovery:
             "restored": sorted(restored), "unrestorable": sorted(lost - restored),
             "content_missing": content_missing, "webhook_differences": webhook_diffs,
             "capsule_replicas": replicas, "capsule_replicas_expected": expected_replicas,
-            "backup": plan.get("backup"),
+            "backup": plan.get("backup"), "hold_left": hold_left,
         }
         ctx.journal.record("recovery-verify", step=ctx.step.id, **result)
         problems = []
@@ -738,8 +745,8 @@ class VerifyRecovery:
             problems.append("webhooks differ: " + "; ".join(webhook_diffs))
         if expected_replicas is not None and replicas != expected_replicas:
             problems.append(f"Capsule at {replicas} replicas, expected {expected_replicas}")
-        if hold_intents(ctx):
-            problems.append(f"the namespace hold ({HOLD_POLICY}) is still in place")
+        if hold_left:
+            problems.append("the namespace hold is still in place: " + ", ".join(hold_left))
         data = {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in result.items()}
         if problems:
             for p in problems:

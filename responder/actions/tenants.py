@@ -48,6 +48,16 @@ class ReleaseTenantFinalizers:
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
+        async def applied(intent: dict[str, Any]) -> bool | None:
+            # Gone (None): released, by this write or another hand, and deleted by the CRD cleanup.
+            tenant = await ctx.client.get_or_none(f"{TENANTS_PATH}/{intent['target']}")
+            if tenant is None:
+                return None
+            return CAPSULE_TENANT_FINALIZER not in (tenant["metadata"].get("finalizers") or [])
+
+        settled = await ctx.settle_pending("release-finalizer", applied)
+        if settled:
+            ctx.log(f"resumed: settled {settled} Tenant finalizer releases left pending by the crash")
         detached = detached_from_journal(ctx.journal.records())
         # Containment can finish before the CRD's cleanup controller has marked the Tenants for deletion
         # (a small cluster detaches in milliseconds). A Tenant it marks after this step would hold the CRD

@@ -260,7 +260,9 @@ class Lab:
                 f"--service-account-key-file={self.pki.sa_pub}",
                 f"--service-account-signing-key-file={self.pki.sa_key}",
                 f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
-                "--audit-log-maxsize=500", "--audit-log-maxbackup=2", "--profiling=false",
+                "--audit-log-maxsize=500", "--audit-log-maxbackup=2",
+                # /debug/pprof for diagnosing where the API server's CPU goes (RESPONDER_LAB_PROFILING=1).
+                f"--profiling={'true' if os.environ.get('RESPONDER_LAB_PROFILING') == '1' else 'false'}",
                 "--endpoint-reconciler-type=none"]
 
     def _start_apiserver(self, state: dict[str, Any], binary: Path) -> None:

@@ -73,7 +73,7 @@ async def test_doctor_ready_with_velero_backup_and_protect_then_findings(lab_man
             assert report["missing_permissions"] is None
             st = statuses(report)
             for name in ("permissions", "capsule", "breaker", "velero-location", "velero-backups",
-                         "tenant-crd-protection", "crd-keep"):
+                         "tenant-crd-protection", "crd-keep", "namespace-hold"):
                 assert st.get(name) == "ok", (name, report["checks"])
             assert st["prevent-deletion"] == "info"
             ages = check(report, "velero-backups")["data"]["newest_backup_age_s"]
@@ -107,7 +107,8 @@ async def test_doctor_ready_with_velero_backup_and_protect_then_findings(lab_man
             protection = check(report, "tenant-crd-protection")
             assert protection["status"] == "finding" and protection["summary"].startswith("Tenant CRD not protected")
             assert "responder protect" in protection["fix"]
-            assert sorted(n for n, s in statuses(report).items() if s == "finding") == ["tenant-crd-protection"]
+            assert sorted(n for n, s in statuses(report).items() if s == "finding") == ["namespace-hold",
+                                                                                    "tenant-crd-protection"]
         finally:
             # The lab is shared with later tests, which delete the Tenant CRD: leave it deletable.
             run_responder("protect", "--kubeconfig", str(kc), "--remove")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from responder.actions.breaker import ARMED_HOLD_PATHS
 from responder.errors import ApiError
 from responder.lab.incident import read_audit
 from responder.protect import ALLOW_DELETE_ANNOTATION, BINDING_PATH, POLICY_PATH, deny_message
@@ -67,11 +68,13 @@ async def test_protect_refuses_deleting_the_tenant_crd_until_annotated(lab_manag
             assert rc == 1
             protection = check(report, "tenant-crd-protection")
             assert protection["status"] == "finding" and protection["summary"].startswith("Tenant CRD not protected")
+            hold = check(report, "namespace-hold")
+            assert hold["status"] == "finding" and "responder protect --only hold" in hold["fix"], hold
             assert check(report, "permissions")["status"] == "ok"  # the lab admin has everything
 
             # --dry-run: the server accepts the objects, nothing persists (audit: only dryRun=All writes).
             since = time.time() - 1
-            proc = run_responder("protect", "--kubeconfig", str(kc), "--dry-run")
+            proc = run_responder("protect", "--kubeconfig", str(kc), "--dry-run", "--only", "crds")
             assert proc.returncode == 0, proc.stderr
             assert "dry run" in proc.stdout
             assert await admin.get_or_none(POLICY_PATH) is None and await admin.get_or_none(BINDING_PATH) is None
@@ -86,6 +89,7 @@ async def test_protect_refuses_deleting_the_tenant_crd_until_annotated(lab_manag
             proc = run_responder("protect", "--kubeconfig", str(kc))
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert f"verified: a dry-run DELETE of {TENANT_CRD} is refused" in proc.stdout, proc.stdout
+            assert "namespace hold armed: dormant until the breaker marks it" in proc.stdout, proc.stdout
             policy = await admin.get(POLICY_PATH)
             assert policy["metadata"]["managedFields"][0]["manager"] == "responder"
             assert (await admin.get(BINDING_PATH))["spec"]["validationActions"] == ["Deny"]
@@ -100,6 +104,7 @@ async def test_protect_refuses_deleting_the_tenant_crd_until_annotated(lab_manag
             # Doctor now: that finding is gone.
             rc, report = doctor(kc)
             assert check(report, "tenant-crd-protection")["status"] == "ok"
+            assert check(report, "namespace-hold")["status"] == "ok"
 
             # Another CRD is not refused (the policy names only the protected ones): a dry run of one.
             crds = (await admin.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"))["items"]
@@ -123,6 +128,7 @@ async def test_protect_refuses_deleting_the_tenant_crd_until_annotated(lab_manag
             assert proc.returncode == 0, proc.stderr
             assert "deleted" in proc.stdout
             assert await admin.get_or_none(POLICY_PATH) is None and await admin.get_or_none(BINDING_PATH) is None
+            assert await admin.get_or_none(ARMED_HOLD_PATHS["ConfigMap"]) is None
             for kind in ("validatingadmissionpolicies", "validatingadmissionpolicybindings"):
                 items = (await admin.get(f"{ADMISSION}/{kind}"))["items"]
                 assert not [i for i in items if i["metadata"]["name"].startswith("responder")], items

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from responder import triage
-from responder.actions.breaker import (EXEMPTION_NAME, exemption_condition, exemption_patch, fails_closed,
-                                       guards_namespace_delete, namespace_hold_objects)
+from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
+                                       armed_hold_in_place, armed_hold_objects, exemption_condition, exemption_patch,
+                                       fails_closed, guards_namespace_delete, namespace_hold_objects, release_request)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
 from responder.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
@@ -127,3 +128,52 @@ def test_namespace_hold_refuses_tenant_namespace_deletes_by_all_but_responder():
         rule["expression"] and 'r.apiVersion.startsWith("capsule.clastix.io/")' in rule["expression"]
     assert "inc-1" in rule["message"]
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+
+
+def test_the_armed_hold_is_dormant_until_its_parameter_is_marked_and_then_lets_only_the_marked_identity_through():
+    policy, binding, param = armed_hold_objects()
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail" and spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert "matchConditions" not in spec  # they cannot read parameters: the identity is checked in the validation
+    variables = {v["name"]: v["expression"] for v in spec["variables"]}
+    assert f'"{HOLD_INCIDENT_ANNOTATION}" in params.metadata.annotations' in variables["held"]
+    assert (f'request.userInfo.username == params.metadata.annotations["{HOLD_IDENTITY_ANNOTATION}"]'
+            in variables["responder"])
+    (rule,) = spec["validations"]
+    assert rule["expression"].startswith("!variables.held || variables.responder || !(")
+    assert '"capsule.clastix.io/tenant" in oldObject.metadata.labels' in rule["expression"]
+    # Without the ConfigMap the binding allows (dormant); the ConfigMap it names is the one protect applies.
+    ref = binding["spec"]["paramRef"]
+    assert ref["parameterNotFoundAction"] == "Allow"
+    assert (ref["namespace"], ref["name"]) == (param["metadata"]["namespace"], param["metadata"]["name"])
+    assert "annotations" not in param["metadata"]  # installed unmarked
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == [
+        "Deny"]
+
+
+def test_armed_hold_in_place_names_what_is_missing_or_different():
+    policy, binding, param = armed_hold_objects()
+    objects = {"ValidatingAdmissionPolicy": policy, "ValidatingAdmissionPolicyBinding": binding, "ConfigMap": param}
+    assert armed_hold_in_place(objects) is None
+    assert "parameter ConfigMap missing" in armed_hold_in_place({**objects, "ConfigMap": None})
+    assert "binding missing" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicyBinding": None})
+    audit_only = {**binding, "spec": {**binding["spec"], "validationActions": ["Audit"]}}
+    assert "binding differs" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicyBinding": audit_only})
+    older = {**policy, "spec": {**policy["spec"], "validations": [{"expression": "true"}]}}
+    assert "policy differs" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicy": older})
+
+
+def test_lifting_the_hold_deletes_the_incidents_policy_but_only_unmarks_the_armed_parameter():
+    policy, _ = namespace_hold_objects("responder", "inc-1")
+    policy["metadata"].update(uid="u-1", resourceVersion="7")
+    method, path, body, _ = release_request("ValidatingAdmissionPolicy", policy)
+    assert method == "DELETE" and path.endswith("/validatingadmissionpolicies/responder-namespace-hold")
+    assert body["preconditions"] == {"uid": "u-1"}
+    param = armed_hold_objects()[2]
+    param["metadata"].update(uid="u-2", resourceVersion="9",
+                             annotations={HOLD_INCIDENT_ANNOTATION: "inc-1", HOLD_IDENTITY_ANNOTATION: "responder"})
+    method, path, body, content_type = release_request("ConfigMap", param)
+    assert (method, content_type) == ("PATCH", "application/merge-patch+json")
+    assert path == "/api/v1/namespaces/responder-system/configmaps/responder-namespace-hold"
+    assert body == {"metadata": {"resourceVersion": "9", "annotations": {HOLD_INCIDENT_ANNOTATION: None,
+                                                                         HOLD_IDENTITY_ANNOTATION: None}}}

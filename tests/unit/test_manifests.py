@@ -17,6 +17,11 @@ CAPSULE = "capsule-controller-manager"
 READ_VERBS = {"get", "list", "watch"}
 SELF_REVIEWS = {("authentication.k8s.io", "selfsubjectreviews"), ("authorization.k8s.io", "selfsubjectaccessreviews")}
 
+# Lifting the namespace hold (recovery and undo): found in the cluster, deleted or unmarked.
+HOLD_RELEASE_NEEDS = [("admissionregistration.k8s.io", res, verb, "responder-namespace-hold")
+                      for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
+                      for verb in ("get", "delete")] + [("", "configmaps", verb, "responder-namespace-hold")
+                                                        for verb in ("get", "patch")]
 # What each journaled write needs: (apiGroup, resource[/subresource], verb, object name or None for any).
 # A new journal action name in responder/actions/*.py fails test_every_journal_action_is_in_the_table
 # until it is added here, and then test_rules_cover_every_action checks the ClusterRole allows it.
@@ -48,11 +53,14 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                          ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "any-name")],
     "restore-replicas": [("apps", "deployments/scale", "patch", CAPSULE)],
     # The breaker's namespace hold: created at the breaker, deleted when Capsule is back.
-    "hold-namespaces": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "create", None),
-                        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "create", None)],
-    "release-hold": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "responder-namespace-hold"),
-                     ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "delete",
-                      "responder-namespace-hold")],
+    # A hold already there (409) is read and replaced (PUT); release and verify read what is in the cluster.
+    # The armed hold's parameter is marked (patch); the incident's own policy and binding are created.
+    "hold-namespaces": [("admissionregistration.k8s.io", res, verb, name)
+                        for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
+                        for verb, name in (("create", None), ("get", "responder-namespace-hold"),
+                                           ("update", "responder-namespace-hold"))]
+                       + [("", "configmaps", "patch", "responder-namespace-hold")],
+    "release-hold": HOLD_RELEASE_NEEDS,
 }
 # `responder undo`, per undo op (responder/commands.py::undo_journal).
 UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
@@ -63,9 +71,7 @@ UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                                  ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "x")],
     "reattach": [("", "namespaces", "get", "ns"), ("", "namespaces", "patch", "ns"),
                  ("capsule.clastix.io", "tenants", "get", "tenant-a")],
-    "delete": [("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "responder-namespace-hold"),
-               ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "delete",
-                "responder-namespace-hold")],
+    "release-hold": HOLD_RELEASE_NEEDS,
 }
 # Not journaled: the watches (responder/observe.py), the preflight, doctor, the breaker probe, content counting.
 WATCH_NEEDS = [
@@ -169,6 +175,9 @@ def test_nothing_beyond_what_is_needed():
                  ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "delete", "x"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "someone-elses-policy"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "patch", "someone-elses"),
+                 ("admissionregistration.k8s.io", "validatingadmissionpolicies", "update", "someone-elses-policy"),
+                 ("", "configmaps", "patch", "someone-elses"), ("", "configmaps", "create", None),
+                 ("", "configmaps", "get", "someone-elses"),
                  ("velero.io", "backups", "delete", "b"), ("velero.io", "restores", "patch", "r"),
                  ("rbac.authorization.k8s.io", "clusterrolebindings", "create", None),
                  ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None)]:

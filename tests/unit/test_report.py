@@ -328,7 +328,7 @@ def test_the_namespace_hold_is_reported_and_said_to_be_in_place_until_removed(tm
     for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
         seq = j.intent("breaker", "hold-namespaces", f"{kind}/responder-namespace-hold",
                        request={"method": "POST", "path": "/apis/admissionregistration.k8s.io/v1/x"},
-                       undo={"op": "delete", "path": f"/apis/admissionregistration.k8s.io/v1/x/{kind}"})
+                       undo={"op": "release-hold", "path": f"/apis/admissionregistration.k8s.io/v1/x/{kind}"})
         j.outcome(seq, "ok")
         seqs.append(seq)
     text = render_markdown(build_report(j.records()))
@@ -342,3 +342,16 @@ def test_the_namespace_hold_is_reported_and_said_to_be_in_place_until_removed(tm
     assert "`ValidatingAdmissionPolicy/responder-namespace-hold` (ok, removed)" in text and "Still in place" in text
     j.mark_undone(seqs[1])
     assert "Still in place" not in render_markdown(build_report(j.records()))
+    assert "armed ahead" not in text and "not armed ahead" not in text  # a journal that does not say
+
+
+@pytest.mark.parametrize("armed, said", [(True, "armed ahead by `responder protect`"),
+                                         (False, "not armed ahead: not installed (policy missing)")])
+def test_the_report_says_whether_the_namespace_hold_was_armed_ahead(tmp_path, armed, said):
+    j = Journal.create(tmp_path, incident_id="inc-armed", meta={
+        "trigger": _trigger(time.time()), "dry_run": False, "hold_armed": armed,
+        "hold_not_armed": None if armed else "not installed (policy missing)"})
+    seq = j.intent("breaker", "hold-namespaces", "ConfigMap/responder-namespace-hold",
+                   request={"method": "PATCH", "path": "/x"}, undo={"op": "release-hold", "path": "/x"})
+    j.outcome(seq, "ok")
+    assert said in render_markdown(build_report(j.records()))

@@ -153,6 +153,7 @@ def test_protected_namespaces_includes_builtins_capsule_velero_and_extra():
     assert "" not in p
     assert "capsule-system" not in p
     assert {"capsule-system", "velero"} <= protected_namespaces()
+    assert "responder-system" in p  # responder's own: its ServiceAccount and the armed hold's parameter
 
 
 # --------------------------------------------------------------------------- owner_status
