@@ -285,17 +285,26 @@ async def holds_in_place(client: KubeClient) -> dict[str, dict[str, Any]]:
     return found
 
 
-def release_request(kind: str, obj: dict[str, Any]) -> tuple[str, str, dict[str, Any], str]:
-    """(method, path, body, content type) lifting one hold object: this incident's policy and binding
-    are deleted (guarded by UID), the armed hold's parameter is unmarked (guarded by resourceVersion) and
-    stays, armed for the next incident."""
+def release_request(kind: str, obj: dict[str, Any]) -> tuple[str, str, Any, str]:
+    """(method, path, body, content type) lifting one hold object: the incident's policy and binding are
+    deleted (guarded by UID); the armed hold's parameter is unmarked, guarded by a `test` that the mark
+    is still this incident's, and stays, armed for the next incident. A guard that fails (409, 422)
+    means the object changed hands meanwhile."""
     path = HOLD_OBJECT_PATHS[kind]
     if kind == "ConfigMap":
-        unmark = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
-                               "annotations": {HOLD_INCIDENT_ANNOTATION: None, HOLD_IDENTITY_ANNOTATION: None}}}
-        return "PATCH", path, unmark, MERGE_PATCH
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        ops: list[dict[str, Any]] = [{"op": "test", "path": _annotation_path(HOLD_INCIDENT_ANNOTATION),
+                                      "value": annotations.get(HOLD_INCIDENT_ANNOTATION)}]
+        ops += [{"op": "remove", "path": _annotation_path(key)}
+                for key in (HOLD_INCIDENT_ANNOTATION, HOLD_IDENTITY_ANNOTATION) if key in annotations]
+        return "PATCH", path, ops, JSON_PATCH
     return ("DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": obj["metadata"]["uid"]}},
             "application/json")
+
+
+def _annotation_path(key: str) -> str:
+    """JSON pointer to an annotation (RFC 6901: `~` and `/` escaped)."""
+    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
 
 
 def hold_intents(ctx: StepContext) -> list[dict[str, Any]]:
@@ -318,7 +327,7 @@ async def release_hold(ctx: StepContext) -> list[str]:
         try:
             await ctx.write("release-hold", target, method, path, body=body, content_type=content_type)
         except ApiError as exc:
-            if exc.status not in (404, 409):  # gone, or changed meanwhile (another incident's now)
+            if exc.status not in (404, 409, 422):  # gone, or changed hands meanwhile (release_request)
                 raise
             continue
         removed.append(target)

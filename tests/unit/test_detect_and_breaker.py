@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from responder import triage
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
                                        armed_hold_in_place, armed_hold_objects, exemption_condition, exemption_patch,
@@ -12,7 +14,7 @@ from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
 from responder.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
 
-from .test_triage import apply_patch
+from .test_triage import PatchTestFailed, apply_patch
 
 
 def ev(kind: str, resource: str, obj: dict) -> WatchEvent:
@@ -173,7 +175,14 @@ def test_lifting_the_hold_deletes_the_incidents_policy_but_only_unmarks_the_arme
     param["metadata"].update(uid="u-2", resourceVersion="9",
                              annotations={HOLD_INCIDENT_ANNOTATION: "inc-1", HOLD_IDENTITY_ANNOTATION: "responder"})
     method, path, body, content_type = release_request("ConfigMap", param)
-    assert (method, content_type) == ("PATCH", "application/merge-patch+json")
+    assert (method, content_type) == ("PATCH", "application/json-patch+json")
     assert path == "/api/v1/namespaces/responder-system/configmaps/responder-namespace-hold"
-    assert body == {"metadata": {"resourceVersion": "9", "annotations": {HOLD_INCIDENT_ANNOTATION: None,
-                                                                         HOLD_IDENTITY_ANNOTATION: None}}}
+    # Only while the mark is still this incident's; the ConfigMap itself stays (armed).
+    assert body == [{"op": "test", "path": "/metadata/annotations/responder.dev~1incident", "value": "inc-1"},
+                    {"op": "remove", "path": "/metadata/annotations/responder.dev~1incident"},
+                    {"op": "remove", "path": "/metadata/annotations/responder.dev~1identity"}]
+    unmarked = apply_patch(param, body)
+    assert unmarked["metadata"]["annotations"] == {} and unmarked["data"] == param["data"]
+    marked_again = {**param, "metadata": {**param["metadata"], "annotations": {HOLD_INCIDENT_ANNOTATION: "inc-2"}}}
+    with pytest.raises(PatchTestFailed):  # another incident's mark now: the test op refuses
+        apply_patch(marked_again, body)
