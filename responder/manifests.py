@@ -117,6 +117,10 @@ PERMISSIONS: tuple[Permission, ...] = (
                "doctor checks that the Tenant CRD is protected against deletion (responder protect's policy); "
                "the breaker, recovery, verify and undo find the namespace hold, and its incident, in the cluster",
                read_only=True),
+    Permission("", ("configmaps",), ("get",),
+               ("preflight", "doctor", "restore-capsule", "verify-recovery", "undo"),
+               "is the namespace hold armed (its parameter ConfigMap), and is it marked by an incident; only that name",
+               read_only=True, resource_names=(HOLD_PARAM,), namespace=RESPONDER_NAMESPACE),
     Permission("velero.io", ("backups", "restores", "backupstoragelocations", "downloadrequests", "schedules"),
                ("get", "list", "watch"),
                ("doctor", "restore"),
@@ -169,8 +173,8 @@ PERMISSIONS: tuple[Permission, ...] = (
                "responder protect: install the policy that refuses deleting the Tenant CRD; the breaker: the namespace "
                "hold, a policy that refuses every DELETE of a tenant namespace but responder's (create cannot be "
                "limited by name; server-side apply of a new object needs it)"),
-    Permission("", ("configmaps",), ("get", "patch"),
-               ("trip-breaker", "restore-capsule", "verify-recovery", "undo"),
+    Permission("", ("configmaps",), ("patch",),
+               ("trip-breaker", "restore-capsule", "undo"),
                "the armed namespace hold (`responder protect`): the breaker marks its parameter ConfigMap with the "
                "incident, recovery and undo unmark it; only that name",
                resource_names=(HOLD_PARAM,), namespace=RESPONDER_NAMESPACE),

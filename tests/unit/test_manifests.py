@@ -86,6 +86,10 @@ WATCH_NEEDS = [
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "watch", None),
     ("authentication.k8s.io", "selfsubjectreviews", "create", None),
     ("authorization.k8s.io", "selfsubjectaccessreviews", "create", None),
+    # The preflight and doctor: is the namespace hold armed (read-only identities too)?
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", "get", "responder-namespace-hold-armed"),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "get", "responder-namespace-hold-armed"),
+    ("", "configmaps", "get", "responder-namespace-hold"),
 ]
 PROBE_NEEDS = [("", "namespaces", "delete", "tenant-a-ns-1")]  # verify-breaker, only ever with dryRun=All
 # Recovery (being written: Velero restore, Tenant/CRD recreation, re-adoption) and `responder protect`.
