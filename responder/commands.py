@@ -297,6 +297,8 @@ def build_plan(session: Session) -> dict[str, Any]:
             what = (f"scale {session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} "
                     f"to 0; exempt {session.identity} in {len(hooks)} Capsule webhook configurations"
                     if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
+            what += ("; mark the armed namespace hold" if session.hold_not_armed is None
+                     else f"; create the namespace hold (not armed: {session.hold_not_armed})")
         elif step.action == "detach-namespaces":
             what = f"detach {len(at_risk)} at-risk namespaces"
         elif step.action == "release-tenant-finalizers":
@@ -310,6 +312,7 @@ def build_plan(session: Session) -> dict[str, Any]:
         "context": session.access.context, "identity": session.identity,
         "tenant_crd": "deleting" if view.crd_deleting else ("present" if view.crd_present else "absent"),
         "tenants": len(view.tenants), "capsule_replicas": replicas, "breaker_webhooks": guarding,
+        "hold_armed": session.hold_not_armed is None,
         "counts": triage.count_by_state(rows),
         "namespaces": [{"name": r.name, "tenant": r.tenant, "state": r.state.value, "reason": r.reason}
                        for r in rows if r.state != triage.NsState.SAFE or r.tenant],
@@ -319,7 +322,8 @@ def build_plan(session: Session) -> dict[str, Any]:
 
 def print_plan_table(plan: dict[str, Any]) -> None:
     print(f"context {plan['context']}  identity {plan['identity']}  Tenant CRD {plan['tenant_crd']}  "
-          f"Tenants {plan['tenants']}  Capsule replicas {plan['capsule_replicas']}")
+          f"Tenants {plan['tenants']}  Capsule replicas {plan['capsule_replicas']}  "
+          f"hold {'armed' if plan.get('hold_armed') else 'not armed'}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in plan["counts"].items() if v))
     rows = plan["namespaces"]
     if rows:
