@@ -585,7 +585,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                    + ("; armed ahead by `responder protect`, so it held within milliseconds" if armed else
                       f"; not armed ahead: {acts.get('namespace_hold_not_armed')}" if armed is False else "")
                    + "): "
-                   + ", ".join(f"{_code(h['target'])} ({h['status']}" + (", removed" if h.get("removed") else "") + ")"
+                   + ", ".join(f"{_code(h['target'])} ({h['status']}" + (", lifted" if h.get("removed") else "") + ")"
                                for h in hold) + "."
                    + (" **Still in place**: tenant namespaces cannot be deleted until `responder undo` removes it."
                       if in_place and not dry else ""))

@@ -339,7 +339,7 @@ def test_the_namespace_hold_is_reported_and_said_to_be_in_place_until_removed(tm
     j.outcome(release, "ok")
     j.mark_undone(seqs[0])
     text = render_markdown(build_report(j.records()))
-    assert "`ValidatingAdmissionPolicy/responder-namespace-hold` (ok, removed)" in text and "Still in place" in text
+    assert "`ValidatingAdmissionPolicy/responder-namespace-hold` (ok, lifted)" in text and "Still in place" in text
     j.mark_undone(seqs[1])
     assert "Still in place" not in render_markdown(build_report(j.records()))
     assert "armed ahead" not in text and "not armed ahead" not in text  # a journal that does not say
