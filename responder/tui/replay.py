@@ -259,6 +259,7 @@ class ReplaySession:
                                        capsule=CapsuleTarget(), journal_dir=journal_dir, contain_only=True)
         self.client = SimpleNamespace(dry_run=scenario.dry_run)
         self.identity = scenario.identity
+        self.hold_not_armed: str | None = None  # the demo cluster is set up as doctor recommends
         self.protected = scenario.protected
         self.runbook: Runbook = load_runbook(resolve_runbook(None), action_specs())
         self.observer = ReplayObserver()
