@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from responder import triage
-from responder.actions.breaker import hold_incident, holds_in_place, release_request, restore_match_conditions_patch
+from responder.actions.breaker import holds_of, release_request, restore_match_conditions_patch
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
@@ -393,9 +393,7 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     # The namespace hold by what the cluster holds, not by the journal: a crash between its POST and the
     # journaled answer leaves it out of the undo plan, and a later incident may have taken it over.
     hold_failed = False
-    for kind, obj in (await holds_in_place(client)).items():
-        if hold_incident(obj) != journal.incident_id:
-            continue
+    for kind, obj in (await holds_of(client, journal.incident_id)).items():
         target = f"{kind}/{obj['metadata']['name']}"
         method, path, body, content_type = release_request(kind, obj)
         seq = journal.intent("undo", "undo-release-hold", target, request={"method": method, "path": path})

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from responder.actions.breaker import hold_incident, holds_in_place, release_request
+from responder.actions.breaker import holds_of, release_request
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess, list_contexts, load_cluster_access
 from responder.errors import ConfigError
@@ -114,8 +114,8 @@ async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = No
     selector = f"{DRILL_LABEL}={drill_id}"
     result: dict[str, Any] = {"label": selector, "namespaces_deleted": 0, "namespaces_already_terminating": 0,
                               "tenants_deleted": 0, "hold_removed": [], "errors": []}
-    for kind, obj in (await holds_in_place(admin)).items():
-        if incident and hold_incident(obj) == incident:
+    if incident:
+        for kind, obj in (await holds_of(admin, incident)).items():
             method, path, body, content_type = release_request(kind, obj)
             await admin.request(method, path, body=body, content_type=content_type)
             result["hold_removed"].append(kind)

@@ -285,6 +285,12 @@ async def holds_in_place(client: KubeClient) -> dict[str, dict[str, Any]]:
     return found
 
 
+async def holds_of(client: KubeClient, incident: str) -> dict[str, dict[str, Any]]:
+    """The hold objects in the cluster that belong to `incident`, by kind: those of `holds_in_place`
+    whose `hold_incident` it is."""
+    return {kind: obj for kind, obj in (await holds_in_place(client)).items() if hold_incident(obj) == incident}
+
+
 def release_request(kind: str, obj: dict[str, Any]) -> tuple[str, str, Any, str]:
     """(method, path, body, content type) lifting one hold object: the incident's policy and binding are
     deleted (guarded by UID); the armed hold's parameter is unmarked, guarded by a `test` that the mark

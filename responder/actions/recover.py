@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from responder import recovery
-from responder.actions.breaker import (HOLD_POLICY, hold_incident, hold_left_in_place, holds_in_place, release_hold,
+from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of, release_hold,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
@@ -666,7 +666,7 @@ class RestoreCapsule:
     @staticmethod
     async def own_hold(ctx: StepContext) -> bool:
         """This incident's namespace hold is in the cluster."""
-        return any(hold_incident(o) == ctx.journal.incident_id for o in (await holds_in_place(ctx.client)).values())
+        return bool(await holds_of(ctx.client, ctx.journal.incident_id))
 
     async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
         """Tenants whose status does not list every known namespace of theirs that exists."""

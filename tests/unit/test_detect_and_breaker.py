@@ -8,8 +8,9 @@ import pytest
 
 from responder import triage
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
-                                       armed_hold_in_place, armed_hold_objects, exemption_condition, exemption_patch,
-                                       fails_closed, guards_namespace_delete, namespace_hold_objects, release_request)
+                                       HOLD_OBJECT_PATHS, armed_hold_in_place, armed_hold_objects, exemption_condition,
+                                       exemption_patch, fails_closed, guards_namespace_delete, holds_of,
+                                       namespace_hold_objects, release_request)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
 from responder.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
@@ -186,3 +187,28 @@ def test_lifting_the_hold_deletes_the_incidents_policy_but_only_unmarks_the_arme
     marked_again = {**param, "metadata": {**param["metadata"], "annotations": {HOLD_INCIDENT_ANNOTATION: "inc-2"}}}
     with pytest.raises(PatchTestFailed):  # another incident's mark now: the test op refuses
         apply_patch(marked_again, body)
+
+
+class _HoldsClient:
+    """Answers GETs of the hold objects' paths from a dict (None: not found)."""
+
+    def __init__(self, objects: dict[str, dict | None]):
+        self.objects = objects
+
+    async def get_or_none(self, path: str) -> dict | None:
+        return self.objects.get(path)
+
+
+async def test_holds_of_an_incident_are_only_that_incidents_hold_objects():
+    policy, binding = namespace_hold_objects("responder", "inc-1")
+    param = armed_hold_objects()[2]
+    param["metadata"]["annotations"] = {HOLD_INCIDENT_ANNOTATION: "inc-2"}
+    client = _HoldsClient({HOLD_OBJECT_PATHS["ValidatingAdmissionPolicy"]: policy,
+                           HOLD_OBJECT_PATHS["ValidatingAdmissionPolicyBinding"]: binding,
+                           HOLD_OBJECT_PATHS["ConfigMap"]: param})
+    assert await holds_of(client, "inc-1") == {"ValidatingAdmissionPolicy": policy,
+                                               "ValidatingAdmissionPolicyBinding": binding}
+    assert await holds_of(client, "inc-2") == {"ConfigMap": param}
+    assert await holds_of(client, "inc-3") == {}
+    param["metadata"]["annotations"] = {}  # the armed parameter unmarked is no hold of anyone's
+    assert await holds_of(client, "inc-2") == {}
