@@ -208,6 +208,7 @@ class ResponderApp(App[int]):
                               identity=session.identity, dry_run=bool(options.dry_run),
                               auto=bool(getattr(options, "auto", True)), yes=bool(getattr(options, "yes", False)),
                               journal_limit=JOURNAL_LINES, track_latency=track_latency)
+        self._read_hold()
         self.latency_samples: list[float] | None = [] if track_latency else None
         self.flush_seconds: deque[float] = deque(maxlen=10_000)  # recent frame times (the benchmark reads them)
         self.log_records: deque[tuple[float, str, int]] = deque(maxlen=200)
@@ -251,6 +252,20 @@ class ResponderApp(App[int]):
 
     # ------------------------------------------------------------------------ the session
 
+    def _read_hold(self) -> None:
+        """Whether the session's preflight found the namespace hold armed (`hold_not_armed`: None if it is,
+        else why not); a session without the attribute leaves it unknown. Not armed is said once in the feed
+        too: the header has no room for why, or for the fix."""
+        if not hasattr(self.session, "hold_not_armed"):
+            return
+        before = self.model.hold()
+        self.model.set_hold(self.session.hold_not_armed)
+        state, why = self.model.hold()
+        if state == "not armed" and (state, why) != before:
+            self.model.add_note(f"namespace hold NOT ARMED ({why}): in an incident the breaker's hold takes ~1 s "
+                                "to enforce, not milliseconds; fix: `responder protect --only hold` as a cluster "
+                                "admin", at=self.clock(), alert=True)
+
     def _on_watch_event(self, event: WatchEvent) -> None:
         self.model.apply_watch(event)
 
@@ -263,6 +278,7 @@ class ResponderApp(App[int]):
         try:
             model.set_phase("starting", "listing the cluster")
             await session.start()
+            self._read_hold()
             model.seed(session.view())
             model.set_phase("watching")
             session.check_late_start()

@@ -266,6 +266,9 @@ class TuiState:
         self.journal_tail: deque[str] = deque(maxlen=journal_limit)
         self.journal_total = 0
         self.breaker_result: str | None = None  # the breaker step's own verdict (data["breaker"])
+        # Is the namespace hold armed ahead of the incident (the session's preflight read)? None: not known.
+        self.hold_armed: bool | None = None
+        self.hold_not_armed = ""  # why not, when it is not
         self.incident: Incident | None = None
         self.phase = "starting"  # starting | watching | containing | contained | not-contained | error
         self.phase_detail = ""
@@ -444,6 +447,13 @@ class TuiState:
         self.dry_run = value
         self.header_version += 1
 
+    def set_hold(self, not_armed: str | None) -> None:
+        """The session's `hold_not_armed`: None if the namespace hold is armed, else why it is not."""
+        armed, why = not_armed is None, "" if not_armed is None else str(not_armed)
+        if (armed, why) != (self.hold_armed, self.hold_not_armed):
+            self.hold_armed, self.hold_not_armed = armed, why
+            self.header_version += 1
+
     def add_note(self, text: str, *, at: float, alert: bool = False, source: str = "responder") -> None:
         """A line from responder itself (a log record, an undo result) into the feed."""
         self._add_feed(FeedLine(at, source, "NOTE", "", text, alert))
@@ -563,6 +573,13 @@ class TuiState:
         if result == "verified":
             return "armed", f"Capsule back at {replicas} replicas: breaker no longer holds"
         return "armed", f"Capsule at {replicas} replicas"
+
+    def hold(self) -> tuple[str, str]:
+        """(armed | not armed | unknown, why not). Not armed: the breaker creates the namespace hold during the
+        incident, which the API server enforces only at its next policy refresh (~1 s, not milliseconds)."""
+        if self.hold_armed is None:
+            return "unknown", "not read"
+        return ("armed", "") if self.hold_armed else ("not armed", self.hold_not_armed)
 
     def velero(self) -> str:
         """The Velero backup storage location's phase (Available, Unavailable, ...), "none", or "?"."""

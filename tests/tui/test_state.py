@@ -243,6 +243,18 @@ def test_breaker_unavailable_not_verified_dry_run_and_unknown():
     assert dry.breaker() == ("armed", "dry run: nothing was tripped")
 
 
+def test_hold_armed_not_armed_or_unknown():
+    model = new_model()
+    assert model.hold() == ("unknown", "not read"), "no session has said yet"
+    version = model.header_version
+    model.set_hold(None)
+    assert model.hold() == ("armed", "") and model.header_version == version + 1
+    model.set_hold(None)
+    assert model.header_version == version + 1, "unchanged: the header is not redrawn"
+    model.set_hold("not installed (policy missing)")
+    assert model.hold() == ("not armed", "not installed (policy missing)") and model.header_version == version + 2
+
+
 def test_capsule_version_from_image_tag_label_or_unknown():
     assert capsule_version(deployment_obj(1, version="v0.12.4")) == "v0.12.4"
     by_label = deployment_obj(1, version="v0.14.0")

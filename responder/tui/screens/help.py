@@ -27,6 +27,10 @@ NOTES = [
     ("breaker", "armed: Capsule runs; tripped: Capsule scaled to 0; verified: Capsule's webhook refuses "
                 "namespace deletes for everyone but responder; unavailable: no fail-closed webhook, "
                 "containment relies on speed."),
+    ("hold", "ARMED: `responder protect --only hold` installed the namespace hold ahead of the incident, so "
+             "the breaker's first write has tenant namespace deletes refused within milliseconds; NOT ARMED: "
+             "the breaker creates it during the incident and it holds only after ~1 s (the feed says why; "
+             "fix: `responder protect --only hold`)."),
     ("mode", "auto: containment steps run without asking; confirm: every step asks; dry-run: every "
              "write is sent with dryRun=All."),
 ]

@@ -1,4 +1,5 @@
-"""The header: who and where responder is, Capsule's version, the mode, the breaker, the incident."""
+"""The header: who and where responder is, Capsule's version, the mode, the breaker, whether the namespace
+hold is armed ahead of the incident, the incident."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from responder.tui.widgets._text import set_text
 
 BREAKER_STYLE = {"armed": "bold", "tripped": "bold", "verified": "bold reverse", "unavailable": "bold underline",
                  "unknown": "dim"}
+# Not armed stands out like an unavailable breaker: the breaker's namespace hold then takes ~1 s to enforce, not
+# milliseconds (the feed says why, and the fix: `responder protect --only hold`).
+HOLD_STYLE = {"armed": "bold", "not armed": "bold underline", "unknown": "dim"}
+HOLD_LABEL = {"armed": "ARMED", "not armed": "NOT ARMED", "unknown": "?"}
 # The backup storage location's phase; anything but Available once there is one is a problem for recovery.
 VELERO_STYLE = {"Available": "", "none": "dim", "?": "dim"}
 PHASES = {
@@ -28,13 +33,34 @@ PHASES = {
 }
 
 
-def _line(*parts: tuple[str, str]) -> Text:
+Part = tuple[str, str] | Text
+
+
+def _line(*parts: Part) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis", end="")
-    for i, (value, style) in enumerate(parts):
+    for i, part in enumerate(parts):
         if i:
             text.append("  ")
-        text.append(value, style)
+        if isinstance(part, Text):
+            text.append(part)
+        else:
+            text.append(*part)
     return text
+
+
+def _labelled(label: str, value: str, style: str) -> Text:
+    """"label VALUE", the value styled: one segment, one space."""
+    return Text.assemble(label + " ", (value, style))
+
+
+def _status(width: int, head: list[tuple[Part, int]], tail: list[Part]) -> Text:
+    """The status line in `width` cells: `head` must show whole, so its parts with a priority above 0 are
+    dropped (lowest first) while it does not fit; `tail` (the explanations) is cut at the line's end."""
+    if width > 0:
+        while _line(*(p for p, _ in head)).cell_len > width and any(prio for _, prio in head):
+            drop = min((prio, i) for i, (_, prio) in enumerate(head) if prio)[1]
+            head = head[:drop] + head[drop + 1:]
+    return _line(*(p for p, _ in head), *tail)
 
 
 class HeaderBar(Vertical):
@@ -46,23 +72,37 @@ class HeaderBar(Vertical):
     HeaderBar #banner.-failed { background: $error; color: $text; text-style: bold reverse; }
     HeaderBar #banner.-contained { background: $success; color: $text; }
     """
+    _model: TuiState | None = None  # the last one shown, shown again when the width changes
 
     def compose(self) -> ComposeResult:
         yield Static(id="ident")
         yield Static(id="status")
         yield Static(id="banner")
 
+    def on_resize(self) -> None:
+        if self._model is not None:  # what fits on the status line depends on the width
+            self.show(self._model)
+
     def show(self, model: TuiState) -> None:
+        self._model = model
         set_text(self.query_one("#ident", Static), _line(
             ("responder", "bold"), (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
             (model.server or "-", "dim")))
         breaker, why = model.breaker()
+        hold, _ = model.hold()
         velero = model.velero()
         waiting = f"awaiting your confirmation ({model.waiting_confirmation})" if model.waiting_confirmation else ""
-        set_text(self.query_one("#status", Static), _line(
-            (f"Capsule {model.capsule_version()}", ""), (f"mode {model.mode()}", "bold" if model.dry_run else ""),
-            (f"velero: {velero}", VELERO_STYLE.get(velero, "bold underline")), ("breaker", ""), (breaker.upper(), BREAKER_STYLE.get(breaker, "")), (why, "dim"),
-            (waiting, "bold reverse")))
+        status = self.query_one("#status", Static)
+        # Narrow terminals (80 columns) drop Capsule's version, then Velero's phase, before the mode, the breaker
+        # or the hold would be cut.
+        width = status.outer_size.width - status.styles.gutter.width  # kept while another screen is shown
+        set_text(status, _status(width, [
+            ((f"Capsule {model.capsule_version()}", ""), 1),
+            ((f"mode {model.mode()}", "bold" if model.dry_run else ""), 0),
+            ((f"velero: {velero}", VELERO_STYLE.get(velero, "bold underline")), 2),
+            (_labelled("breaker", breaker.upper(), BREAKER_STYLE.get(breaker, "")), 0),
+            (_labelled("hold", HOLD_LABEL.get(hold, hold.upper()), HOLD_STYLE.get(hold, "")), 0)],
+            [(why, "dim"), (waiting, "bold reverse")]))
         label, cls = PHASES.get(model.phase, (model.phase.upper(), "-watching"))
         banner = self.query_one("#banner", Static)
         for c in {c for _, c in PHASES.values()}:
