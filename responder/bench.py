@@ -2,7 +2,8 @@
 how soon the namespace hold is enforced).
 
 For each run: a fresh lab, N tenant namespaces (created by their owners through Capsule, no content:
-the detach cost does not depend on it), responder watching as its own identity, the Tenant CRD
+the detach cost does not depend on it), the namespace hold armed (`responder protect --only hold`, as
+doctor asks; `--hold not-armed` leaves it out), responder watching as its own identity, the Tenant CRD
 deleted. Measured: detection latency (CRD DELETE sent -> CRD event received), detection-to-first-
 write latency (event received -> first write journaled and sent), detach throughput, and how many
 namespaces survived, and the CPU each process spent per detached namespace (responder, kube-apiserver,
@@ -31,7 +32,8 @@ from responder.lab import processes
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.manifests import HOLD_POLICY
+from responder.manifests import HOLD_PARAM_KIND, HOLD_POLICY
+from responder.protect import arm_hold
 from responder.session import Session, SessionOptions, resolve_runbook
 
 VARIANTS = {
@@ -55,6 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     contain.add_argument("--variants", default="pool-c16,httpx-h2-c1-64",
                          help=f"comma-separated HTTP settings to compare (known: {', '.join(VARIANTS)})")
     contain.add_argument("--repeat", type=int, default=1, help="trials per variant (median, min, max reported)")
+    contain.add_argument("--hold", choices=("armed", "not-armed"), default="armed",
+                         help="arm the namespace hold first (`responder protect --only hold`, as doctor asks) or not")
     contain.add_argument("--state-dir", type=Path, default=None)
     contain.set_defaults(handler=cmd_bench_contain)
     hold = bsub.add_parser("hold", help="how soon the API server enforces the breaker's namespace hold")
@@ -89,7 +93,6 @@ def cmd_bench_hold(args: argparse.Namespace) -> int:
 async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
     from responder.actions.breaker import (HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION, HOLD_PARAM_PATH,
                                            HOLD_PATHS, namespace_hold_objects, release_request)
-    from responder.protect import arm_hold
 
     async with lab.admin_client() as admin:
         seeded = await seed(admin, tenants=1, namespaces_per_tenant=1, with_content=False)
@@ -136,7 +139,7 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
             await admin.patch(HOLD_PARAM_PATH, mark)
             out["mark_armed_hold"].append(await refused_after(time.perf_counter(), True))
             param = await admin.get(HOLD_PARAM_PATH)
-            method, path, body, content_type = release_request("ConfigMap", param)
+            method, path, body, content_type = release_request(HOLD_PARAM_KIND, param)
             await admin.request(method, path, body=body, content_type=content_type)
             await refused_after(time.perf_counter(), False)
     return out
@@ -158,13 +161,14 @@ def cmd_bench_contain(args: argparse.Namespace) -> int:
             lab.up(capsule=args.capsule, out=sys.stderr)
             try:
                 result = asyncio.run(contain_once(lab, args.namespaces, pool=pool, http2=http2,
-                                                  connections=connections, in_flight=in_flight))
+                                                  connections=connections, in_flight=in_flight,
+                                                  hold_armed=args.hold == "armed"))
             finally:
                 lab.down(wipe=True)
             results.append({"variant": name, "trial": trial, "bulk_pool_connections": pool, "httpx_http2": http2,
                             "httpx_connections": connections, "in_flight": in_flight, **result})
     print(json.dumps({"benchmark": "contain", "capsule": CAPSULE_VERSIONS[args.capsule],
-                      "namespaces": args.namespaces, "summary": summarize(results, names), "runs": results}, indent=2))
+                      "namespaces": args.namespaces, "hold": args.hold, "summary": summarize(results, names), "runs": results}, indent=2))
     return EXIT_OK
 
 
@@ -197,13 +201,16 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
 
 
 async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, connections: int,
-                       in_flight: int) -> dict[str, Any]:
+                       in_flight: int, hold_armed: bool = True) -> dict[str, Any]:
     per_tenant = 20
     tenants = max(1, namespaces // per_tenant)
     async with lab.admin_client() as admin:
         seeded = await seed(admin, tenants=tenants, namespaces_per_tenant=per_tenant, with_content=False)
         kubeconfig = lab.mint_user("responder")
         await bind_cluster_admin(admin, "responder")
+        if hold_armed:
+            await arm_hold(admin)
+            await asyncio.sleep(3)  # compiled and loaded, dormant (the API server reads policies each ~1 s)
         runbook = lab.dir / "bench-runbook.yaml"
         runbook.write_text(resolve_runbook(None).read_text().replace("concurrency: 64", f"concurrency: {in_flight}"))
         options = SessionOptions(runbook=runbook, journal_dir=lab.dir / "incidents", yes=True, concurrency=connections,

@@ -45,11 +45,16 @@ PROTECT_BINDING = "responder-protect-crds"
 HOLD_POLICY = "responder-namespace-hold"  # the breaker's ValidatingAdmissionPolicy (responder.actions.breaker)
 HOLD_BINDING = "responder-namespace-hold"
 # The armed hold (`responder protect`): a policy and binding installed ahead, dormant until the breaker
-# marks their parameter object, a ConfigMap in responder's own namespace, with the incident.
+# marks their parameter object, a NamespaceHold (responder's own small cluster-scoped kind), with the incident.
 ARMED_HOLD_POLICY = "responder-namespace-hold-armed"
 ARMED_HOLD_BINDING = "responder-namespace-hold-armed"
 RESPONDER_NAMESPACE = "responder-system"
 HOLD_PARAM = "responder-namespace-hold"
+HOLD_PARAM_GROUP = "responder.dev"
+HOLD_PARAM_VERSION = "v1alpha1"
+HOLD_PARAM_KIND = "NamespaceHold"
+HOLD_PARAM_RESOURCE = "namespaceholds"
+HOLD_PARAM_CRD = f"{HOLD_PARAM_RESOURCE}.{HOLD_PARAM_GROUP}"
 
 IDENTITY_KINDS = ("ServiceAccount", "User")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
@@ -117,10 +122,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "doctor checks that the Tenant CRD is protected against deletion (responder protect's policy); "
                "the breaker, recovery, verify and undo find the namespace hold, and its incident, in the cluster",
                read_only=True),
-    Permission("", ("configmaps",), ("get",),
+    Permission(HOLD_PARAM_GROUP, (HOLD_PARAM_RESOURCE,), ("get",),
                ("preflight", "doctor", "restore-capsule", "verify-recovery", "undo"),
-               "is the namespace hold armed (its parameter ConfigMap), and is it marked by an incident; only that name",
-               read_only=True, resource_names=(HOLD_PARAM,), namespace=RESPONDER_NAMESPACE),
+               "is the namespace hold armed (its parameter, a NamespaceHold), and is it marked by an incident; only "
+               "that name",
+               read_only=True, resource_names=(HOLD_PARAM,)),
     Permission("velero.io", ("backups", "restores", "backupstoragelocations", "downloadrequests", "schedules"),
                ("get", "list", "watch"),
                ("doctor", "restore"),
@@ -173,11 +179,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "responder protect: install the policy that refuses deleting the Tenant CRD; the breaker: the namespace "
                "hold, a policy that refuses every DELETE of a tenant namespace but responder's (create cannot be "
                "limited by name; server-side apply of a new object needs it)"),
-    Permission("", ("configmaps",), ("patch",),
+    Permission(HOLD_PARAM_GROUP, (HOLD_PARAM_RESOURCE,), ("patch",),
                ("trip-breaker", "restore-capsule", "undo"),
-               "the armed namespace hold (`responder protect`): the breaker marks its parameter ConfigMap with the "
+               "the armed namespace hold (`responder protect`): the breaker marks its parameter NamespaceHold with the "
                "incident, recovery and undo unmark it; only that name",
-               resource_names=(HOLD_PARAM,), namespace=RESPONDER_NAMESPACE),
+               resource_names=(HOLD_PARAM,)),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("update", "delete"),
                ("trip-breaker", "restore-capsule", "undo"),
@@ -334,7 +340,7 @@ def role_name(read_only: bool = False) -> str:
 
 
 def rbac_manifests(*, identity_kind: str = "ServiceAccount", name: str = "responder",
-                   namespace: str = "responder-system", read_only: bool = False,
+                   namespace: str = RESPONDER_NAMESPACE, read_only: bool = False,
                    capsule_deployment: str = DEFAULT_CAPSULE_DEPLOYMENT) -> list[dict[str, Any]]:
     """[ServiceAccount,] ClusterRole, ClusterRoleBinding for responder's identity."""
     if identity_kind not in IDENTITY_KINDS:
@@ -430,7 +436,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rbac.add_argument("--identity-kind", choices=IDENTITY_KINDS, default="ServiceAccount",
                       help="who responder runs as (default ServiceAccount)")
     rbac.add_argument("--name", default="responder", help="the ServiceAccount or User name (default responder)")
-    rbac.add_argument("--namespace", default="responder-system",
+    rbac.add_argument("--namespace", default=RESPONDER_NAMESPACE,
                       help="the ServiceAccount's namespace (default responder-system)")
     rbac.add_argument("--read-only", action="store_true",
                       help="only the watches/reads and the self reviews: for doctor and plan")

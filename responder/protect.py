@@ -11,11 +11,11 @@ One policy and one binding, both named PROTECT_POLICY (responder.manifests, wher
 Writes are server-side apply through KubeClient (fieldManager responder; dryRun=All with --dry-run).
 
 The armed hold (responder.actions.breaker.armed_hold_objects): a second policy and binding, dormant,
-and their parameter ConfigMap in responder's namespace. They refuse nothing until the breaker marks
-the ConfigMap with an incident; then every tenant namespace DELETE but responder's is refused within
-milliseconds, where a policy created during the incident waits for the API server's next policy refresh
-(up to ~1 s). Installing them needs create on namespaces (when responder's is missing) and ConfigMaps,
-which responder's own role does not grant: run it as a cluster admin.
+and their parameter, a NamespaceHold (a small cluster-scoped kind of responder's own, whose CRD is
+installed first). They refuse nothing until the breaker marks the parameter with an incident; then every
+tenant namespace DELETE but responder's is refused within milliseconds, where a policy created during the
+incident waits for the API server's next policy refresh (up to ~1 s). Installing them needs create on
+CRDs, which responder's own role does not grant: run it as a cluster admin.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from responder.cluster.client import APPLY_PATCH, KubeClient
-from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, read_armed_hold
+from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, hold_param_crd, read_armed_hold
+from responder.cluster.discovery import CRD_PATH, wait_crd_established
 from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
-from responder.manifests import PROTECT_BINDING, PROTECT_POLICY, RESPONDER_NAMESPACE, TENANT_CRD
+from responder.manifests import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
 
 ALLOW_DELETE_ANNOTATION = "responder.io/allow-delete"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
 POLICY_PATH = f"{ADMISSION_V1}/validatingadmissionpolicies/{PROTECT_POLICY}"
 BINDING_PATH = f"{ADMISSION_V1}/validatingadmissionpolicybindings/{PROTECT_BINDING}"
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 CRDS_ENV = "RESPONDER_PROTECT_CRDS"  # comma-separated extra CRDs, like RESPONDER_PROTECTED for namespaces
 LABELS = {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "protect"}
 
@@ -141,28 +141,24 @@ async def install(client: KubeClient, crds: list[str]) -> list[str]:
 
 
 async def arm_hold(client: KubeClient) -> list[str]:
-    """Install the armed hold: responder's namespace if missing, then (server-side apply) the parameter
-    ConfigMap, the policy and last the binding. Unmarked, they refuse nothing."""
-    done = []
-    namespace_missing = await client.get_or_none(f"/api/v1/namespaces/{RESPONDER_NAMESPACE}") is None
-    if namespace_missing:
-        try:
-            await client.create("/api/v1/namespaces", {"metadata": {"name": RESPONDER_NAMESPACE,
-                                                                    "labels": dict(LABELS)}})
-            done.append(f"Namespace {RESPONDER_NAMESPACE}: created")
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
+    """Install the armed hold (server-side apply): the parameter's CRD, once its kind is served the
+    parameter, then the policy and last the binding. Unmarked, they refuse nothing."""
+    crd = hold_param_crd()
+    await client.patch(f"{CRD_PATH}/{HOLD_PARAM_CRD}", crd, patch_type=APPLY_PATCH)
+    done = [f"CustomResourceDefinition {HOLD_PARAM_CRD}: applied"]
+    if client.dry_run and await client.get_or_none(f"{CRD_PATH}/{HOLD_PARAM_CRD}") is None:
+        return done + [f"{HOLD_PARAM_KIND}, ValidatingAdmissionPolicy and binding: not sent (their kind's CRD does "
+                       "not exist before the real run)"]
+    if not await wait_crd_established(client, HOLD_PARAM_CRD):
+        raise ConfigError(f"the CRD {HOLD_PARAM_CRD} was not Established within 30 s",
+                          fix=f"`kubectl get crd {HOLD_PARAM_CRD} -o yaml` (its status conditions say why); then run "
+                              "`responder protect --only hold` again")
     policy, binding, param = armed_hold_objects()
-    for obj, path in ((param, ARMED_HOLD_PATHS["ConfigMap"]), (policy, ARMED_HOLD_PATHS["ValidatingAdmissionPolicy"]),
+    for obj, path in ((param, ARMED_HOLD_PATHS[HOLD_PARAM_KIND]),
+                      (policy, ARMED_HOLD_PATHS["ValidatingAdmissionPolicy"]),
                       (binding, ARMED_HOLD_PATHS["ValidatingAdmissionPolicyBinding"])):
-        if obj["kind"] == "ConfigMap" and namespace_missing and client.dry_run:
-            done.append(f"ConfigMap {RESPONDER_NAMESPACE}/{obj['metadata']['name']}: not sent (its namespace "
-                        "does not exist before the real run)")
-            continue
         await client.patch(path, obj, patch_type=APPLY_PATCH)
-        where = f"{obj['metadata']['namespace']}/" if obj["metadata"].get("namespace") else ""
-        done.append(f"{obj['kind']} {where}{obj['metadata']['name']}: applied")
+        done.append(f"{obj['kind']} {obj['metadata']['name']}: applied")
     return done
 
 
@@ -182,9 +178,10 @@ async def _delete_each(client: KubeClient, objects: list[tuple[str, str]]) -> li
 
 
 async def disarm_hold(client: KubeClient) -> list[str]:
-    """Delete the armed hold: binding, policy, parameter (responder's namespace stays)."""
+    """Delete the armed hold: binding, policy, parameter, and last the parameter's CRD."""
     return await _delete_each(client, [(kind, ARMED_HOLD_PATHS[kind]) for kind in
-                                       ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", "ConfigMap")])
+                                       ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", HOLD_PARAM_KIND)]
+                              + [("CustomResourceDefinition", f"{CRD_PATH}/{HOLD_PARAM_CRD}")])
 
 
 async def remove(client: KubeClient) -> list[str]:
@@ -193,10 +190,10 @@ async def remove(client: KubeClient) -> list[str]:
                                        ("ValidatingAdmissionPolicy", POLICY_PATH)])
 
 
-async def verify(client: KubeClient, crds: list[str], timeout: float = 30.0) -> str:
-    """Prove the policy refuses: a server-side dry-run DELETE of the first existing, unannotated CRD must be
-    refused with our message. The API server loads new policies asynchronously, so poll. Dry run: nothing
-    is deleted even if the policy is not effective yet."""
+async def verify(client: KubeClient, crds: list[str], timeout: float = 30.0, *, removed: bool = False) -> str:
+    """Prove the policy refuses (or, `removed`, no longer refuses): a server-side dry-run DELETE of the first
+    existing, unannotated CRD must be refused with our message (or admitted). The API server loads policy
+    changes asynchronously (about once a second), so poll. Dry run: nothing is deleted either way."""
     probe = None
     for name in crds:
         crd = await client.get_or_none(f"{CRD_PATH}/{name}")
@@ -209,14 +206,19 @@ async def verify(client: KubeClient, crds: list[str], timeout: float = 30.0) -> 
     while True:
         try:
             await client.delete(f"{CRD_PATH}/{probe}", dry_run=True)
+            if removed:
+                return f"verified: a dry-run DELETE of {probe} is admitted again"
         except ApiError as exc:
             if exc.status == 403 and ALLOW_DELETE_ANNOTATION in exc.api_message:
-                return f"verified: a dry-run DELETE of {probe} is refused"
-            if exc.status == 403:
+                if not removed:
+                    return f"verified: a dry-run DELETE of {probe} is refused"
+            elif exc.status == 403:
                 return f"not verified: this identity may not delete CRDs even in a dry run ({exc.api_message[:120]})"
-            raise
+            else:
+                raise
         if time.monotonic() >= deadline:
-            return f"NOT EFFECTIVE after {timeout:.0f}s: a dry-run DELETE of {probe} was still admitted"
+            return (f"NOT EFFECTIVE after {timeout:.0f}s: a dry-run DELETE of {probe} was still "
+                    + ("refused" if removed else "admitted"))
         await asyncio.sleep(0.5)
 
 
@@ -255,17 +257,19 @@ def cmd_protect(args: argparse.Namespace) -> int:
             if do_crds:
                 for line in await (remove(client) if args.remove else install(client, crds)):
                     print(line + suffix)
-                if not args.remove and not args.dry_run:
-                    print(f"protected: {', '.join(crds)}")
-                    verdict = await verify(client, crds)
+                if not args.dry_run:
+                    if not args.remove:
+                        print(f"protected: {', '.join(crds)}")
+                    verdict = await verify(client, crds, removed=args.remove)
                     print(verdict)
                     rc = EXIT_NOT_CONTAINED if verdict.startswith("NOT EFFECTIVE") else EXIT_OK
             if do_hold:
                 try:
                     lines = await (disarm_hold(client) if args.remove else arm_hold(client))
                 except Forbidden as exc:
-                    print(f"namespace hold NOT armed: {exc.api_message[:200]}. Installing it needs create on "
-                          f"namespaces and configmaps: run `responder protect --only hold` once as a cluster admin")
+                    print(f"namespace hold NOT armed: {exc.api_message[:200]}. Installing it applies a CRD, a "
+                          "policy and its binding (server-side apply): run `responder protect --only hold` once as "
+                          "a cluster admin")
                     return EXIT_FORBIDDEN
                 for line in lines:
                     print(line + suffix)

@@ -27,8 +27,9 @@ from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.engine import StepContext, StepOutcome
 from responder.errors import ApiError
-from responder.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_POLICY,
-                                 RESPONDER_NAMESPACE)
+from responder.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
+                                 HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
+                                 HOLD_POLICY)
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"
@@ -72,17 +73,18 @@ HOLD_IDENTITY_ANNOTATION = "responder.dev/identity"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
 HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{ADMISSION_V1}/validatingadmissionpolicies",
               "ValidatingAdmissionPolicyBinding": f"{ADMISSION_V1}/validatingadmissionpolicybindings"}
-HOLD_PARAM_PATH = f"/api/v1/namespaces/{RESPONDER_NAMESPACE}/configmaps/{HOLD_PARAM}"
+HOLD_PARAM_API_VERSION = f"{HOLD_PARAM_GROUP}/{HOLD_PARAM_VERSION}"
+HOLD_PARAM_PATH = f"/apis/{HOLD_PARAM_API_VERSION}/{HOLD_PARAM_RESOURCE}/{HOLD_PARAM}"
 # Every object that makes up a hold in the cluster: the incident's own policy and binding, and the
 # armed hold's parameter object (marked with the incident while it holds).
 HOLD_OBJECT_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{HOLD_POLICY}",
                      "ValidatingAdmissionPolicyBinding":
                          f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{HOLD_BINDING}",
-                     "ConfigMap": HOLD_PARAM_PATH}
+                     HOLD_PARAM_KIND: HOLD_PARAM_PATH}
 ARMED_HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmissionPolicy']}/{ARMED_HOLD_POLICY}",
                     "ValidatingAdmissionPolicyBinding":
                         f"{HOLD_PATHS['ValidatingAdmissionPolicyBinding']}/{ARMED_HOLD_BINDING}",
-                    "ConfigMap": HOLD_PARAM_PATH}
+                    HOLD_PARAM_KIND: HOLD_PARAM_PATH}
 HOLD_LABELS = {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "breaker"}
 
 
@@ -130,15 +132,21 @@ def armed_hold_objects() -> list[dict[str, Any]]:
     parameter object. A new policy or binding is enforced only at the API server's next policy refresh
     (up to ~1 s, `responder bench hold`); a parameter object is read at each evaluation, so marking it
     makes an installed policy hold within milliseconds. Unmarked, the policy refuses nothing; without
-    the ConfigMap (`parameterNotFoundAction: Allow`) neither. The breaker's mark names the incident and
-    the identity let through (match conditions cannot read parameters, so the validation checks it)."""
+    the parameter (`parameterNotFoundAction: Allow`) neither. The breaker's mark names the incident and
+    the identity let through (match conditions cannot read parameters, so the validation checks it).
+
+    The parameter is a NamespaceHold, a kind of responder's own (hold_param_crd), not a ConfigMap: each API
+    server keeps an informer over every object of a policy's parameter kind, and over every ConfigMap of a
+    large cluster that is a lot of memory. `failurePolicy: Ignore`, because this policy sits there between
+    incidents: if its parameter kind were gone (its CRD deleted), Fail would refuse every namespace DELETE
+    in the cluster; Ignore leaves that case to the incident's own hold (Fail), and doctor says it is not armed."""
     annotations = "params.metadata.annotations"
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": ARMED_HOLD_POLICY, "labels": dict(HOLD_LABELS)},
         "spec": {
-            "failurePolicy": "Fail",
-            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "failurePolicy": "Ignore",
+            "paramKind": {"apiVersion": HOLD_PARAM_API_VERSION, "kind": HOLD_PARAM_KIND},
             "matchConstraints": _NAMESPACE_DELETES,
             "variables": [
                 {"name": "held", "expression": f"has({annotations}) && "
@@ -163,27 +171,47 @@ def armed_hold_objects() -> list[dict[str, Any]]:
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": ARMED_HOLD_BINDING, "labels": dict(HOLD_LABELS)},
         "spec": {"policyName": ARMED_HOLD_POLICY, "validationActions": ["Deny"],
-                 "paramRef": {"name": HOLD_PARAM, "namespace": RESPONDER_NAMESPACE,
-                              "parameterNotFoundAction": "Allow"}},
+                 "paramRef": {"name": HOLD_PARAM, "parameterNotFoundAction": "Allow"}},
     }
-    param = {"apiVersion": "v1", "kind": "ConfigMap",
-             "metadata": {"name": HOLD_PARAM, "namespace": RESPONDER_NAMESPACE, "labels": dict(HOLD_LABELS)},
-             "data": {"about": "responder's armed namespace hold: the breaker marks this object with the incident "
+    param = {"apiVersion": HOLD_PARAM_API_VERSION, "kind": HOLD_PARAM_KIND,
+             "metadata": {"name": HOLD_PARAM, "labels": dict(HOLD_LABELS)},
+             "spec": {"about": "responder's armed namespace hold: the breaker marks this object with the incident "
                                f"({HOLD_INCIDENT_ANNOTATION}) and its identity; the mark makes policy "
                                f"{ARMED_HOLD_POLICY} refuse tenant namespace deletes"}}
     return [policy, binding, param]
 
 
+def hold_param_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of the armed hold's parameter: cluster-scoped, one object expected,
+    the mark in its annotations (a `spec.about` says what it is for)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": HOLD_PARAM_CRD, "labels": dict(HOLD_LABELS)},
+        "spec": {
+            "group": HOLD_PARAM_GROUP, "scope": "Cluster",
+            "names": {"plural": HOLD_PARAM_RESOURCE, "singular": HOLD_PARAM_KIND.lower(), "kind": HOLD_PARAM_KIND,
+                      "listKind": f"{HOLD_PARAM_KIND}List"},
+            "versions": [{"name": HOLD_PARAM_VERSION, "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {
+                              "type": "object",
+                              "description": "responder's armed namespace hold: its parameter object, marked by "
+                                             "the breaker (annotations) during an incident",
+                              "properties": {"spec": {"type": "object",
+                                                      "properties": {"about": {"type": "string"}}}}}}}],
+        },
+    }
+
+
 def armed_hold_in_place(objects: dict[str, dict[str, Any] | None]) -> str | None:
     """Pure: why the armed hold would not hold (None: armed). `objects` by kind, None = absent."""
     policy, binding, param = (objects.get(k) for k in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-                                                       "ConfigMap"))
+                                                       HOLD_PARAM_KIND))
     want_policy, want_binding, _ = armed_hold_objects()
     if policy is None or binding is None or param is None:
-        missing = [k for k, v in (("policy", policy), ("binding", binding), ("parameter ConfigMap", param)) if v is None]
+        missing = [k for k, v in (("policy", policy), ("binding", binding), (f"parameter {HOLD_PARAM_KIND}", param)) if v is None]
         return "not installed (" + ", ".join(missing) + " missing): run `responder protect`"
-    if (policy.get("spec") or {}).get("validations") != want_policy["spec"]["validations"] \
-            or (policy.get("spec") or {}).get("paramKind") != want_policy["spec"]["paramKind"]:
+    if any((policy.get("spec") or {}).get(key) != want_policy["spec"][key]
+           for key in ("validations", "paramKind", "failurePolicy")):
         return "the policy differs from this version's: run `responder protect` again"
     spec = binding.get("spec") or {}
     if spec.get("policyName") != ARMED_HOLD_POLICY or "Deny" not in (spec.get("validationActions") or []) \
@@ -218,7 +246,7 @@ async def hold_namespaces(ctx: StepContext) -> str:
 
 async def _mark_armed_hold(ctx: StepContext) -> str:
     """Mark the armed hold's parameter object with this incident and responder's identity."""
-    target = f"ConfigMap/{HOLD_PARAM}"
+    target = f"{HOLD_PARAM_KIND}/{HOLD_PARAM}"
     if ctx.done_before(HOLD_ACTION, target):
         return "held"
     mark = {"metadata": {"annotations": {HOLD_INCIDENT_ANNOTATION: ctx.journal.incident_id,
@@ -277,10 +305,10 @@ async def holds_in_place(client: KubeClient) -> dict[str, dict[str, Any]]:
         try:
             obj = await client.get_or_none(path)
         except ApiError as exc:
-            if kind == "ConfigMap" and exc.status == 403:  # not armed here, and responder may not read it
+            if kind == HOLD_PARAM_KIND and exc.status == 403:  # not armed here, and responder may not read it
                 continue
             raise
-        if obj is not None and (kind != "ConfigMap" or hold_incident(obj)):
+        if obj is not None and (kind != HOLD_PARAM_KIND or hold_incident(obj)):
             found[kind] = obj
     return found
 
@@ -297,7 +325,7 @@ def release_request(kind: str, obj: dict[str, Any]) -> tuple[str, str, Any, str]
     is still this incident's, and stays, armed for the next incident. A guard that fails (409, 422)
     means the object changed hands meanwhile."""
     path = HOLD_OBJECT_PATHS[kind]
-    if kind == "ConfigMap":
+    if kind == HOLD_PARAM_KIND:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
         ops: list[dict[str, Any]] = [{"op": "test", "path": _annotation_path(HOLD_INCIDENT_ANNOTATION),
                                       "value": annotations.get(HOLD_INCIDENT_ANNOTATION)}]

@@ -22,7 +22,7 @@ from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of
                                        restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
-from responder.cluster.discovery import Discovery
+from responder.cluster.discovery import Discovery, wait_crd_established
 from responder.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.observe import TENANTS_PATH
@@ -406,13 +406,8 @@ class RecreateTenants:
                             body=body)
         if ctx.dry_run:
             return True
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            crd = await ctx.client.get_or_none(CRD_PATH)
-            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
-            if conds.get("Established") == "True":
-                return True
-            await asyncio.sleep(0.2)
+        if await wait_crd_established(ctx.client, CRD_NAME, 30):
+            return True
         raise ApiError(504, "Timeout", "the recreated Tenant CRD did not become Established within 30s")
 
 

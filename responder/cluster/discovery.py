@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +89,20 @@ async def object_path(discovery: Discovery, obj: dict[str, Any]) -> str:
     res = await discovery.resource_for(obj["apiVersion"], obj["kind"])
     meta = obj.get("metadata") or {}
     return res.object_path(meta["name"], meta.get("namespace"))
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+async def wait_crd_established(client: KubeClient, name: str, timeout: float = 30.0) -> bool:
+    """Poll the CRD `name` until its Established condition is True (its kind is served); False at the
+    timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        crd = await client.get_or_none(f"{CRD_PATH}/{name}")
+        conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
+        if conds.get("Established") == "True":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)

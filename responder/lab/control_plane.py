@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from responder.cluster.client import APPLY_PATCH, KubeClient
-from responder.cluster.discovery import Discovery
+from responder.cluster.discovery import Discovery, wait_crd_established
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import processes
@@ -417,15 +417,8 @@ async def apply_objects(client: KubeClient, objs: list[dict[str, Any]]) -> None:
 
 async def wait_crds_established(client: KubeClient, names: list[str], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending and time.monotonic() < deadline:
-        for name in list(pending):
-            crd = await client.get_or_none(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
-            if conds.get("Established") == "True":
-                pending.discard(name)
-        if pending:
-            await asyncio.sleep(0.1)
+    pending = [name for name in names
+               if not await wait_crd_established(client, name, max(0.0, deadline - time.monotonic()))]
     if pending:
         raise LabError(f"CRDs not established: {', '.join(sorted(pending))}", fix="check kube-apiserver.log")
 

@@ -295,13 +295,13 @@ async def test_the_armed_hold_holds_from_the_breakers_first_write_and_stays_arme
     incident = records[0]["incident"]
     outcomes = {r["intent"]: r["status"] for r in records if r["kind"] == "outcome"}
     marks = [r for r in records if r["kind"] == "intent" and r["action"] == "hold-namespaces"
-             and r["target"] == f"ConfigMap/{HOLD_PARAM}"]
+             and r["target"] == f"NamespaceHold/{HOLD_PARAM}"]
     assert [outcomes.get(r["seq"]) for r in marks] == ["ok"], marks
     scale = next(r for r in records if r["kind"] == "intent" and r["action"] == "scale-capsule")
     assert marks[0]["seq"] - scale["seq"] <= 3, "the mark goes out with the breaker's first write"
     probe = f"/api/v1/namespaces/{sorted(seeded.namespaces)[0]}"
     async with client_for(lab.kubeconfig) as admin:
-        param = await admin.get(HOLD_OBJECT_PATHS["ConfigMap"])
+        param = await admin.get(HOLD_OBJECT_PATHS["NamespaceHold"])
         assert param["metadata"]["annotations"][HOLD_INCIDENT_ANNOTATION] == incident
         # Take the incident's own policy away: the armed one alone refuses (the API server drops the
         # removed policy at its next refresh, so poll for the armed policy's refusal).
@@ -318,9 +318,9 @@ async def test_the_armed_hold_holds_from_the_breakers_first_write_and_stays_arme
         assert incident in message, message
     proc = run_responder("undo", str(watch.journal_path()), "--kubeconfig", str(kubeconfig), "-o", "json")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert {"op": "release-hold", "target": f"ConfigMap/{HOLD_PARAM}"} in json.loads(proc.stdout)["undone"]
+    assert {"op": "release-hold", "target": f"NamespaceHold/{HOLD_PARAM}"} in json.loads(proc.stdout)["undone"]
     async with client_for(lab.kubeconfig) as admin:
-        param = await admin.get(HOLD_OBJECT_PATHS["ConfigMap"])
+        param = await admin.get(HOLD_OBJECT_PATHS["NamespaceHold"])
         assert not (param["metadata"].get("annotations") or {}).get(HOLD_INCIDENT_ANNOTATION)
         assert await read_armed_hold(admin) is None  # still armed, for the next incident
         deadline = time.monotonic() + 10

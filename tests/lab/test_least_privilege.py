@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from responder import recovery
+from responder.errors import ApiError
 from responder.lab.control_plane import apply_objects
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
@@ -126,7 +127,7 @@ async def test_service_account_with_the_generated_role_runs_the_full_incident(la
         assert checks[name]["status"] == "ok", checks[name]
 
     # protect and protect --remove as the ServiceAccount (its rules for the policy are in the role too; arming
-    # the namespace hold creates a namespace and a ConfigMap, a cluster admin's act the role does not grant).
+    # the namespace hold applies a CRD, a cluster admin's act the role does not grant).
     for args in (("--only", "crds"), ("--remove", "--only", "crds")):
         proc = run_responder("-vv", "protect", "--kubeconfig", str(kubeconfig), *args)
         outputs |= {f"protect{args} stdout": proc.stdout, f"protect{args} stderr": proc.stderr}
@@ -135,6 +136,18 @@ async def test_service_account_with_the_generated_role_runs_the_full_incident(la
             assert "protected: tenants.capsule.clastix.io" in proc.stdout, proc.stdout
             assert "not verified: this identity may not delete CRDs" in proc.stdout, proc.stdout
     assert refused_requests(lab.audit_log, since) == []
+    # The API server drops a deleted policy only at its next policy refresh: the CRD deletion below must
+    # not come while it still refuses (the ServiceAccount may not dry-run that DELETE itself; the admin may).
+    async with client_for(lab.kubeconfig) as admin:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await admin.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/tenants.capsule.clastix.io",
+                                   dry_run=True)
+                break
+            except ApiError as exc:
+                assert exc.status == 403 and time.monotonic() < deadline, exc
+                await asyncio.sleep(0.2)
 
     # The full incident as the ServiceAccount: one tenant's namespaces deleted by an admin (lost), then the
     # Tenant CRD; responder contains, then recovers from the backup.

@@ -16,6 +16,7 @@ import pytest
 from responder.actions.breaker import ARMED_HOLD_PATHS
 from responder.errors import ApiError
 from responder.lab.incident import read_audit
+from responder.manifests import HOLD_PARAM_CRD
 from responder.protect import ALLOW_DELETE_ANNOTATION, BINDING_PATH, POLICY_PATH, deny_message
 
 from .incident_helpers import client_for, run_responder
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 TENANT_CRD = "tenants.capsule.clastix.io"
 CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{TENANT_CRD}"
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+HOLD_PARAM_CRD_PATH = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{HOLD_PARAM_CRD}"
 
 
 def doctor(kubeconfig) -> tuple[int, dict]:
@@ -123,12 +125,15 @@ async def test_protect_refuses_deleting_the_tenant_crd_until_annotated(lab_manag
             assert await wait_for(admin, refused=True) is not None
             await admin.patch(CRD_PATH, {"metadata": {"annotations": {ALLOW_DELETE_ANNOTATION: None}}})
 
-            # --remove leaves neither object, and the CRD is deletable again (dry run).
+            # --remove leaves neither object, and waits until the CRD is deletable again (dry run).
             proc = run_responder("protect", "--kubeconfig", str(kc), "--remove")
             assert proc.returncode == 0, proc.stderr
             assert "deleted" in proc.stdout
+            assert "verified: a dry-run DELETE of tenants.capsule.clastix.io is admitted again" in proc.stdout
+            assert await delete_refusal(admin, dry_run=True) is None  # no policy refresh to wait for after it
             assert await admin.get_or_none(POLICY_PATH) is None and await admin.get_or_none(BINDING_PATH) is None
-            assert await admin.get_or_none(ARMED_HOLD_PATHS["ConfigMap"]) is None
+            assert await admin.get_or_none(ARMED_HOLD_PATHS["NamespaceHold"]) is None
+            assert await admin.get_or_none(HOLD_PARAM_CRD_PATH) is None  # and the parameter's kind
             for kind in ("validatingadmissionpolicies", "validatingadmissionpolicybindings"):
                 items = (await admin.get(f"{ADMISSION}/{kind}"))["items"]
                 assert not [i for i in items if i["metadata"]["name"].startswith("responder")], items

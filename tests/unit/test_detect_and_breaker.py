@@ -9,7 +9,7 @@ import pytest
 from responder import triage
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
                                        HOLD_OBJECT_PATHS, armed_hold_in_place, armed_hold_objects, exemption_condition,
-                                       exemption_patch, fails_closed, guards_namespace_delete, holds_of,
+                                       exemption_patch, fails_closed, guards_namespace_delete, hold_param_crd, holds_of,
                                        namespace_hold_objects, release_request)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
@@ -136,7 +136,14 @@ def test_namespace_hold_refuses_tenant_namespace_deletes_by_all_but_responder():
 def test_the_armed_hold_is_dormant_until_its_parameter_is_marked_and_then_lets_only_the_marked_identity_through():
     policy, binding, param = armed_hold_objects()
     spec = policy["spec"]
-    assert spec["failurePolicy"] == "Fail" and spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    # Its own parameter kind (an informer over every ConfigMap in each API server would be the price of a
+    # ConfigMap); Ignore, so a parameter kind gone between incidents cannot refuse every namespace DELETE.
+    assert spec["failurePolicy"] == "Ignore"
+    assert spec["paramKind"] == {"apiVersion": "responder.dev/v1alpha1", "kind": "NamespaceHold"}
+    crd = hold_param_crd()
+    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["names"]["kind"] == "NamespaceHold"
+    assert crd["metadata"]["name"] == "namespaceholds.responder.dev"
+    assert param["apiVersion"] == f'{crd["spec"]["group"]}/{crd["spec"]["versions"][0]["name"]}'
     assert "matchConditions" not in spec  # they cannot read parameters: the identity is checked in the validation
     variables = {v["name"]: v["expression"] for v in spec["variables"]}
     assert f'"{HOLD_INCIDENT_ANNOTATION}" in params.metadata.annotations' in variables["held"]
@@ -145,10 +152,9 @@ def test_the_armed_hold_is_dormant_until_its_parameter_is_marked_and_then_lets_o
     (rule,) = spec["validations"]
     assert rule["expression"].startswith("!variables.held || variables.responder || !(")
     assert '"capsule.clastix.io/tenant" in oldObject.metadata.labels' in rule["expression"]
-    # Without the ConfigMap the binding allows (dormant); the ConfigMap it names is the one protect applies.
+    # Without the parameter the binding allows (dormant); the parameter it names is the one protect applies.
     ref = binding["spec"]["paramRef"]
-    assert ref["parameterNotFoundAction"] == "Allow"
-    assert (ref["namespace"], ref["name"]) == (param["metadata"]["namespace"], param["metadata"]["name"])
+    assert ref == {"name": param["metadata"]["name"], "parameterNotFoundAction": "Allow"}
     assert "annotations" not in param["metadata"]  # installed unmarked
     assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == [
         "Deny"]
@@ -156,14 +162,18 @@ def test_the_armed_hold_is_dormant_until_its_parameter_is_marked_and_then_lets_o
 
 def test_armed_hold_in_place_names_what_is_missing_or_different():
     policy, binding, param = armed_hold_objects()
-    objects = {"ValidatingAdmissionPolicy": policy, "ValidatingAdmissionPolicyBinding": binding, "ConfigMap": param}
+    objects = {"ValidatingAdmissionPolicy": policy, "ValidatingAdmissionPolicyBinding": binding, "NamespaceHold": param}
     assert armed_hold_in_place(objects) is None
-    assert "parameter ConfigMap missing" in armed_hold_in_place({**objects, "ConfigMap": None})
+    assert "parameter NamespaceHold missing" in armed_hold_in_place({**objects, "NamespaceHold": None})
     assert "binding missing" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicyBinding": None})
     audit_only = {**binding, "spec": {**binding["spec"], "validationActions": ["Audit"]}}
     assert "binding differs" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicyBinding": audit_only})
     older = {**policy, "spec": {**policy["spec"], "validations": [{"expression": "true"}]}}
     assert "policy differs" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicy": older})
+    # The previous version's policy (a ConfigMap parameter, failing closed) is reported for reinstalling.
+    configmap_param = {**policy, "spec": {**policy["spec"], "failurePolicy": "Fail",
+                                          "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"}}}
+    assert "policy differs" in armed_hold_in_place({**objects, "ValidatingAdmissionPolicy": configmap_param})
 
 
 def test_lifting_the_hold_deletes_the_incidents_policy_but_only_unmarks_the_armed_parameter():
@@ -175,15 +185,15 @@ def test_lifting_the_hold_deletes_the_incidents_policy_but_only_unmarks_the_arme
     param = armed_hold_objects()[2]
     param["metadata"].update(uid="u-2", resourceVersion="9",
                              annotations={HOLD_INCIDENT_ANNOTATION: "inc-1", HOLD_IDENTITY_ANNOTATION: "responder"})
-    method, path, body, content_type = release_request("ConfigMap", param)
+    method, path, body, content_type = release_request("NamespaceHold", param)
     assert (method, content_type) == ("PATCH", "application/json-patch+json")
-    assert path == "/api/v1/namespaces/responder-system/configmaps/responder-namespace-hold"
-    # Only while the mark is still this incident's; the ConfigMap itself stays (armed).
+    assert path == "/apis/responder.dev/v1alpha1/namespaceholds/responder-namespace-hold"
+    # Only while the mark is still this incident's; the parameter itself stays (armed).
     assert body == [{"op": "test", "path": "/metadata/annotations/responder.dev~1incident", "value": "inc-1"},
                     {"op": "remove", "path": "/metadata/annotations/responder.dev~1incident"},
                     {"op": "remove", "path": "/metadata/annotations/responder.dev~1identity"}]
     unmarked = apply_patch(param, body)
-    assert unmarked["metadata"]["annotations"] == {} and unmarked["data"] == param["data"]
+    assert unmarked["metadata"]["annotations"] == {} and unmarked["spec"] == param["spec"]
     marked_again = {**param, "metadata": {**param["metadata"], "annotations": {HOLD_INCIDENT_ANNOTATION: "inc-2"}}}
     with pytest.raises(PatchTestFailed):  # another incident's mark now: the test op refuses
         apply_patch(marked_again, body)
@@ -205,10 +215,10 @@ async def test_holds_of_an_incident_are_only_that_incidents_hold_objects():
     param["metadata"]["annotations"] = {HOLD_INCIDENT_ANNOTATION: "inc-2"}
     client = _HoldsClient({HOLD_OBJECT_PATHS["ValidatingAdmissionPolicy"]: policy,
                            HOLD_OBJECT_PATHS["ValidatingAdmissionPolicyBinding"]: binding,
-                           HOLD_OBJECT_PATHS["ConfigMap"]: param})
+                           HOLD_OBJECT_PATHS["NamespaceHold"]: param})
     assert await holds_of(client, "inc-1") == {"ValidatingAdmissionPolicy": policy,
                                                "ValidatingAdmissionPolicyBinding": binding}
-    assert await holds_of(client, "inc-2") == {"ConfigMap": param}
+    assert await holds_of(client, "inc-2") == {"NamespaceHold": param}
     assert await holds_of(client, "inc-3") == {}
     param["metadata"]["annotations"] = {}  # the armed parameter unmarked is no hold of anyone's
     assert await holds_of(client, "inc-2") == {}

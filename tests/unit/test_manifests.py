@@ -20,7 +20,7 @@ SELF_REVIEWS = {("authentication.k8s.io", "selfsubjectreviews"), ("authorization
 # Lifting the namespace hold (recovery and undo): found in the cluster, deleted or unmarked.
 HOLD_RELEASE_NEEDS = [("admissionregistration.k8s.io", res, verb, "responder-namespace-hold")
                       for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
-                      for verb in ("get", "delete")] + [("", "configmaps", verb, "responder-namespace-hold")
+                      for verb in ("get", "delete")] + [("responder.dev", "namespaceholds", verb, "responder-namespace-hold")
                                                         for verb in ("get", "patch")]
 # What each journaled write needs: (apiGroup, resource[/subresource], verb, object name or None for any).
 # A new journal action name in responder/actions/*.py fails test_every_journal_action_is_in_the_table
@@ -59,7 +59,7 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                         for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
                         for verb, name in (("create", None), ("get", "responder-namespace-hold"),
                                            ("update", "responder-namespace-hold"))]
-                       + [("", "configmaps", "patch", "responder-namespace-hold")],
+                       + [("responder.dev", "namespaceholds", "patch", "responder-namespace-hold")],
     "release-hold": HOLD_RELEASE_NEEDS,
 }
 # `responder undo`, per undo op (responder/commands.py::undo_journal).
@@ -89,7 +89,7 @@ WATCH_NEEDS = [
     # The preflight and doctor: is the namespace hold armed (read-only identities too)?
     ("admissionregistration.k8s.io", "validatingadmissionpolicies", "get", "responder-namespace-hold-armed"),
     ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "get", "responder-namespace-hold-armed"),
-    ("", "configmaps", "get", "responder-namespace-hold"),
+    ("responder.dev", "namespaceholds", "get", "responder-namespace-hold"),
 ]
 PROBE_NEEDS = [("", "namespaces", "delete", "tenant-a-ns-1")]  # verify-breaker, only ever with dryRun=All
 # Recovery (being written: Velero restore, Tenant/CRD recreation, re-adoption) and `responder protect`.
@@ -180,8 +180,12 @@ def test_nothing_beyond_what_is_needed():
                  ("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "someone-elses-policy"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "patch", "someone-elses"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicies", "update", "someone-elses-policy"),
-                 ("", "configmaps", "patch", "someone-elses"), ("", "configmaps", "create", None),
-                 ("", "configmaps", "get", "someone-elses"),
+                 ("", "configmaps", "patch", "responder-namespace-hold"), ("", "configmaps", "create", None),
+                 ("", "configmaps", "get", "responder-namespace-hold"),
+                 ("responder.dev", "namespaceholds", "patch", "someone-elses"),
+                 ("responder.dev", "namespaceholds", "create", None),
+                 ("responder.dev", "namespaceholds", "delete", "responder-namespace-hold"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "patch", "namespaceholds.responder.dev"),
                  ("velero.io", "backups", "delete", "b"), ("velero.io", "restores", "patch", "r"),
                  ("rbac.authorization.k8s.io", "clusterrolebindings", "create", None),
                  ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None)]:

@@ -351,7 +351,7 @@ def test_the_report_says_whether_the_namespace_hold_was_armed_ahead(tmp_path, ar
     j = Journal.create(tmp_path, incident_id="inc-armed", meta={
         "trigger": _trigger(time.time()), "dry_run": False, "hold_armed": armed,
         "hold_not_armed": None if armed else "not installed (policy missing)"})
-    seq = j.intent("breaker", "hold-namespaces", "ConfigMap/responder-namespace-hold",
+    seq = j.intent("breaker", "hold-namespaces", "NamespaceHold/responder-namespace-hold",
                    request={"method": "PATCH", "path": "/x"}, undo={"op": "release-hold", "path": "/x"})
     j.outcome(seq, "ok")
     assert said in render_markdown(build_report(j.records()))
