@@ -234,8 +234,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crd", action="append", default=[], metavar="NAME",
                    help=f"protect this CRD too (repeatable; also ${CRDS_ENV}, comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="send the writes with dryRun=All: nothing persists")
-    p.add_argument("--remove", action="store_true", help="delete responder's policies, bindings and the hold's "
-                                                          "parameter")
+    p.add_argument("--remove", action="store_true", help="delete responder's policies, bindings, the hold's "
+                                                          "parameter and its CRD")
     p.add_argument("--only", choices=("crds", "hold"),
                    help="only the CRD protection, or only the armed namespace hold (default: both)")
     p.set_defaults(handler=cmd_protect)
