@@ -16,7 +16,7 @@ from typing import Any
 from responder import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
-from responder.shadow import Shadow
+from responder.shadow import Shadow, write_atomically
 from responder.errors import ApiError, ClusterUnreachable
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,13 @@ class ClusterObserver:
     async def _save_shadow_periodically(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if self.shadow_path is None or not self.shadow.dirty:
+                continue
+            text = self.shadow.snapshot()  # here, on the loop: the watches change the copy meanwhile
             try:
-                await asyncio.to_thread(self.save_shadow)
+                await asyncio.to_thread(write_atomically, self.shadow_path, text)
             except OSError:
+                self.shadow.dirty = True
                 log.exception("could not save the shadow copy")
 
     # -- the current picture ------------------------------------------------------------------------

@@ -143,8 +143,12 @@ async def install(client: KubeClient, crds: list[str]) -> list[str]:
 async def arm_hold(client: KubeClient) -> list[str]:
     """Install the armed hold (server-side apply): the parameter's CRD, once its kind is served the
     parameter, then the policy and last the binding. Unmarked, they refuse nothing."""
-    crd = hold_param_crd()
-    await client.patch(f"{CRD_PATH}/{HOLD_PARAM_CRD}", crd, patch_type=APPLY_PATCH)
+    existing = await client.get_or_none(f"{CRD_PATH}/{HOLD_PARAM_CRD}")
+    if existing is not None and existing["metadata"].get("deletionTimestamp"):
+        raise ConfigError(f"the CRD {HOLD_PARAM_CRD} is being deleted (an earlier `responder protect --remove`)",
+                          fix=f"wait until `kubectl get crd {HOLD_PARAM_CRD}` finds nothing, then run "
+                              "`responder protect --only hold` again")
+    await client.patch(f"{CRD_PATH}/{HOLD_PARAM_CRD}", hold_param_crd(), patch_type=APPLY_PATCH)
     done = [f"CustomResourceDefinition {HOLD_PARAM_CRD}: applied"]
     if client.dry_run and await client.get_or_none(f"{CRD_PATH}/{HOLD_PARAM_CRD}") is None:
         return done + [f"{HOLD_PARAM_KIND}, ValidatingAdmissionPolicy and binding: not sent (their kind's CRD does "
@@ -177,11 +181,20 @@ async def _delete_each(client: KubeClient, objects: list[tuple[str, str]]) -> li
     return done
 
 
-async def disarm_hold(client: KubeClient) -> list[str]:
-    """Delete the armed hold: binding, policy, parameter, and last the parameter's CRD."""
-    return await _delete_each(client, [(kind, ARMED_HOLD_PATHS[kind]) for kind in
+async def disarm_hold(client: KubeClient, timeout: float = 30.0) -> list[str]:
+    """Delete the armed hold: binding, policy, parameter, and last the parameter's CRD, then wait until
+    the CRD is gone (its deletion finishes asynchronously, and arming again before that would fail)."""
+    crd_path = f"{CRD_PATH}/{HOLD_PARAM_CRD}"
+    done = await _delete_each(client, [(kind, ARMED_HOLD_PATHS[kind]) for kind in
                                        ("ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy", HOLD_PARAM_KIND)]
-                              + [("CustomResourceDefinition", f"{CRD_PATH}/{HOLD_PARAM_CRD}")])
+                              + [("CustomResourceDefinition", crd_path)])
+    deadline = time.monotonic() + timeout
+    while not client.dry_run and await client.get_or_none(crd_path) is not None:
+        if time.monotonic() >= deadline:
+            done.append(f"CustomResourceDefinition {HOLD_PARAM_CRD}: still Terminating after {timeout:.0f}s")
+            break
+        await asyncio.sleep(0.2)
+    return done
 
 
 async def remove(client: KubeClient) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,15 +100,20 @@ class Shadow:
         return {"tenants": self.tenants, "namespaces": self.namespaces, "webhooks": self.webhooks,
                 "capsule_replicas": self.capsule_replicas, "tenant_crd": self.tenant_crd, "updated": self.updated}
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_json(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+    def snapshot(self) -> str:
+        """The copy as JSON, taken on the thread that updates it (the event loop's): writing it can then
+        happen in another thread while the watches go on changing the copy."""
+        text = json.dumps(self.to_json())
         self.dirty = False
+        return text
+
+    def save(self, path: Path) -> None:
+        text = self.snapshot()
+        try:
+            write_atomically(path, text)
+        except OSError:
+            self.dirty = True  # try again at the next save
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "Shadow":
@@ -120,3 +126,20 @@ class Shadow:
 
     def namespace_tenants(self) -> dict[str, str]:
         return {name: entry["tenant"] for name, entry in self.namespaces.items()}
+
+
+_WRITE_LOCK = threading.Lock()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Temp file, fsync, rename. One writer at a time: the periodic save (in a worker thread) and the
+    save at the end of containment (on the event loop) share the temp file's name (found in CI: the
+    second rename found the temp file already renamed)."""
+    with _WRITE_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
