@@ -6,9 +6,10 @@ the detach cost does not depend on it), the namespace hold armed (`responder pro
 doctor asks; `--hold not-armed` leaves it out), responder watching as its own identity, the Tenant CRD
 deleted. Measured: detection latency (CRD DELETE sent -> CRD event received), detection-to-first-
 write latency (event received -> first write journaled and sent), detach throughput, and how many
-namespaces survived, and the CPU each process spent per detached namespace (responder, kube-apiserver,
-etcd, kube-controller-manager): on a machine that runs the whole control plane, the control plane's
-own share bounds the detach rate whatever the client does. Each HTTP setting named with --variants
+namespaces survived; and, over the detach's own window (first write to last answer), how busy the
+machine was and the CPU each process spent per detached namespace (responder, kube-apiserver, etcd,
+kube-controller-manager): on a machine that runs the whole control plane, the control plane's own
+share bounds the detach rate whatever the client does. Each HTTP setting named with --variants
 runs as its own incident, in the same invocation (--repeat: interleaved trials), so the figures compare.
 """
 
@@ -22,6 +23,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +187,8 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
                     "detach_per_second": {"median": statistics.median(rates), "min": min(rates), "max": max(rates)},
                     "first_write_after_detection_ms": {"median": statistics.median(first), "max": max(first)},
                     "saved_min": min(r["saved"] for r in mine), "seeded": mine[0]["seeded"]})
-        for key in ("control_plane_cpu_ms_per_namespace", "ceiling_per_second_with_a_free_client"):
+        for key in ("machine_busy_share", "control_plane_cpu_ms_per_namespace",
+                    "ceiling_per_second_with_a_free_client"):
             values = [r[key] for r in mine if r.get(key) is not None]
             if values:
                 out[-1][key] = {"median": statistics.median(values)}
@@ -220,11 +223,10 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
         await session.start()
         try:
             sent = await delete_tenant_crd(admin)
-            await asyncio.wait_for(session.incident_opened.wait(), 30)
-            cpu_before = _cpu_now(lab)
-            await session.contain()
-            done = time.time()
-            cpu_after = _cpu_now(lab)
+            await session.wait_for_incident(30)
+            with CpuSampler(lab) as sampler:
+                await session.contain()
+                done = time.time()
             await asyncio.sleep(max(0.0, sent + 20 - time.time()))
             listing = await admin.list_all("/api/v1/namespaces")
         finally:
@@ -234,6 +236,9 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
     first_intent = next(r for r in records if r.get("kind") == "intent")
     detach = session.results["detach"].data
     trig = session.trigger
+    window = detach_window(records)
+    cpu = detach_window_cpu(sampler.samples, *window, detach.get("detached") or 0, os.cpu_count() or 1) \
+        if window else {}
     return {
         "detection_latency_ms": round((trig.event_received - sent) * 1000, 1),
         "first_write_after_detection_ms": round((_ts(first_intent["ts"]) - trig.event_received) * 1000, 1),
@@ -241,7 +246,7 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
         "detached": detach.get("detached"), "detach_seconds": detach.get("seconds"),
         "detach_per_second": detach.get("per_second"),
         "time_to_contain_s": round(done - sent, 3),
-        **_cpu_per_namespace(cpu_before, cpu_after, detach.get("detached") or 0),
+        **cpu,
         "saved": len(set(seeded.namespaces) & live), "seeded": len(seeded.namespaces),
         "responder_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -250,28 +255,85 @@ async def contain_once(lab: Lab, namespaces: int, *, pool: int, http2: bool, con
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
 
 
-def _cpu_now(lab: Lab) -> dict[str, float | None]:
-    """CPU seconds used so far by each lab process and by this process (responder runs in it)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out: dict[str, float | None] = {name: processes.cpu_seconds(rec) for name, rec in lab._records().items()}
-    out["responder"] = usage.ru_utime + usage.ru_stime
-    return out
+class CpuSampler:
+    """Samples, every `interval` seconds in a thread, the machine's busy and idle CPU time (/proc/stat)
+    and the CPU time used so far by each lab process and by this process (responder runs in it), so
+    the figures can be cut to the detach's own window afterwards. A read of a few /proc files per
+    tick: well under 1 % of a core."""
+
+    def __init__(self, lab: Lab, interval: float = 0.02) -> None:
+        import threading
+
+        self.records = lab._records()
+        self.interval = interval
+        self.samples: list[CpuSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(self.sample())
+            if self._stop.wait(self.interval):
+                self.samples.append(self.sample())
+                return
+
+    def sample(self) -> "CpuSample":
+        with open("/proc/stat") as stat:
+            jiffies = [int(v) for v in stat.readline().split()[1:]]
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        processes_cpu: dict[str, float | None] = {name: processes.cpu_seconds(rec)
+                                                  for name, rec in self.records.items()}
+        processes_cpu["responder"] = usage.ru_utime + usage.ru_stime
+        # idle + iowait count as idle; the rest (user, nice, system, irq, softirq, steal) as busy
+        return CpuSample(time.time(), sum(jiffies), jiffies[3] + jiffies[4], processes_cpu)
 
 
-def _cpu_per_namespace(before: dict[str, float | None], after: dict[str, float | None],
-                       detached: int) -> dict[str, Any]:
-    """CPU milliseconds per detached namespace, from incident opened to contained, for responder and
-    the control plane, and the detach rate the machine's cores would allow if responder cost nothing:
-    the control plane's own CPU per namespace is the ceiling on a machine that runs it all."""
-    if not detached:
+@dataclass(frozen=True)
+class CpuSample:
+    at: float  # epoch seconds, comparable with the journal's timestamps
+    jiffies: int
+    idle_jiffies: int
+    process_cpu_seconds: dict[str, float | None]
+
+
+def detach_window_cpu(samples: list[CpuSample], start: float, end: float, detached: int,
+                      cores: int) -> dict[str, Any]:
+    """CPU figures for the detach's own window (its first write sent to its last answer): how busy the
+    machine was, the CPU milliseconds each process spent per detached namespace, and the detach rate
+    the cores would allow if responder cost nothing (the control plane's own CPU per namespace is the
+    ceiling on a machine that runs it all). A busy share near 1 means the rate is the machine's."""
+    inside = [s for s in samples if start <= s.at <= end]
+    if not detached or len(inside) < 2:
         return {}
-    per = {name: round((after[name] - before[name]) * 1000 / detached, 2)
-           for name in before if before[name] is not None and after.get(name) is not None}
-    control_plane = sum(per.get(name, 0.0) for name in CONTROL_PLANE)
-    cores = os.cpu_count() or 1
-    return {"cpu_ms_per_namespace": per, "control_plane_cpu_ms_per_namespace": round(control_plane, 2),
-            "cores": cores,
+    first, last = inside[0], inside[-1]
+    share = 1 - (last.idle_jiffies - first.idle_jiffies) / max(1, last.jiffies - first.jiffies)
+    per = {name: round((after - before) * 1000 / detached, 2)
+           for name, before in first.process_cpu_seconds.items()
+           if before is not None and (after := last.process_cpu_seconds.get(name)) is not None}
+    # the samples bracket only part of the window: scale to the whole, as a rate over it
+    scale = (end - start) / max(1e-9, last.at - first.at)
+    per = {name: round(ms * scale, 2) for name, ms in per.items()}
+    control_plane = round(sum(per.get(name, 0.0) for name in CONTROL_PLANE), 2)
+    return {"detach_window_s": round(end - start, 3), "machine_busy_share": round(share, 3),
+            "cpu_ms_per_namespace": per, "control_plane_cpu_ms_per_namespace": control_plane, "cores": cores,
             "ceiling_per_second_with_a_free_client": round(cores * 1000 / control_plane) if control_plane else None}
+
+
+def detach_window(records: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """From the detach's first intent to its last outcome, in epoch seconds (from the journal)."""
+    intents = {r["seq"]: _ts(r["ts"]) for r in records if r.get("kind") == "intent" and r.get("action") == "detach"}
+    answers = [_ts(r["ts"]) for r in records if r.get("kind") == "outcome" and r.get("intent") in intents]
+    if not intents or not answers:
+        return None
+    return min(intents.values()), max(answers)
 
 
 def _ts(value: str) -> float:

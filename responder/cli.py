@@ -37,11 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers of the HTTP stack that must never log below INFO, whatever -v says: at DEBUG, hpack logs every
+# encoded HTTP/2 header block ("Encoded header block to b'...'"), which decodes offline to the bearer
+# token (its "sensitive" marking only covers the HPACK table); httpcore traces every connection and
+# request at DEBUG. h2 and h11 do not log today (h2 4.x, h11 0.16); they are capped in case a version
+# does. httpx's INFO line (method, URL, status) stays available with -v.
+QUIET_LOGGERS = {"hpack": logging.WARNING, "h2": logging.WARNING, "h11": logging.WARNING,
+                 "httpcore": logging.INFO, "httpx": logging.INFO}
+
+
+def configure_logging(verbose: int) -> None:
+    """-v: INFO, -vv: DEBUG, on stderr; the HTTP stack capped (QUIET_LOGGERS) so no -v level logs
+    credentials."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, floor in QUIET_LOGGERS.items():
+        # Never below the root's level either: a logger's own level overrides the root's, so INFO here
+        # would switch httpx's request lines on without -v.
+        logging.getLogger(name).setLevel(max(level, floor))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except ResponderError as exc:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from responder.actions.breaker import holds_of, release_request, restore_match_c
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.engine import EngineEvent
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, Forbidden, JournalError, NotFound, Unauthorized
-from responder.journal import Journal
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden, NotFound, Unauthorized
+from responder.journal import Journal, open_incident_journal
 from responder.observe import CapsuleTarget
 from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 
@@ -58,31 +59,6 @@ def positive_number(unit: str) -> Callable[[str], float]:
 positive_seconds = positive_number("seconds")
 
 
-def open_journal_file(path: Path) -> Journal:
-    """A journal named on the command line (--resume, undo), checked before any credentials are loaded."""
-    if path.is_dir():
-        raise JournalError(f"journal {path} is a directory, not a journal file",
-                           fix="pass the inc-*.jsonl file inside it (printed by watch/run)")
-    if not path.is_file():
-        raise JournalError(f"journal {path} does not exist", fix="pass the inc-*.jsonl path printed by watch/run")
-    with open(path, "rb") as fh:
-        first = fh.readline()
-    try:
-        opened = json.loads(first).get("kind") == "incident-opened"
-    except (ValueError, AttributeError):
-        opened = False
-    if not opened:  # before parsing the whole file: a text file is no journal, not a corrupt one
-        raise JournalError(f"{path} is not a responder journal (its first line is not an incident-opened record)",
-                           fix="pass the inc-*.jsonl path printed by watch/run")
-    journal = Journal.open(path)
-    records = journal.records()
-    if not records or records[0].get("kind") != "incident-opened":
-        journal.close()
-        raise JournalError(f"{path} is not a responder journal (its first record is not incident-opened)",
-                           fix="pass the inc-*.jsonl path printed by watch/run")
-    return journal
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     common = cluster_flags()
     watch = sub.add_parser("watch", parents=[common], help="watch the cluster; on an incident, run the runbook")
@@ -105,7 +81,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     plan.set_defaults(handler=cmd_plan)
 
     run = sub.add_parser("run", parents=[common], help="run a runbook now, or resume one after a crash")
-    run.add_argument("runbook", nargs="?")
+    run.add_argument("runbook", nargs="?", help="runbook file (default: the shipped one); or --runbook FILE")
+    run.add_argument("--runbook", dest="runbook_flag", metavar="FILE", help="the same as RUNBOOK, as watch and plan take it")
     run.add_argument("--dry-run", action="store_true")
     run.add_argument("--yes", action="store_true")
     run.add_argument("--resume", type=Path, metavar="JOURNAL", help="continue the incident in this journal")
@@ -184,13 +161,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return asyncio.run(tui())
 
     async def watch_then_contain(session: Session) -> int | None:
-        print(f"watching {access.server} as {session.identity} (context {access.context}, "
+        print(f"watching {access.display_server} as {session.identity} (context {access.context}, "
               f"{'DRY RUN' if options.dry_run else 'live'})", file=sys.stderr, flush=True)
         session.check_late_start()
         if not session.incident_opened.is_set():
             try:
-                await asyncio.wait_for(session.incident_opened.wait(), args.timeout)
-            except asyncio.TimeoutError:
+                await session.wait_for_incident(args.timeout)  # raises what kept a detected one from opening
+            except TimeoutError:
                 print("no incident within the timeout", file=sys.stderr)
                 return EXIT_OK
         assert session.trigger is not None and session.journal is not None
@@ -205,6 +182,13 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
     (`open_incident` may return an exit code to stop early), contain, print the summary."""
     session = Session(access, options, confirmer=_headless_confirm)
     session.engine_listeners.append(HeadlessPrinter())
+    # Automation stops a headless run with SIGTERM (systemd, a pod's deletion, a CI timeout): treated as
+    # Ctrl-C, so it ends as "interrupted" (exit 5) with the journal to resume, not a silent 143.
+    loop, this = asyncio.get_running_loop(), asyncio.current_task()
+    terminated: list[bool] = []
+    ended = False
+    if this is not None:
+        loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(True), this.cancel()))
     try:
         await session.preflight()
         await session.start()
@@ -217,18 +201,31 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
             await session.recover()
         summary = summarize(session)
         emit(summary, output)
+        ended = True  # the summary names the journal
         if options.dry_run:
             return EXIT_OK
         recovered = summary.get("recovery") is None or summary["recovery"]["verified"]
         return EXIT_OK if summary["contained"] and recovered else EXIT_NOT_CONTAINED
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None  # cli: "interrupted", exit 5
+        raise
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await session.close()
+        if session.journal is not None and not ended:
+            print(f"incident journal: {session.journal.path} (resume with `responder run --resume` on it)",
+                  file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.runbook and args.runbook_flag and args.runbook != args.runbook_flag:
+        raise ConfigError(f"two runbooks given: {args.runbook} and --runbook {args.runbook_flag}",
+                          fix="name one runbook, as RUNBOOK or as --runbook FILE")
+    args.runbook = args.runbook or args.runbook_flag
     journal = None
     if args.resume:
-        journal = open_journal_file(args.resume)
+        journal = open_incident_journal(args.resume)
         meta = next((r for r in journal.records() if r.get("kind") == "incident-opened"), {})
         runbook = args.runbook or (meta.get("meta") or {}).get("runbook") or meta.get("runbook")
         dry_run = bool((meta.get("meta") or {}).get("dry_run", meta.get("dry_run", False))) or args.dry_run
@@ -338,7 +335,7 @@ def print_plan_table(plan: dict[str, Any]) -> None:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    journal = open_journal_file(args.journal_file)
+    journal = open_incident_journal(args.journal_file)
     try:
         access = load_cluster_access(args.kubeconfig, args.context)
     except BaseException:
@@ -347,6 +344,13 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with KubeClient(access) as client:
+            # Reachable at all? Fail as fast as the other commands' preflight (10 s), not after the
+            # write-retry deadline.
+            deadline, client.retry_deadline = client.retry_deadline, 10.0
+            try:
+                await client.get("/version")
+            finally:
+                client.retry_deadline = deadline
             return await undo_journal(client, journal)
 
     try:
@@ -354,20 +358,36 @@ def cmd_undo(args: argparse.Namespace) -> int:
     finally:
         journal.close()
     emit(result, args.output)
-    return EXIT_OK if not result["failed"] else EXIT_NOT_CONTAINED
+    return EXIT_OK if not result["failed"] and not result["unknown"] else EXIT_NOT_CONTAINED
 
 
 async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     """Revert, newest first, what the journal says is reversible; each undo is journaled too."""
-    undone, skipped, failed = [], [], []
+    undone, skipped, failed, unknown = [], [], [], []
     plan = journal.undo_plan()
     hold_entries = [e for e in plan if _undoes_the_hold(e)]  # by what the cluster holds, below
-    for entry in (e for e in plan if e not in hold_entries):
+    # Writes whose answer never came (a crash, a cut connection, a resent write refused by its guard)
+    # may have been applied: each is undone only where the cluster shows it was.
+    unanswered = [{"intent": r["seq"], "target": r["target"], "undo": r["undo"], "request": r.get("request") or {}}
+                  for r in journal.pending()
+                  if r.get("undo") and not r.get("dry_run") and r.get("step") != "undo"
+                  and not _undoes_the_hold({"undo": r["undo"]})]
+    entries = sorted([e for e in plan if e not in hold_entries] + unanswered, key=lambda e: -e["intent"])
+    for entry in entries:
         payload = entry["undo"] or {}
         op = payload.get("op")
+        if entry in unanswered and op not in ("scale", "webhook-match-conditions", "reattach"):
+            unknown.append({"target": entry["target"], "op": op,
+                            "reason": "its answer never came: check by hand whether it was applied"})
+            continue
         seq = journal.intent("undo", f"undo-{op}", entry["target"], request={"undo_of": entry["intent"]})
         try:
             if op == "scale":
+                reason = await _scale_back(client, payload, entry) if entry in unanswered else None
+                if reason:
+                    journal.outcome(seq, "skipped", detail=reason)
+                    skipped.append({"target": entry["target"], "reason": reason})
+                    continue
                 await client.patch(payload["path"], {"spec": {"replicas": payload["replicas"]}}, patch_type=MERGE_PATCH)
             elif op == "webhook-match-conditions":
                 await _restore_match_conditions(client, payload)
@@ -413,7 +433,20 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     if not hold_failed:
         for entry in hold_entries:
             journal.mark_undone(entry["intent"])
-    return {"journal": str(journal.path), "undone": undone, "skipped": skipped, "failed": failed}
+    return {"journal": str(journal.path), "undone": undone, "skipped": skipped, "failed": failed, "unknown": unknown}
+
+
+async def _scale_back(client: KubeClient, payload: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """For a scale write whose answer never came: None if the cluster shows it applied (undo it),
+    else why not."""
+    wanted = ((entry["request"].get("body") or {}).get("spec") or {}).get("replicas")
+    current = await client.get_or_none(payload["path"])
+    if current is None:
+        return "the Deployment is gone"
+    replicas = (current.get("spec") or {}).get("replicas", 0)  # a Scale at 0 omits it
+    if wanted is None or replicas != wanted:
+        return f"not applied: replicas are {replicas}, the unanswered write asked for {wanted}"
+    return None
 
 
 def _undoes_the_hold(entry: dict[str, Any]) -> bool:
@@ -435,7 +468,10 @@ async def _reattach(client: KubeClient, payload: dict[str, Any]) -> str | None:
     if ns is None or ns["metadata"].get("uid") != payload.get("uid"):
         return "namespace gone or replaced"
     refs = []
+    carried = {r.get("uid") for r in ns["metadata"].get("ownerReferences") or []}
     for ref in payload.get("ownerReferences") or []:
+        if ref.get("uid") in carried:
+            continue  # still there (a detach whose answer never came and that was not applied)
         tenant = await client.get_or_none(f"/apis/capsule.clastix.io/v1beta2/tenants/{ref['name']}")
         if tenant is None or tenant["metadata"].get("uid") != ref.get("uid") or tenant["metadata"].get("deletionTimestamp"):
             return f"Tenant {ref['name']} is gone or being deleted: re-attaching would get the namespace deleted"

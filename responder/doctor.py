@@ -37,7 +37,8 @@ from responder import triage
 from responder.actions.breaker import fails_closed, guards_namespace_delete, read_armed_hold
 from responder.cluster.client import KubeClient
 from responder.commands import positive_number
-from responder.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ResponderError
+from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
+                             ResponderError)
 from responder.manifests import (DEFAULT_VELERO_NAMESPACE, AccessCheck, access_checks, missing_role,
                                  missing_rules)
 from responder.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
@@ -343,7 +344,7 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
     await _guarded("tenant-crd-protection", results, protection())
     await _guarded("prevent-deletion", results, tenants())
     code = exit_code(results)
-    return {"context": client.access.context, "server": client.access.server, "identity": identity,
+    return {"context": client.access.context, "server": client.access.display_server, "identity": identity,
             "ready": code == EXIT_READY, "checks": [asdict(r) for r in results], "missing_permissions": fragment}
 
 
@@ -402,7 +403,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         report = asyncio.run(go())
     except ResponderError as exc:  # unreachable, or the reviews refused: nothing could be checked
         print(f"error: doctor could not check: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_CHECK
+        # The README's codes, as every command: 3 unreachable, 4 refused; else 2, like a failed preflight.
+        return exc.exit_code if exc.exit_code in (EXIT_UNREACHABLE, EXIT_FORBIDDEN) else EXIT_CANNOT_CHECK
     if args.output == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif args.output == "yaml":

@@ -146,7 +146,7 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
             namespaces = set(seeded.namespaces)
             driver.say(f"drill: {_INCIDENT[scenario]} (the incident)")
             sent = await scenarios.trigger(admin, scenario)
-            await asyncio.wait_for(session.incident_opened.wait(), 30)
+            await session.wait_for_incident(30)
             if progress is not None and session.journal is not None:
                 progress["incident"] = session.journal.incident_id  # its namespace hold, if the drill stops early
             alive_at_detection = sum(1 for n in session.observer.objects("namespaces")

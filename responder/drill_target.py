@@ -5,7 +5,7 @@ unless `--target` repeats the name of the context in use (the --context given, e
 current-context). The decision is a pure function of the flags and the kubeconfig's contexts, made
 before any request is sent.
 
-What the drill creates on the cluster is labelled `responder.io/drill=<drill id>` (Tenants and
+What the drill creates on the cluster is labelled `responder.dev/drill=<drill id>` (Tenants and
 namespaces) so that the clean-up at the end deletes exactly those, and nothing else.
 """
 
@@ -23,7 +23,7 @@ from responder.cluster.kubeconfig import ClusterAccess, list_contexts, load_clus
 from responder.errors import ConfigError
 from responder.scenarios import TENANTS_PATH
 
-DRILL_LABEL = "responder.io/drill"
+DRILL_LABEL = "responder.dev/drill"
 
 
 @dataclass(frozen=True)

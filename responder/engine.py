@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from responder.cluster.client import KubeClient
-from responder.errors import ApiError
+from responder.errors import ApiError, JournalError, ResponderError
 from responder.journal import Journal
 from responder.observe import ClusterObserver
 from responder.runbook.schema import ActionSpec, Runbook, Step
@@ -131,11 +131,7 @@ class StepContext:
     def earlier_intent(self, action: str, target: str) -> dict[str, Any] | None:
         """The first intent recorded for this write (completed or not): its undo payload holds the
         state from before the incident, which a resumed run must not overwrite."""
-        for rec in self.journal.records():
-            if rec.get("kind") == "intent" and rec.get("step") == self.step.id and rec.get("action") == action \
-                    and rec.get("target") == target:
-                return rec
-        return None
+        return self.journal.first_intent(self.step.id, action, target)
 
     async def write(self, action: str, target: str, method: str, path: str, *, body: Any = None,
                     content_type: str = "application/json", params: dict[str, Any] | None = None,
@@ -182,8 +178,18 @@ class StepContext:
             self.emit("write", action=r.action, target=r.target, method=r.method, dry_run=self.dry_run)
             return response
 
+        tasks = [asyncio.ensure_future(send(seq, r)) for seq, r in zip(seqs, requests)]
         try:
-            return list(await asyncio.gather(*(send(seq, r) for seq, r in zip(seqs, requests))))
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # Anything but an ApiError (the cluster unreachable past the retry deadline, credentials
+            # that cannot be reloaded, a full disk) holds for every request: stop the rest of the batch
+            # rather than let it write on after the step has given up. Their intents stay pending,
+            # for the step (or a resumed run) to settle against the cluster, as after a crash.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             self.journal.sync()
 
@@ -249,7 +255,8 @@ class Engine:
         for step in self.runbook.steps:
             if step.phase not in phases:
                 continue
-            if finished.get(step.id) in ("finished", "skipped"):
+            # Only a finished step is done: "skipped" is a declined confirmation, asked again on resume.
+            if finished.get(step.id) == "finished":
                 self.results[step.id] = StepOutcome("skipped", "already finished in this incident's journal")
                 self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": "resumed: done"}))
                 continue
@@ -274,12 +281,20 @@ class Engine:
                 self.journal.step(step.id, "skipped", detail=outcome.summary)
                 self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": outcome.summary}))
                 return outcome
+        deadline = asyncio.timeout(step.timeout)
         try:
-            outcome = await asyncio.wait_for(action.run(ctx), timeout=step.timeout)
-        except asyncio.TimeoutError:
-            outcome = StepOutcome("failed", f"timed out after {step.timeout:.0f}s")
+            async with deadline:
+                outcome = await action.run(ctx)
+        except TimeoutError as exc:
+            # The step's own deadline, or a wait inside the action that says what it waited for.
+            outcome = StepOutcome("failed", f"timed out after {step.timeout:.0f}s" if deadline.expired()
+                                  else str(exc) or f"{type(exc).__name__} in {step.action}")
         except ApiError as exc:
             outcome = StepOutcome("failed", f"{exc.status} {exc.reason}: {exc.api_message}")
+        except JournalError:
+            raise  # nothing can be journaled: the caller reports it
+        except ResponderError as exc:
+            outcome = StepOutcome("failed", f"{type(exc).__name__}: {exc}")
         outcome.data.setdefault("seconds", round(time.monotonic() - started, 3))
         self.journal.step(step.id, "finished" if outcome.status != "failed" else "failed", detail=outcome.summary)
         self.emit(EngineEvent("step-finished", step.id, {"status": outcome.status, "summary": outcome.summary,

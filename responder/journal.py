@@ -17,7 +17,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,53 @@ from responder.errors import JournalError
 
 REDACTED = "<redacted>"
 OUTCOME_STATUSES = frozenset({"ok", "skipped", "failed"})
+_DONE_STATUSES = ("ok", "skipped")  # an outcome that makes its mutation done (not to be redone)
 STEP_STATUSES = frozenset({"started", "finished", "failed", "skipped"})
 RESERVED_FIELDS = frozenset({"seq", "ts", "incident", "kind"})
 
-# Compared after lower-casing and dropping '-'/'_', so clientKeyData and client_key_data match too.
+# Redaction is by what a value IS, never by a key name found anywhere:
+# - a Secret (kind: Secret, or an item of a SecretList): its data/stringData values (key names kept)
+#   and the last-applied-configuration annotation, which repeats them;
+# - a FIELD whose exact name is a credential (below);
+# - never the keys of a map keyed by data (namespace, Tenant or annotation names): those are not field
+#   names, and recovery reads several of them back as truth (see _DATA_KEYED_RECORD_FIELDS).
+#
+# Field names are compared after lower-casing and dropping '-'/'_' (client-key-data, clientKeyData and
+# client_key_data are one name). Exact names only, no suffix match: a suffix also matches data
+# (`oncall-token`, `auth-secret`) and ordinary fields (automountServiceAccountToken is a bool,
+# serviceAccountToken a projected-volume source), and the credentials responder can meet have
+# well-known names: kubeconfig users (token, password, client-key[-data]), auth-provider config
+# (id-token, refresh-token, access-token, client-secret) and HTTP headers.
 _SECRET_KEYS = frozenset({
-    "token", "password", "secret", "authorization", "bearer",
-    "clientkey", "clientkeydata", "keydata",
+    "token", "bearer", "bearertoken", "idtoken", "refreshtoken", "accesstoken", "authtoken",
+    "password", "passwd", "secret", "clientsecret", "secretkey", "secretaccesskey",
+    "clientkey", "clientkeydata", "keydata", "privatekey", "apikey",
+    "authorization", "proxyauthorization", "cookie", "setcookie", "xauthtoken", "xapikey",
 })
-# idToken, refreshToken, clientSecret, adminPassword: the same secrets under a longer name.
-_SECRET_SUFFIXES = ("token", "password", "secret")
+# Kubernetes fields whose value is a map keyed by user data (an annotation, label or schema property
+# name), at any depth: their keys are never taken for field names, so `nginx.ingress.kubernetes.io/
+# auth-secret: basic-auth` keeps its value (recreated Tenants carry it back into the cluster). An
+# annotation or label VALUE that is itself a credential is not redacted: responder never writes one, and
+# Kubernetes stores those values in plain text for anyone who can read the object anyway.
+_DATA_KEYED_FIELDS = frozenset({"annotations", "labels", "nodeSelector", "matchLabels", "properties"})
+# The journal's own maps keyed by data, per record kind: field -> how many levels of keys are data.
+# Recovery reads them back as its source of truth (actions/recover.py, session.py), so a namespace
+# named `ci-token` must keep its Tenant and a Tenant body its fields; no key-name redaction below them
+# for that many levels (a Secret met deeper down is still redacted by its kind).
+_DATA_KEYED_RECORD_FIELDS: dict[str, dict[str, int]] = {
+    # Session.record_snapshot: namespace -> Tenant name, namespace -> ownerReference template,
+    # "<Kind>/<name>" -> webhook configuration.
+    "snapshot": {"namespaces": 1, "owners": 1, "webhooks": 1},
+    # ChooseBackup: lost namespace -> Tenant, namespace -> {resource -> count}, Tenant name -> body.
+    "recovery-plan": {"lost": 1, "counts": 2, "tenants": 1},
+    # WaitLostGone: rescued namespace -> {resource -> count}.
+    "recovery-gone": {"rescue_counts": 2},
+    # RecreateTenants: Tenant name -> UID.
+    "recovery-tenants": {"uids": 1},
+    # VerifyRecovery: namespace -> missing objects.
+    "recovery-verify": {"content_missing": 1},
+}
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 _INCIDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -56,20 +93,25 @@ def _is_secret_key(key: object) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _is_secret_name(key: str) -> bool:
     # Cached: the same few keys recur in every record, and redaction runs on the hot write path.
-    norm = key.lower().replace("-", "").replace("_", "")
-    return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
+    return key.lower().replace("-", "").replace("_", "") in _SECRET_KEYS
 
 
-def redact(value: Any, *, secret_object: bool = False) -> Any:
+def redact(value: Any, *, secret_object: bool = False, data_levels: int = 0) -> Any:
     """A copy of `value` with secrets replaced by "<redacted>"; the input is not modified.
 
-    `secret_object` marks a dict known to be a Secret without saying so (a SecretList item)."""
+    `secret_object` marks a dict known to be a Secret without saying so (a SecretList item).
+    `data_levels` > 0 marks `value` as a map keyed by data, that many levels deep: its keys are not
+    field names (never redacted for their name) and its values are judged one level further down."""
     if isinstance(value, dict):
+        if data_levels > 0:
+            return {key: redact(item, data_levels=data_levels - 1) for key, item in value.items()}
         kind = value.get("kind")
         is_secret = secret_object or kind == "Secret"
         out: dict = {}
         for key, item in value.items():
-            if _is_secret_key(key):
+            if key in _DATA_KEYED_FIELDS:
+                out[key] = redact(item, data_levels=1)
+            elif _is_secret_key(key):
                 out[key] = REDACTED
             elif is_secret and key in ("data", "stringData"):
                 # Keep the key names (useful in a report), never the values.
@@ -78,10 +120,34 @@ def redact(value: Any, *, secret_object: bool = False) -> Any:
                 out[key] = [redact(i, secret_object=True) for i in item]
             else:
                 out[key] = redact(item)
+        if is_secret:
+            _redact_last_applied(out)
         return out
     if isinstance(value, (list, tuple)):
-        return [redact(item) for item in value]
+        return [redact(item, data_levels=data_levels) for item in value]
     return value
+
+
+def _redact_last_applied(secret: dict) -> None:
+    """kubectl apply keeps a Secret's whole manifest, data included, in an annotation."""
+    meta = secret.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    if isinstance(annotations, dict) and _LAST_APPLIED in annotations:
+        secret["metadata"] = {**meta, "annotations": {**annotations, _LAST_APPLIED: REDACTED}}
+
+
+def _redact_record(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` of a `kind` record, redacted; the journal's data-keyed maps keep their keys' values."""
+    data_keyed = _DATA_KEYED_RECORD_FIELDS.get(kind, {})
+    out: dict[str, Any] = {}
+    for key, item in fields.items():
+        if key in data_keyed:
+            out[key] = redact(item, data_levels=data_keyed[key])
+        elif _is_secret_key(key):
+            out[key] = REDACTED
+        else:
+            out[key] = redact(item)
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -105,6 +171,18 @@ class Journal:
         self._size = os.fstat(fd).st_size if fd is not None else 0  # kept here, not fstat'ed per record
         self._records = records
         self._next_seq = (records[-1]["seq"] + 1) if records else 1
+        # Indexes for the resume/undo queries, kept up to date by record(): done() is asked once per
+        # namespace during recovery, and a scan of the whole journal each time blocked the event loop.
+        self._intents: dict[int, dict] = {}  # seq -> intent record, oldest first
+        self._status: dict[Any, Any] = {}  # intent seq -> status of its LAST outcome (present = has one)
+        self._pending: dict[int, None] = {}  # intent seqs with no outcome, oldest first (an ordered set)
+        self._undone: set[Any] = set()  # intent seqs named by an `undone` record
+        self._key_of: dict[int, tuple] = {}  # intent seq -> (step, action, target)
+        self._first: dict[tuple, int] = {}  # (step, action, target) -> seq of its first intent
+        self._done: dict[tuple, int] = {}  # (step, action, target) -> its intents whose last outcome is done
+        self._odd: list[int] = []  # seqs of intents whose (step, action, target) is not hashable
+        for rec in records:
+            self._index(rec)
 
     # ---- opening -------------------------------------------------------------------------------
 
@@ -121,7 +199,7 @@ class Journal:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create journal directory {directory}: {exc.strerror}",
-                               fix="choose a writable --journal-dir") from exc
+                               fix="choose a writable --journal DIR") from exc
         path = directory / f"{incident_id}.jsonl"
         try:
             # O_EXCL: never append a new incident onto someone else's journal.
@@ -131,7 +209,7 @@ class Journal:
                                fix="resume it instead, or pick another incident id") from exc
         except OSError as exc:
             raise JournalError(f"cannot create journal {path}: {exc.strerror}",
-                               fix="choose a writable --journal-dir") from exc
+                               fix="choose a writable --journal DIR") from exc
         try:
             cls._lock(fd, path)
         except BaseException:
@@ -214,7 +292,7 @@ class Journal:
         if clash:
             raise ValueError(f"record fields {sorted(clash)} are reserved")
         entry = {"seq": self._next_seq, "ts": _timestamp(), "incident": self.incident_id, "kind": kind}
-        entry.update(redact(fields))
+        entry.update(_redact_record(kind, fields))
         try:
             line = json.dumps(entry, ensure_ascii=False, separators=(",", ":"),
                               default=_json_default) + "\n"
@@ -243,7 +321,37 @@ class Journal:
         entry = json.loads(line)
         self._records.append(entry)
         self._next_seq += 1
+        self._index(entry)
         return entry
+
+    def _index(self, rec: dict) -> None:
+        """Add one record (read on open, or just written) to the query indexes. Any record kind may
+        come through record(), so this looks at what was written, not at which method wrote it."""
+        kind = rec.get("kind")
+        if kind == "intent":
+            seq = rec["seq"]
+            self._intents[seq] = rec
+            if seq not in self._status:
+                self._pending[seq] = None
+            key = _intent_key(rec)
+            if not _hashable(key):
+                self._odd.append(seq)
+                return
+            self._key_of[seq] = key
+            self._first.setdefault(key, seq)
+            if self._status.get(seq) in _DONE_STATUSES:  # an outcome written before its intent
+                self._done[key] = self._done.get(key, 0) + 1
+        elif kind == "outcome" and "intent" in rec and _hashable(rec["intent"]):
+            # The last outcome wins: a resumer may record "ok" after an earlier "failed".
+            seq, status = rec["intent"], rec.get("status")
+            was_done = self._status.get(seq) in _DONE_STATUSES
+            self._status[seq] = status
+            self._pending.pop(seq, None)
+            key = self._key_of.get(seq)
+            if key is not None and was_done != (status in _DONE_STATUSES):
+                self._done[key] = self._done.get(key, 0) + (-1 if was_done else 1)
+        elif kind == "undone" and "intent" in rec and _hashable(rec["intent"]):
+            self._undone.add(rec["intent"])
 
     def intent(self, step: str, action: str, target: str, *, request: dict | None = None,
                undo: dict | None = None, dry_run: bool = False, sync: bool = True) -> int:
@@ -284,37 +392,39 @@ class Journal:
         return [dict(r) for r in self._records]
 
     def _intent(self, seq: int) -> dict:
-        # Seqs run 1, 2, 3... with no gaps (checked on read), so a record's seq is its position.
-        candidates = self._records[seq - 1:seq] if 0 < seq <= len(self._records) else []
-        if not candidates or candidates[0]["seq"] != seq:
-            candidates = self._records
-        for rec in candidates:
+        rec = self._intents.get(seq) if isinstance(seq, int) else None
+        if rec is not None:
+            return rec
+        for rec in self._records:
             if rec["seq"] == seq:
-                if rec.get("kind") != "intent":
-                    raise ValueError(f"record {seq} in {self.path} is a {rec.get('kind')!r}, not an intent")
-                return rec
+                if rec.get("kind") == "intent":
+                    return rec
+                raise ValueError(f"record {seq} in {self.path} is a {rec.get('kind')!r}, not an intent")
         raise ValueError(f"no intent {seq} in journal {self.path}")
 
-    def _outcomes(self) -> dict[int, dict]:
-        # The last outcome wins: a resumer may record "ok" after an earlier "failed".
-        return {r["intent"]: r for r in self._records if r.get("kind") == "outcome" and "intent" in r}
-
-    def _intents(self) -> Iterable[dict]:
-        return (r for r in self._records if r.get("kind") == "intent")
-
     def done(self, step: str, action: str, target: str) -> bool:
-        """True when this exact mutation already succeeded (or was found unnecessary)."""
-        outcomes = self._outcomes()
-        return any(
-            r.get("step") == step and r.get("action") == action and r.get("target") == target
-            and outcomes.get(r["seq"], {}).get("status") in ("ok", "skipped")
-            for r in self._intents()
-        )
+        """True when this exact mutation already succeeded (or was found unnecessary): an intent for it
+        whose last outcome is ok or skipped (dry-run intents included)."""
+        key = (step, action, target)
+        if not _hashable(key):
+            return any(self._status.get(seq) in _DONE_STATUSES for seq in self._odd_seqs(key))
+        return self._done.get(key, 0) > 0
+
+    def first_intent(self, step: str, action: str, target: str) -> dict | None:
+        """The first intent recorded for this mutation (any outcome or none, dry-run or not), or None:
+        its undo payload holds the state from before the incident."""
+        key = (step, action, target)
+        seq = self._first.get(key) if _hashable(key) else next(self._odd_seqs(key), None)
+        return dict(self._intents[seq]) if seq is not None else None
+
+    def _odd_seqs(self, key: tuple) -> Iterator[int]:
+        # A list-valued step, action or target (JSON has no tuples) cannot be a dict key; the few
+        # such intents are kept in order in a list and compared one by one.
+        return (seq for seq in self._odd if _intent_key(self._intents[seq]) == key)
 
     def pending(self) -> list[dict]:
         """Intents with no outcome, oldest first: sent or not, nobody knows; re-check the cluster."""
-        outcomes = self._outcomes()
-        return [dict(r) for r in self._intents() if r["seq"] not in outcomes]
+        return [dict(self._intents[seq]) for seq in self._pending]
 
     def undo_plan(self) -> list[dict]:
         """What to undo, newest first: intents that succeeded for real and are not undone yet.
@@ -322,15 +432,12 @@ class Journal:
         Each entry is {"intent": seq, "step", "action", "target", "undo": <the intent's undo payload>};
         pass entry["intent"] to `mark_undone` once the payload has been applied.
         """
-        outcomes = self._outcomes()
-        undone = {r["intent"] for r in self._records if r.get("kind") == "undone" and "intent" in r}
         plan = []
-        for r in self._intents():
-            if (outcomes.get(r["seq"], {}).get("status") == "ok" and not r.get("dry_run")
-                    and r.get("undo") is not None and r["seq"] not in undone):
-                plan.append({"intent": r["seq"], "step": r.get("step"), "action": r.get("action"),
+        for seq, r in reversed(self._intents.items()):
+            if (self._status.get(seq) == "ok" and not r.get("dry_run")
+                    and r.get("undo") is not None and seq not in self._undone):
+                plan.append({"intent": seq, "step": r.get("step"), "action": r.get("action"),
                              "target": r.get("target"), "undo": r["undo"]})
-        plan.reverse()
         return plan
 
     def step_state(self) -> dict[str, str]:
@@ -344,6 +451,18 @@ class Journal:
                 # Tolerate the spelled-out kinds ("step-started", "step-finished", ...).
                 state[r["step"]] = kind[len("step-"):]
         return state
+
+
+def _intent_key(rec: dict) -> tuple:
+    return rec.get("step"), rec.get("action"), rec.get("target")
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:  # a list or dict where a name or seq belongs (a hand-edited journal)
+        return False
+    return True
 
 
 def _read_all(fd: int) -> bytes:
@@ -390,3 +509,24 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def open_incident_journal(path: Path, *, readonly: bool = False) -> Journal:
+    """A journal named on the command line (resume, undo, report), checked to be one before it is read
+    in full: a text file is no journal, rather than a corrupt one."""
+    path = Path(path)
+    if path.is_dir():
+        raise JournalError(f"journal {path} is a directory, not a journal file",
+                           fix="pass the inc-*.jsonl file inside it (printed by watch/run)")
+    if not path.is_file():
+        raise JournalError(f"journal {path} does not exist", fix="pass the inc-*.jsonl path printed by watch/run")
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    try:
+        opened = json.loads(first).get("kind") == "incident-opened"
+    except (ValueError, AttributeError):
+        opened = False
+    if not opened:
+        raise JournalError(f"{path} is not a responder journal (its first line is not an incident-opened record)",
+                           fix="pass the inc-*.jsonl path printed by watch/run")
+    return Journal.open(path, readonly=readonly)

@@ -16,7 +16,7 @@ from typing import Any
 from responder import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
-from responder.shadow import Shadow, write_atomically
+from responder.shadow import Shadow
 from responder.errors import ApiError, ClusterUnreachable
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class ClusterObserver:
         # so a burst of buffered watch events (the CRD deletion brings hundreds) cannot delay the breaker.
         self.yield_each_event = False
         self._tasks: list[asyncio.Task] = []
+        # Streams that stopped after their first list and are being restarted: name -> why.
+        self.stream_errors: dict[str, str] = {}
+        self.restart_delay = 1.0  # seconds before the first restart, doubling to 30
 
     def subscribe(self, callback: Callable[[WatchEvent], None]) -> None:
         self.subscribers.append(callback)
@@ -117,12 +120,28 @@ class ClusterObserver:
             except ApiError as exc:
                 log.warning("not watching %s (%s %s): the header cannot show it", name, exc.status, exc.reason)
             return
-        await self._pump_events(name, watch)
+        delay = self.restart_delay
+        while True:
+            try:
+                await self._pump_events(name, watch)
+                raise ClusterUnreachable(f"the {name} watch ended", fix="check the API server")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stream that dies unnoticed leaves detection blind
+                if not self.synced[name].is_set():
+                    raise  # before the first list: start() reports it (403 -> exit 4)
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.stream_errors[name] = why
+                log.error("BLIND: the %s watch stopped (%s); restarting it in %.1fs", name, why, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _pump_events(self, name: str, watch: ResourceWatch) -> None:
         async for event in watch.events():
             if event.type == SYNCED:
                 self.synced[name].set()
+                if self.stream_errors.pop(name, None) is not None:
+                    log.warning("the %s watch is back (listed again)", name)
             elif event.type == TYPE_GONE:
                 if name == "tenants":
                     self.tenant_type_gone = True
@@ -165,9 +184,8 @@ class ClusterObserver:
                 continue
             text = self.shadow.snapshot()  # here, on the loop: the watches change the copy meanwhile
             try:
-                await asyncio.to_thread(write_atomically, self.shadow_path, text)
+                await asyncio.to_thread(self.shadow.write_snapshot, self.shadow_path, text)
             except OSError:
-                self.shadow.dirty = True
                 log.exception("could not save the shadow copy")
 
     # -- the current picture ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from responder.cluster.discovery import CRD_PATH, wait_crd_established
 from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
 from responder.manifests import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
 
-ALLOW_DELETE_ANNOTATION = "responder.io/allow-delete"
+ALLOW_DELETE_ANNOTATION = "responder.dev/allow-delete"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"
 POLICY_PATH = f"{ADMISSION_V1}/validatingadmissionpolicies/{PROTECT_POLICY}"
 BINDING_PATH = f"{ADMISSION_V1}/validatingadmissionpolicybindings/{PROTECT_BINDING}"
@@ -150,7 +150,7 @@ async def arm_hold(client: KubeClient) -> list[str]:
                               "`responder protect --only hold` again")
     await client.patch(f"{CRD_PATH}/{HOLD_PARAM_CRD}", hold_param_crd(), patch_type=APPLY_PATCH)
     done = [f"CustomResourceDefinition {HOLD_PARAM_CRD}: applied"]
-    if client.dry_run and await client.get_or_none(f"{CRD_PATH}/{HOLD_PARAM_CRD}") is None:
+    if client.dry_run and existing is None:  # a dry-run apply creates nothing for the rest to refer to
         return done + [f"{HOLD_PARAM_KIND}, ValidatingAdmissionPolicy and binding: not sent (their kind's CRD does "
                        "not exist before the real run)"]
     if not await wait_crd_established(client, HOLD_PARAM_CRD):

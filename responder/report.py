@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from responder.errors import JournalError, ResponderError
+from responder.errors import ResponderError
 
 COLLAPSE_AFTER = 50  # namespace lists longer than this are cut in Markdown (JSON keeps them whole)
 DETAIL_MAX = 300
@@ -719,22 +719,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_records(path: Path) -> list[dict]:
-    from responder.journal import Journal
+    from responder.journal import open_incident_journal
 
-    if not path.exists():
-        raise JournalError(f"journal {path} does not exist",
-                           fix="pass the .jsonl path printed by watch/run (default directory "
-                               "~/.local/state/responder/incidents)")
-    if not path.is_file():
-        raise JournalError(f"{path} is not a file", fix="pass an <incident>.jsonl file, not a directory")
-    journal = Journal.open(path, readonly=True)
+    journal = open_incident_journal(path, readonly=True)
     try:
-        records = journal.records()
+        return journal.records()
     finally:
         journal.close()
-    if not records:
-        raise JournalError(f"journal {path} has no records", fix="pass the .jsonl journal of an incident")
-    return records
 
 
 def cmd_report(args: argparse.Namespace) -> int:

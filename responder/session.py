@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
 import os
 import time
@@ -47,7 +48,8 @@ def resolve_runbook(path: str | None) -> Path:
         return p
     p = REPO_RUNBOOKS / DEFAULT_RUNBOOK
     if not p.is_file():
-        raise ConfigError(f"the default runbook {p} is missing", fix="pass --runbook FILE")
+        raise ConfigError(f"the default runbook {p} is missing (responder is not installed from its repository "
+                          "with ./dev)", fix="pass --runbook FILE (the repository's runbooks/ holds the shipped one)")
     return p
 
 
@@ -131,6 +133,10 @@ class Session:
         self.engine: Engine | None = None
         self.engine_listeners: list[Callable[[EngineEvent], None]] = []
         self.incident_opened = asyncio.Event()
+        # What kept a detected incident from opening (its journal could not be written): the waiter
+        # raises it instead of watching on as if nothing had happened.
+        self.open_error: ResponderError | None = None
+        self._open_failed = asyncio.Event()
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
 
@@ -154,7 +160,7 @@ class Session:
             error.exit_code = EXIT_FORBIDDEN
             raise error from None
         except Unauthorized as exc:
-            error = ResponderError(f"the API server at {self.access.server} did not accept responder's credentials "
+            error = ResponderError(f"the API server at {self.access.display_server} did not accept responder's credentials "
                                    f"(401 {exc.api_message or 'Unauthorized'}): expired, revoked or not issued "
                                    "for this cluster",
                                    fix="renew the client certificate or token of this kubeconfig user, or pick "
@@ -167,7 +173,7 @@ class Session:
             raise ResponderError("the API server did not say who responder is", fix="check the credentials")
         # Read once, before any incident: the breaker marks the armed hold only where it is installed.
         self.hold_not_armed = await read_armed_hold(self.client)
-        self.options.journal_dir.mkdir(parents=True, exist_ok=True)
+        check_journal_dir(self.options.journal_dir)
 
     async def start(self) -> None:
         self.observer.subscribe(self._on_event)
@@ -184,12 +190,36 @@ class Session:
             return
         trigger = self.detector.feed(event)
         if trigger is not None:
+            self._open_or_fail(trigger)
+
+    def _open_or_fail(self, trigger: Trigger) -> None:
+        try:
             self.open_incident(trigger)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the waiter must hear of it
+            self.open_error = exc if isinstance(exc, ResponderError) else ResponderError(
+                f"the incident ({trigger.reason}) could not be opened: {type(exc).__name__}: {exc}",
+                fix="see the log above; then run `responder run` to contain by hand")
+            log.error("INCIDENT DETECTED BUT NOT OPENED (%s): %s", trigger.reason, exc)
+            self._open_failed.set()
+
+    async def wait_for_incident(self, timeout: float | None = None) -> None:
+        """Until an incident is open. Raises what kept a detected one from opening, or TimeoutError."""
+        waits = [asyncio.ensure_future(self.incident_opened.wait()), asyncio.ensure_future(self._open_failed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        if self.incident_opened.is_set():
+            return
+        if self.open_error is not None:
+            raise self.open_error
+        raise TimeoutError(f"no incident within {timeout}s")
 
     def check_late_start(self) -> Trigger | None:
         trigger = late_start_trigger(self.view())
         if trigger is not None and self.trigger is None:
-            self.open_incident(trigger)
+            self._open_or_fail(trigger)
         return trigger
 
     def view(self) -> triage.ClusterView:
@@ -208,11 +238,11 @@ class Session:
         return dataclasses.replace(view, readopted=readopted, restored=frozenset(restore.get("restored") or ()))
 
     def open_incident(self, trigger: Trigger, journal: Journal | None = None) -> Journal:
-        self.trigger = trigger
         self.journal = journal or Journal.create(self.options.journal_dir, meta={
-            "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.server,
+            "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.display_server,
             "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook),
             "hold_armed": self.hold_not_armed is None, "hold_not_armed": self.hold_not_armed})
+        self.trigger = trigger  # only now: until the journal exists, the incident is not open
         self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
         if journal is None:
             self.record_snapshot()
@@ -350,3 +380,22 @@ def recovery_summary(session: Session) -> dict[str, Any] | None:
         out.update({k: verify[k] for k in ("known", "present", "adopted", "missing", "not_adopted", "unrestorable",
                                            "content_missing", "webhook_differences")})
     return out
+
+
+def check_journal_dir(path: Path) -> None:
+    """Before watching: an incident's journal can be created, locked and synced here. Found out at
+    detection time instead, it would leave an incident seen and not contained."""
+    probe = path / f".responder-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, b"probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"incident journals cannot be written in {path}: {exc.strerror or exc}",
+                          fix="free space there, or pass --journal DIR on a writable local filesystem") from None

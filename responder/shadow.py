@@ -108,11 +108,15 @@ class Shadow:
         return text
 
     def save(self, path: Path) -> None:
-        text = self.snapshot()
+        self.write_snapshot(path, self.snapshot())
+
+    def write_snapshot(self, path: Path, text: str) -> None:
+        """Write a `snapshot()` (from any thread); if that fails the copy is dirty again, so the next
+        save tries again."""
         try:
             write_atomically(path, text)
         except OSError:
-            self.dirty = True  # try again at the next save
+            self.dirty = True
             raise
 
     @classmethod
@@ -132,12 +136,13 @@ _WRITE_LOCK = threading.Lock()
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Temp file, fsync, rename. One writer at a time: the periodic save (in a worker thread) and the
-    save at the end of containment (on the event loop) share the temp file's name (found in CI: the
-    second rename found the temp file already renamed)."""
+    """Temp file, fsync, rename. One writer at a time in this process: the periodic save (in a worker
+    thread) and the save at the end of containment (on the event loop) would otherwise share the temp
+    file (found in CI: the second rename found it already renamed). The temp file's name carries the
+    pid, so two responder processes on one context each rename a whole file of their own."""
     with _WRITE_LOCK:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

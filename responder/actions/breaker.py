@@ -235,7 +235,14 @@ async def hold_namespaces(ctx: StepContext) -> str:
     one since the preflight read it). 'held', 'dry-run' or why not. Never raises for a refusal: the
     breaker goes on without it."""
     marking = asyncio.create_task(_mark_armed_hold(ctx)) if ctx.options.hold_armed else None
-    created = await _create_incident_hold(ctx)
+    try:
+        created = await _create_incident_hold(ctx)
+    except BaseException:
+        # Not a refusal (those come back as strings): no write of this step may outlive it.
+        if marking is not None:
+            marking.cancel()
+            await asyncio.gather(marking, return_exceptions=True)
+        raise
     marked = await marking if marking is not None else "not armed"
     if created in ("held", "dry-run") or marked in ("held", "dry-run"):
         return "dry-run" if ctx.dry_run else "held"

@@ -8,11 +8,13 @@ prompt on the terminal.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from kubernetes import config as k8s_config
@@ -40,6 +42,24 @@ class ClusterAccess:
     # Re-reads the kubeconfig: used once after a 401 (rotated tokens, expired exec credentials).
     reload: Callable[[], "ClusterAccess"] = field(repr=False)
     source: str = ""
+    # A digest of the TLS material as read at load time (CA, client certificate and key contents,
+    # verification on/off): two loads with the same value build equivalent SSLContexts, so a client
+    # keeps its connections across a reload unless this changed. "" when unknown.
+    tls_identity: str = field(default="", repr=False)
+
+    @property
+    def display_server(self) -> str:
+        """The server URL for messages, the journal and reports: a password in it masked, as kubectl does."""
+        return mask_url_password(self.server)
+
+
+def mask_url_password(url: str) -> str:
+    """`https://bob:secret@host:6443` -> `https://bob:***@host:6443`; other URLs unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _kubeconfig_paths(kubeconfig: str | None) -> tuple[str | None, str]:
@@ -80,6 +100,17 @@ def _check_yaml(config_file: str) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"kubeconfig {path} is not a kubeconfig (expected a mapping with clusters, users, contexts)",
                               fix="point --kubeconfig at a kubeconfig file")
+        for section, inner in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
+            entries = data.get(section) or []
+            if not isinstance(entries, list):
+                raise ConfigError(f"kubeconfig {path}: {section} is not a list",
+                                  fix=f"write {section} as a list of {{name: ..., {inner}: {{...}}}} entries")
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict) or not isinstance(entry.get(inner, {}), dict):
+                    name = entry.get("name") if isinstance(entry, dict) else None
+                    raise ConfigError(f"kubeconfig {path}: {section}[{i}]" + (f" ({name})" if name else "")
+                                      + f".{inner} is not a mapping",
+                                      fix=f"write it as {{name: ..., {inner}: {{...}}}}, as `kubectl config view` shows")
 
 
 def list_contexts(kubeconfig: str | None = None) -> tuple[list[str], str | None]:
@@ -102,6 +133,23 @@ def list_contexts(kubeconfig: str | None = None) -> tuple[list[str], str | None]
         if not current and isinstance(data.get("current-context"), str) and data["current-context"]:
             current = data["current-context"]
     return names, current
+
+
+def _exec_command(config_file: str, context_name: str) -> str | None:
+    """The exec plugin's command of the context's user (kubectl's merge: the first file naming the
+    context, then the first naming its user), or None."""
+    docs = [yaml.safe_load(Path(path).read_text()) or {} for path in config_file.split(os.pathsep)]
+
+    def first(section: str, name: str) -> dict:
+        for doc in docs:
+            for entry in doc.get(section) or []:
+                if isinstance(entry, dict) and entry.get("name") == name:
+                    return entry
+        return {}
+
+    user = (first("contexts", context_name).get("context") or {}).get("user")
+    exec_spec = (first("users", user).get("user") or {}).get("exec") if user else None
+    return str(exec_spec.get("command") or "?") if isinstance(exec_spec, dict) else None
 
 
 def load_cluster_access(kubeconfig: str | None = None, context: str | None = None) -> ClusterAccess:
@@ -134,12 +182,22 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
         except Exception as exc:  # exec plugin failures surface as various errors
             raise ConfigError(f"loading credentials for context {context_name!r} failed: {type(exc).__name__}: {exc}",
                               fix="check the user's exec plugin or certificate files") from None
+        plugin = _exec_command(config_file, context_name)
+        if plugin and not cfg.api_key and not (cfg.cert_file and cfg.key_file):
+            # The package logs an exec plugin's failure and goes on without credentials; every request
+            # would then be refused (401) and blamed on the credentials, not on the plugin.
+            raise ConfigError(f"the exec credential plugin {plugin!r} of context {context_name!r} gave no credentials "
+                              "(it failed: see its message above)",
+                              fix=f"run `{plugin}` by hand to see why (login expired? not on PATH?), then try again")
 
     if not cfg.host or not cfg.host.startswith(("https://", "http://")):
         raise ConfigError(f"context {context_name!r} has no valid cluster server URL ({cfg.host!r})",
                           fix="set clusters[].cluster.server to https://HOST:PORT")
 
     cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
+    # Read before the context is built: if a file is rewritten in between, the digest is the older
+    # content, so the next reload sees a change (one extra rebuild) rather than miss one.
+    tls_identity = _tls_identity(cfg.ssl_ca_cert if cfg.verify_ssl else None, cert, bool(cfg.verify_ssl))
 
     def new_ssl_context() -> ssl.SSLContext:
         try:
@@ -167,7 +225,8 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
 
     def authorization() -> str | None:
         # Runs refresh_api_key_hook (exec plugins) when the token expired.
-        return cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        return clean_authorization(cfg.get_api_key_with_prefix("BearerToken")
+                                   or cfg.get_api_key_with_prefix("authorization"))
 
     return ClusterAccess(
         server=cfg.host.rstrip("/"),
@@ -179,4 +238,32 @@ def load_cluster_access(kubeconfig: str | None = None, context: str | None = Non
         authorization=authorization,
         reload=lambda: load_cluster_access(kubeconfig, context),
         source=source,
+        tls_identity=tls_identity,
     )
+
+
+def clean_authorization(value: str | None) -> str | None:
+    """The Authorization header value without surrounding whitespace, or None when no credential is
+    left. `kubectl create token SA > file` writes a trailing newline, and the `kubernetes` package
+    reads a tokenFile as is (client-go trims it); a newline in a header value is refused by the HTTP
+    libraries, whose errors quote the value, i.e. the token."""
+    if not value:
+        return None
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    if not credential:
+        return None if scheme.lower() == "bearer" else scheme or None
+    return f"{scheme} {credential}"
+
+
+def _tls_identity(ca_file: str | None, cert: tuple[str, str] | None, verify: bool) -> str:
+    digest = hashlib.sha256(b"verify" if verify else b"no-verify")
+    for path in (ca_file, *(cert or ())):
+        digest.update(b"\0")
+        if not path:
+            continue
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"unreadable:" + path.encode())
+    return digest.hexdigest()

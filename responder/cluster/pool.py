@@ -28,6 +28,12 @@ class ConnectionFailed(OSError):
     answer in time. The client's retry loop treats it like any other transport failure."""
 
 
+class IllegalRequest(ValueError):
+    """The request cannot be expressed in HTTP/1.1 (a header value or the path holds characters HTTP
+    does not allow); nothing was sent. The message never quotes the values: one of them is usually
+    the credential."""
+
+
 @dataclass
 class PoolResponse:
     status_code: int
@@ -139,7 +145,7 @@ class H1Pool:
         all_headers = [("Host", self._host_header), *self._default_headers, *(headers or [])]
         if body is not None or method in ("POST", "PUT", "PATCH"):
             all_headers.append(("Content-Length", str(len(body or b""))))
-        request = h11.Request(method=method, target=target, headers=all_headers)
+        request = _h11_request(method, target, all_headers)
         async with self._slots:
             conn = None
             while self._idle and conn is None:
@@ -157,6 +163,10 @@ class H1Pool:
                 conn.close()
                 raise ConnectionFailed(f"no answer from the API server within {timeout or self._timeout:.0f}s") \
                     from None
+            except h11.LocalProtocolError:
+                # Our side broke the protocol; its text may quote what was being sent, so it is left out.
+                conn.close()
+                raise ConnectionFailed("connection to the API server failed: LocalProtocolError") from None
             except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
                 conn.close()
                 raise ConnectionFailed(f"connection to the API server failed: {type(exc).__name__}: {exc}") from exc
@@ -177,3 +187,15 @@ class H1Pool:
         for conn in idle:
             conn.close()
         await asyncio.gather(*(conn.writer.wait_closed() for conn in idle), return_exceptions=True)
+
+
+def _h11_request(method: str, target: str, headers: list[tuple[str, str]]) -> h11.Request:
+    """h11 validates the request line and headers here; its error quotes the offending value (the
+    bearer token, for a token file ending in a newline), so it is replaced, outside the `except`
+    so that it is not even chained."""
+    try:
+        return h11.Request(method=method, target=target, headers=headers)
+    except h11.LocalProtocolError:
+        pass
+    raise IllegalRequest("a header value or the request path contains characters not allowed in HTTP "
+                         "(values not shown: one is the credential)")

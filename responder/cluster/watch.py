@@ -7,7 +7,12 @@
 - 404 on a custom resource means the type is gone (its CRD was deleted): a TYPE_GONE event, then
   the stream keeps polling with backoff until the type returns;
 - connection failures, and answers that say "not now" (429 from API Priority and Fairness, 5xx, a
-  403 from an API server that has just restarted and is not ready), reconnect with capped backoff.
+  403 from an API server that has just restarted and is not ready), reconnect with capped backoff;
+- a 401 re-reads the credentials (the client does, once for all its requests) and reconnects with
+  them; only a refusal of the attempt made with the re-read credentials ends the stream;
+- a kubeconfig that cannot be re-read right now (ConfigError, e.g. a token file being rewritten) and a
+  line that is not a JSON watch event reconnect with backoff too.
+A 403 from a ready API server (RBAC), 400 and other refusals end the stream: the caller reports them.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from responder.cluster.client import KubeClient
-from responder.errors import ApiError, ClusterUnreachable, Gone, NotFound
+from responder.cluster.client import CredentialsRenewed, KubeClient
+from responder.errors import ApiError, ClusterUnreachable, ConfigError, Gone, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +103,20 @@ class ResourceWatch:
     async def events(self) -> AsyncIterator[WatchEvent]:
         attempt = 0
         need_list = True
+        # Set by a 401 after which the client re-read the credentials; cleared once the server accepts
+        # a request again. A 401 while it is set: the re-read credentials are refused too.
+        renewed = False
+
+        def accepted() -> None:
+            nonlocal renewed
+            renewed = False
+
         while True:
             try:
                 if need_list:
-                    for ev in await self._relist():
+                    events = await self._relist()  # the client's own 401 handling: it raises only after a reload
+                    accepted()
+                    for ev in events:
                         yield ev
                     if self.type_present is False:
                         log.info("%s: resource type is back", self.resource)
@@ -109,9 +124,12 @@ class ResourceWatch:
                     need_list = False
                 params = dict(self.params, watch="true", allowWatchBookmarks="true",
                               resourceVersion=self.resource_version or "", timeoutSeconds=str(self.timeout_seconds))
-                async for raw in self.client.stream_lines(self.path, params, read_timeout=self.stall_timeout):
+                async for raw in self.client.stream_lines(self.path, params, read_timeout=self.stall_timeout,
+                                                          on_connect=accepted):
                     attempt = 0
                     frame = json.loads(raw)
+                    if not isinstance(frame, dict):
+                        raise ValueError("not a JSON object")
                     kind = frame.get("type")
                     obj = frame.get("object") or {}
                     if kind == "BOOKMARK":
@@ -138,18 +156,46 @@ class ResourceWatch:
                 need_list = True
                 attempt += 1
                 await asyncio.sleep(min(2.0, 0.1 * attempt))
+            except CredentialsRenewed as exc:
+                if renewed:  # the credentials re-read after a 401 are refused too: for the caller to report
+                    raise Unauthorized(exc.status, exc.reason, exc.api_message, method=exc.method, path=exc.path,
+                                       details=exc.details) from None
+                renewed = True
+                attempt += 1
+                self.reconnects += 1
+                log.info("%s: watch refused (401), reconnecting with re-read credentials", self.resource)
+                await self._backoff(attempt)
+            except ConfigError as exc:
+                # Re-reading the kubeconfig after a 401 failed (a token file or certificate being rewritten,
+                # an exec plugin failing): keep trying, the file may be complete at the next attempt.
+                attempt += 1
+                self.reconnects += 1
+                log.warning("%s: watch cannot reconnect, credentials not usable: %s", self.resource,
+                            exc.message)
+                await self._backoff(max(attempt, 2))
+            except ValueError as exc:
+                # A line that is not a JSON watch event (a proxy's error page, a truncated frame): events
+                # applied so far moved resourceVersion, so reconnecting resumes right after them.
+                attempt += 1
+                self.reconnects += 1
+                log.warning("%s: malformed watch event (%s), reconnecting", self.resource, type(exc).__name__)
+                await self._backoff(attempt)
             except (httpx.TransportError, ClusterUnreachable, OSError, asyncio.TimeoutError, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status not in TRANSIENT_STATUSES:
-                    raise  # 401/403/400...: a real refusal, for the caller to report
+                    raise  # 401 after a reload, 403/400...: a real refusal, for the caller to report
                 attempt += 1
                 self.reconnects += 1
                 what = f"{exc.status} {exc.reason}" if isinstance(exc, ApiError) else type(exc).__name__
                 log.info("%s: watch interrupted (%s), reconnecting", self.resource, what)
-                # The first reconnect is immediate: a dropped connection is usually a one-off, and an event
-                # missed meanwhile may be the incident itself (measured on the lab: waiting 0.1-0.2 s here
-                # after a cut let Capsule delete namespaces before the CRD's deletion was seen).
-                if attempt > 1:
-                    await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2))
+                await self._backoff(attempt)
+
+    @staticmethod
+    async def _backoff(attempt: int) -> None:
+        # The first reconnect is immediate: a dropped connection is usually a one-off, and an event
+        # missed meanwhile may be the incident itself (measured on the lab: waiting 0.1-0.2 s here
+        # after a cut let Capsule delete namespaces before the CRD's deletion was seen).
+        if attempt > 1:
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2))
 
 
 async def events_into(watch: ResourceWatch, queue: "asyncio.Queue[WatchEvent]") -> None:

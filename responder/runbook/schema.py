@@ -588,7 +588,7 @@ def _validate(doc: _Doc, data: object, actions: Mapping[str, ActionSpec]) -> Run
                                fix=f"{action_name} takes: {', '.join(action.params) or 'no parameters'}")
             if not _type_ok(value, pspec.type):
                 raise doc.fail(ppath, f"expected {_type_name(pspec.type)}, got {_describe(value)}",
-                               fix=pspec.description or f"set {pname} to {_type_name(pspec.type)}")
+                               fix=_param_fix(pname, pspec))
         for pname, pspec in action.params.items():
             if pspec.required and pname not in step_params and pname not in runbook_params:
                 raise doc.fail(path + ("params",) if "params" in step else path,
@@ -607,7 +607,7 @@ def _validate(doc: _Doc, data: object, actions: Mapping[str, ActionSpec]) -> Run
         for pspec in declared[pname]:
             if not _type_ok(value, pspec.type):
                 raise doc.fail(ppath, f"expected {_type_name(pspec.type)}, got {_describe(value)}",
-                               fix=pspec.description or f"set {pname} to {_type_name(pspec.type)}")
+                               fix=_param_fix(pname, pspec))
 
     steps: list[Step] = []
     for step, path, action in parsed:
@@ -638,3 +638,9 @@ def _validate(doc: _Doc, data: object, actions: Mapping[str, ActionSpec]) -> Run
         steps=tuple(steps),
         path=Path(doc.source),
     )
+
+
+def _param_fix(name: str, spec: ParamSpec) -> str:
+    """`set concurrency to an integer (PATCH requests in flight)`: what to write, then what it means."""
+    fix = f"set {name} to {_type_name(spec.type)}"
+    return f"{fix} ({spec.description})" if spec.description else fix

@@ -54,7 +54,7 @@ JOURNAL_LINES = 200
 
 
 class SessionLike(Protocol):
-    access: Any  # .context, .server
+    access: Any  # .context, .display_server
     options: Any  # .dry_run, .auto, .yes
     identity: str
     observer: Any  # .subscribe(callback)
@@ -64,6 +64,7 @@ class SessionLike(Protocol):
     journal: Any  # None, or .path / .incident_id / .undo_plan()
 
     async def start(self) -> None: ...
+    async def wait_for_incident(self, timeout: float | None = None) -> None: ...
     async def contain(self) -> Any: ...
     async def recover(self) -> Any: ...
     def has_phase(self, phase: str) -> bool: ...
@@ -204,7 +205,7 @@ class ResponderApp(App[int]):
         steps = [(s.id, s.action, s.description) for s in getattr(runbook, "steps", ())
                  if getattr(s, "phase", "contain") == "contain"]
         self.model = TuiState(protected=getattr(session, "protected", ()), steps=steps,
-                              context=session.access.context or "", server=session.access.server or "",
+                              context=session.access.context or "", server=session.access.display_server or "",
                               identity=session.identity, dry_run=bool(options.dry_run),
                               auto=bool(getattr(options, "auto", True)), yes=bool(getattr(options, "yes", False)),
                               journal_limit=JOURNAL_LINES, track_latency=track_latency)
@@ -282,7 +283,7 @@ class ResponderApp(App[int]):
             model.seed(session.view())
             model.set_phase("watching")
             session.check_late_start()
-            await session.incident_opened.wait()
+            await session.wait_for_incident()
             self.incident_open = True
             trigger = session.trigger
             journal = session.journal

@@ -254,7 +254,7 @@ class ReplaySession:
         self.clock = clock
         self.speed = speed  # multiplies every Pause; 0 plays the script as fast as possible
         self.confirmer = confirmer
-        self.access = SimpleNamespace(context=scenario.context, server=scenario.server)
+        self.access = SimpleNamespace(context=scenario.context, server=scenario.server, display_server=scenario.server)
         self.options = SimpleNamespace(dry_run=scenario.dry_run, auto=scenario.auto, yes=False,
                                        capsule=CapsuleTarget(), journal_dir=journal_dir, contain_only=True)
         self.client = SimpleNamespace(dry_run=scenario.dry_run)
@@ -305,6 +305,10 @@ class ReplaySession:
 
     def contained(self) -> bool:
         return self.scenario.contained
+
+    async def wait_for_incident(self, timeout: float | None = None) -> None:
+        """Same contract as Session.wait_for_incident (a replayed incident always opens)."""
+        await asyncio.wait_for(self.incident_opened.wait(), timeout)
 
     def check_late_start(self) -> Trigger | None:
         return None

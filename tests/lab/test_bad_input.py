@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from responder.doctor import EXIT_CANNOT_CHECK
 from responder.errors import EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_UNREACHABLE
 from responder.journal import Journal
 from responder.lab.control_plane import Lab, apply_objects
@@ -276,7 +275,7 @@ CASES: list[Case] = [
          ("403 forbidden", "manifests rbac"), lab=True),
     Case("forbidden-identity-undo", lambda c: ["undo", str(_journal(c, undo_path=CAPSULE_SCALE)), *c.kc()], EXIT_FORBIDDEN,
          ("403 forbidden", "manifests rbac"), lab=True, refused_writes_ok=True),
-    Case("doctor-unreachable", lambda c: ["doctor", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_CANNOT_CHECK,
+    Case("doctor-unreachable", lambda c: ["doctor", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_UNREACHABLE,
          ("doctor could not check", "cannot reach the api server")),
     Case("protect-unreachable", lambda c: ["protect", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_UNREACHABLE,
          ("cannot reach the api server",)),

@@ -38,13 +38,13 @@ def _operator_kubeconfig(lab, tmp_path):
 
 async def _drill_namespaces(lab, drill_id: str) -> dict[str, str]:
     async with lab.admin_client() as admin:
-        listing = await admin.list_all("/api/v1/namespaces", labelSelector=f"responder.io/drill={drill_id}")
+        listing = await admin.list_all("/api/v1/namespaces", labelSelector=f"responder.dev/drill={drill_id}")
         return await namespace_states(admin, {n["metadata"]["name"] for n in listing["items"]})
 
 
 async def _drill_tenants_async(lab, drill_id: str) -> list[str]:
     async with lab.admin_client() as admin:
-        listing = await admin.get(TENANTS_PATH, labelSelector=f"responder.io/drill={drill_id}")
+        listing = await admin.get(TENANTS_PATH, labelSelector=f"responder.dev/drill={drill_id}")
         return [t["metadata"]["name"] for t in listing.get("items") or []]
 
 

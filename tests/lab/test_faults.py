@@ -545,3 +545,245 @@ async def test_sigkill_at_random_points_then_resume(lab_manager, tmp_path):
     save_result("sigkill-points", {"capsule": LINE, "seed": SEED, "full_journal_records": total, "runs": runs,
                                    "finished_before_the_point": early, "seconds": round(time.monotonic() - started, 1)})
     assert len(early) <= 1, f"responder finished before these kill points: {early}"
+
+
+# -- credentials that change under a running watch ------------------------------------------------------------------
+
+ROTATION_NS = "auth-rotation"
+ROTATION_CERT_USER = "auth-rotation-cert"
+
+
+def _short_lived_client_cert(lab, user: str, valid_for: float, cert_path: Path, key_path: Path) -> float:
+    """A client certificate for `user`, signed by the lab's CA, that expires `valid_for` seconds from
+    now (written atomically over cert_path/key_path, as cert-manager rotates files). Returns its expiry
+    (time.time())."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key(lab.pki.ca.key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(lab.pki.ca.cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    expires = now + dt.timedelta(seconds=valid_for)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(expires)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _replace(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    _replace(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return expires.timestamp()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+
+
+def _rotation_kubeconfig(lab, path: Path, user: dict[str, Any], *, server_host: str = "127.0.0.1",
+                         tls_server_name: str | None = None) -> Path:
+    import yaml
+
+    cluster: dict[str, Any] = {"server": f"https://{server_host}:{lab.state()['ports']['apiserver']}",
+                               "certificate-authority": str(lab.pki.ca.cert)}
+    if tls_server_name:
+        cluster["tls-server-name"] = tls_server_name
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "c",
+                                    "clusters": [{"name": "c", "cluster": cluster}],
+                                    "users": [{"name": "u", "user": user}],
+                                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return path
+
+
+async def _bound_token(admin, secret: str) -> str:
+    """A ServiceAccount token bound to a Secret of its own: deleting the Secret revokes the token
+    (kube-apiserver caches a token's successful authentication for 10 s)."""
+    created = await admin.create(f"/api/v1/namespaces/{ROTATION_NS}/secrets",
+                                 {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}})
+    request = await admin.create(
+        f"/api/v1/namespaces/{ROTATION_NS}/serviceaccounts/watcher/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 600, "boundObjectRef": {"kind": "Secret", "apiVersion": "v1", "name": secret,
+                                                               "uid": created["metadata"]["uid"]}}})
+    return request["status"]["token"]
+
+
+async def _next_added(queue: "asyncio.Queue", name: str, timeout: float, task: "asyncio.Task") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if task.done():
+            raise AssertionError(f"the watch ended: {task.exception()!r}")
+        try:
+            event = await asyncio.wait_for(queue.get(), 0.5)
+        except asyncio.TimeoutError:
+            continue
+        if event.type == "ADDED" and event.name == name:
+            return
+    raise AssertionError(f"no ADDED event for {name} within {timeout:.0f}s")
+
+
+async def _wait_for(predicate, timeout: float, what: str, task: "asyncio.Task | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if task is not None and task.done():
+            raise AssertionError(f"the watch ended while waiting for {what}: {task.exception()!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def test_watch_survives_credential_rotation(lab_manager, tmp_path):
+    """A running ResourceWatch outlives its credentials, on a real kube-apiserver:
+
+    - token: a ServiceAccount token in a kubeconfig `tokenFile` ending in a newline (as `kubectl create
+      token > file` writes it); the token is revoked while the file is missing (the reload after the
+      401 fails: the watch backs off and retries), then a new token is written: the watch reconnects
+      with it and delivers a namespace created afterwards. Once the new token is revoked too and the
+      file holds garbage, the attempt with the re-read credentials is refused and the watch raises
+      Unauthorized.
+    - client certificate: the kubeconfig's server is https://127.1 (not in the API server's
+      certificate) with `tls-server-name: localhost`; the certificate expires and is rewritten on disk:
+      after the 401 the client reconnects with the new certificate (its httpx connections replaced)
+      and the watch delivers a namespace created afterwards.
+    Each watch reconnects every 2 s (timeoutSeconds), which is what brings the 401s."""
+    import logging
+    import ssl
+
+    from responder.cluster.client import KubeClient
+    from responder.cluster.kubeconfig import load_cluster_access
+    from responder.cluster.watch import ResourceWatch, events_into
+    from responder.errors import Unauthorized
+    from responder.lab.control_plane import apply_objects
+
+    started = time.monotonic()
+    lab = await lab_manager.get(LINE)
+    port = lab.state()["ports"]["apiserver"]
+    # The certificate phase relies on 127.1 not matching the API server's certificate: without
+    # tls-server-name, TLS verification fails.
+    ctx = ssl.create_default_context(cafile=str(lab.pki.ca.cert))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _, writer = await asyncio.open_connection("127.1", port, ssl=ctx)
+        writer.close()
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    watch_log = logging.getLogger("responder.cluster.watch")
+    handler, old_level = Collect(), watch_log.level
+    watch_log.addHandler(handler)
+    watch_log.setLevel(logging.INFO)
+    names = [f"{ROTATION_NS}-after-token", f"{ROTATION_NS}-after-cert"]
+    clients: list[KubeClient] = []
+    tasks: list[asyncio.Task] = []
+    async with client_for(lab.kubeconfig) as admin:
+        try:
+            await apply_objects(admin, [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROTATION_NS}},
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "watcher", "namespace": ROTATION_NS}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "metadata": {"name": "auth-rotation-watch-namespaces"},
+                 "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": "auth-rotation-watch-namespaces"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                             "name": "auth-rotation-watch-namespaces"},
+                 "subjects": [{"kind": "ServiceAccount", "name": "watcher", "namespace": ROTATION_NS},
+                              {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ROTATION_CERT_USER}]},
+            ])
+
+            def watch_for(client: KubeClient) -> tuple[ResourceWatch, asyncio.Queue, asyncio.Task]:
+                watch = ResourceWatch(client, "/api/v1/namespaces", resource="namespaces", timeout_seconds=2)
+                queue: asyncio.Queue = asyncio.Queue()
+                task = asyncio.create_task(events_into(watch, queue))
+                clients.append(client)
+                tasks.append(task)
+                return watch, queue, task
+
+            async def synced(queue: asyncio.Queue) -> None:
+                try:
+                    while (await asyncio.wait_for(queue.get(), 15)).type != "SYNCED":
+                        pass
+                except asyncio.TimeoutError:
+                    raise AssertionError("the watch did not list within 15 s (TLS, credentials?)") from None
+
+            async def token_phase() -> dict[str, Any]:
+                token_file = tmp_path / "token"
+                _replace(token_file, (await _bound_token(admin, "bind-1") + "\n").encode())
+                kubeconfig = _rotation_kubeconfig(lab, tmp_path / "token.kubeconfig", {"tokenFile": str(token_file)})
+                client = KubeClient(load_cluster_access(str(kubeconfig)))
+                _, queue, task = watch_for(client)
+                await synced(queue)
+                # The token is revoked while the token file is missing: each 401 makes the client re-read
+                # the kubeconfig, which fails (ConfigError): the watch must keep trying.
+                token_file.unlink()
+                await admin.delete(f"/api/v1/namespaces/{ROTATION_NS}/secrets/bind-1")
+                await _wait_for(lambda: any("credentials not usable" in r for r in records), 30,
+                                "a reload that fails (token file missing)", task)
+                assert client.credentials.reloads == 0
+                _replace(token_file, (await _bound_token(admin, "bind-2") + "\n").encode())
+                await admin.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                          "metadata": {"name": names[0]}})
+                await _next_added(queue, names[0], 30, task)
+                reloads = client.credentials.reloads
+                assert reloads == 1, reloads
+                # The re-read credentials refused too: the watch gives up, with Unauthorized.
+                _replace(token_file, b"not-a-token\n")
+                await admin.delete(f"/api/v1/namespaces/{ROTATION_NS}/secrets/bind-2")
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 30)
+                except Unauthorized:
+                    pass
+                else:
+                    raise AssertionError("the watch ended without an error")
+                return {"reloads_before_giving_up": client.credentials.reloads}
+
+            async def cert_phase() -> dict[str, Any]:
+                cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+                expires = _short_lived_client_cert(lab, ROTATION_CERT_USER, 6, cert, key)
+                kubeconfig = _rotation_kubeconfig(lab, tmp_path / "cert.kubeconfig",
+                                                  {"client-certificate": str(cert), "client-key": str(key)},
+                                                  server_host="127.1", tls_server_name="localhost")
+                client = KubeClient(load_cluster_access(str(kubeconfig)))
+                first_http = client._http
+                _, queue, task = watch_for(client)
+                await synced(queue)  # list (httpx) and watch over TLS verified against tls-server-name
+                _short_lived_client_cert(lab, ROTATION_CERT_USER, 3600, cert, key)  # rotated on disk
+                await asyncio.sleep(max(0.0, expires - time.time()) + 0.5)
+                await _wait_for(lambda: client.credentials.reloads >= 1, 20, "a reload after the certificate expired",
+                                task)
+                await admin.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                          "metadata": {"name": names[1]}})
+                await _next_added(queue, names[1], 30, task)
+                assert client._http is not first_http, "httpx kept the old client certificate"
+                await client.get("/api/v1/namespaces/default")  # reads over the new connections too
+                return {"reloads": client.credentials.reloads}
+
+            async with asyncio.TaskGroup() as group:  # a phase that fails cancels the other
+                token_run, cert_run = group.create_task(token_phase()), group.create_task(cert_phase())
+            token_result, cert_result = token_run.result(), cert_run.result()
+        finally:
+            watch_log.removeHandler(handler)
+            watch_log.setLevel(old_level)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for client in clients:
+                await client.aclose()
+            for name in (*names, ROTATION_NS):
+                if await admin.get_or_none(f"/api/v1/namespaces/{name}"):
+                    await admin.delete(f"/api/v1/namespaces/{name}")
+            for kind in ("clusterrolebindings", "clusterroles"):
+                if await admin.get_or_none(f"/apis/rbac.authorization.k8s.io/v1/{kind}/auth-rotation-watch-namespaces"):
+                    await admin.delete(f"/apis/rbac.authorization.k8s.io/v1/{kind}/auth-rotation-watch-namespaces")
+    print("credential rotation:", json.dumps({"token": token_result, "cert": cert_result,
+                                              "seconds": round(time.monotonic() - started, 1)}))

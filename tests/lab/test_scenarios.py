@@ -52,7 +52,7 @@ def _run_on_existing(lab: Lab, tmp_path, scenario: str) -> tuple[dict, dict[str,
     card = json.loads(proc.stdout)
     assert proc.returncode == (0 if card["passed"] else 1)
     assert card["scenario"] == scenario and card["options"]["no_backup"] is True and card["backup"] is None
-    states = asyncio.run(_states(lab, f"responder.io/drill={card['options']['drill_id']}"))
+    states = asyncio.run(_states(lab, f"responder.dev/drill={card['options']['drill_id']}"))
     assert len(states) <= SEEDED
     return card, states, proc.stderr
 

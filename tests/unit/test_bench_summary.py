@@ -33,3 +33,46 @@ def test_cpu_medians_when_the_runs_measured_them():
 def test_no_baseline_variant_means_no_ratio():
     (pool,) = summarize([_run("pool-c8", 1, 300.0, 5.0)], ["pool-c8"])
     assert "vs_baseline" not in pool
+
+
+def _sample(at, jiffies, idle, **cpu):
+    from responder.bench import CpuSample
+    return CpuSample(at, jiffies, idle, cpu)
+
+
+def test_detach_window_cpu_cuts_to_the_window_and_reports_how_busy_the_machine_was():
+    from responder.bench import detach_window_cpu
+    samples = [_sample(9.0, 0, 0, **{"kube-apiserver": 0.0, "responder": 0.0}),      # before: ignored
+               _sample(10.0, 1000, 100, **{"kube-apiserver": 5.0, "responder": 1.0}),
+               _sample(11.0, 1200, 110, **{"kube-apiserver": 6.6, "responder": 1.4}),
+               _sample(12.0, 1400, 120, **{"kube-apiserver": 8.2, "responder": 1.8}),
+               _sample(13.0, 9999, 9999, **{"kube-apiserver": 99.0, "responder": 99.0})]  # after: ignored
+    out = detach_window_cpu(samples, 10.0, 12.0, detached=800, cores=2)
+    assert out["machine_busy_share"] == round(1 - 20 / 400, 3)
+    assert out["cpu_ms_per_namespace"] == {"kube-apiserver": 4.0, "responder": 1.0}
+    assert out["control_plane_cpu_ms_per_namespace"] == 4.0 and out["ceiling_per_second_with_a_free_client"] == 500
+    assert out["detach_window_s"] == 2.0
+
+
+def test_detach_window_cpu_scales_samples_that_bracket_part_of_the_window_and_skips_gone_processes():
+    from responder.bench import detach_window_cpu
+    samples = [_sample(10.5, 0, 0, **{"etcd": 1.0, "kube-apiserver": None}),
+               _sample(11.5, 200, 0, **{"etcd": 1.5, "kube-apiserver": 3.0})]
+    out = detach_window_cpu(samples, 10.0, 12.0, detached=1000, cores=2)
+    assert out["cpu_ms_per_namespace"] == {"etcd": 1.0}  # 0.5 s over 1 s of a 2 s window, per 1,000
+    assert out["machine_busy_share"] == 1.0
+    assert detach_window_cpu(samples[:1], 10.0, 12.0, detached=1000, cores=2) == {}
+    assert detach_window_cpu(samples, 10.0, 12.0, detached=0, cores=2) == {}
+
+
+def test_detach_window_runs_from_the_first_detach_intent_to_its_last_answer():
+    from responder.bench import detach_window
+    records = [{"seq": 1, "kind": "intent", "action": "scale", "ts": "2026-11-30T10:00:00.000Z"},
+               {"seq": 2, "kind": "intent", "action": "detach", "ts": "2026-11-30T10:00:01.000Z"},
+               {"seq": 3, "kind": "intent", "action": "detach", "ts": "2026-11-30T10:00:01.100Z"},
+               {"seq": 4, "kind": "outcome", "intent": 1, "ts": "2026-11-30T10:00:05.000Z"},
+               {"seq": 5, "kind": "outcome", "intent": 3, "ts": "2026-11-30T10:00:02.000Z"},
+               {"seq": 6, "kind": "outcome", "intent": 2, "ts": "2026-11-30T10:00:03.500Z"}]
+    start, end = detach_window(records)
+    assert round(end - start, 3) == 2.5
+    assert detach_window(records[:1]) is None

@@ -198,6 +198,128 @@ def test_dry_run_intents_are_never_undone(tmp_path: Path) -> None:
         assert j.records()[-2]["dry_run"] is True
 
 
+# The resume/undo queries as they were before the journal kept indexes: a full scan per call. The
+# indexed answers must stay exactly these.
+def ref_outcomes(records: list[dict]) -> dict:
+    return {r["intent"]: r for r in records if r.get("kind") == "outcome" and "intent" in r}
+
+
+def ref_done(records: list[dict], step: str, action: str, target: str) -> bool:
+    outcomes = ref_outcomes(records)
+    return any(r.get("step") == step and r.get("action") == action and r.get("target") == target
+               and outcomes.get(r["seq"], {}).get("status") in ("ok", "skipped")
+               for r in records if r.get("kind") == "intent")
+
+
+def ref_first_intent(records: list[dict], step: str, action: str, target: str) -> dict | None:
+    return next((r for r in records if r.get("kind") == "intent" and r.get("step") == step
+                 and r.get("action") == action and r.get("target") == target), None)
+
+
+def ref_pending(records: list[dict]) -> list[dict]:
+    outcomes = ref_outcomes(records)
+    return [r for r in records if r.get("kind") == "intent" and r["seq"] not in outcomes]
+
+
+def ref_undo_plan(records: list[dict]) -> list[dict]:
+    outcomes = ref_outcomes(records)
+    undone = {r["intent"] for r in records if r.get("kind") == "undone" and "intent" in r}
+    plan = [{"intent": r["seq"], "step": r.get("step"), "action": r.get("action"), "target": r.get("target"),
+             "undo": r["undo"]}
+            for r in records if r.get("kind") == "intent" and outcomes.get(r["seq"], {}).get("status") == "ok"
+            and not r.get("dry_run") and r.get("undo") is not None and r["seq"] not in undone]
+    return plan[::-1]
+
+
+def assert_queries_match_reference(j: Journal, keys: list[tuple[str, str, str]]) -> None:
+    recs = j.records()
+    for key in keys:
+        assert j.done(*key) == ref_done(recs, *key), key
+        assert j.first_intent(*key) == ref_first_intent(recs, *key), key
+    assert j.pending() == ref_pending(recs)
+    assert j.undo_plan() == ref_undo_plan(recs)
+
+
+def test_indexed_queries_answer_like_a_full_scan(tmp_path: Path) -> None:
+    import random
+
+    rnd = random.Random(20261126)
+    keys = [(s, a, t) for s in ("contain", "recover") for a in ("detach", "readopt") for t in ("ns-1", "ns-2", "ns-3")]
+    keys.append(("recover", "readopt", "never-written"))
+    seqs: list[int] = []
+    with Journal.create(tmp_path, incident_id="inc-idx") as j:
+        for i in range(400):
+            roll = rnd.random()
+            if roll < 0.35 or not seqs:
+                step, action, target = rnd.choice(keys[:-1])
+                seqs.append(j.intent(step, action, target, undo=rnd.choice([None, {"op": "x", "i": i}]),
+                                     dry_run=rnd.random() < 0.15, sync=False))
+            elif roll < 0.75:  # first, retried and contradicting outcomes: the last one counts
+                j.outcome(rnd.choice(seqs), rnd.choice(["ok", "skipped", "failed"]), sync=False)
+            elif roll < 0.85:
+                j.mark_undone(rnd.choice(seqs))
+            elif roll < 0.9:  # written with record(), as a caller may: indexed just the same
+                j.record("outcome", sync=False, intent=rnd.choice(seqs), status=rnd.choice(["ok", "failed"]))
+            else:
+                j.record("note", sync=False, text="not an intent", intent=rnd.choice(seqs))
+            if i % 40 == 0:
+                assert_queries_match_reference(j, keys)
+        # An outcome written (by hand) before its intent, and one with no status at all.
+        ahead = len(j.records()) + 2
+        j.record("outcome", intent=ahead, status="ok")
+        assert j.intent("recover", "readopt", "ns-late", undo={"op": "late"}) == ahead
+        j.record("outcome", intent=seqs[0])
+        keys.append(("recover", "readopt", "ns-late"))
+        assert j.done("recover", "readopt", "ns-late")
+        assert_queries_match_reference(j, keys)
+        j.sync()
+        assert j.pending() and j.undo_plan() and any(j.done(*k) for k in keys)  # the test covers all three
+    # The same answers from the indexes built on open, readonly and for writing.
+    assert_queries_match_reference(Journal.open(j.path, readonly=True), keys)
+    with Journal.open(j.path) as again:
+        assert_queries_match_reference(again, keys)
+        again.outcome(again.pending()[0]["seq"], "ok")
+        assert_queries_match_reference(again, keys)
+
+
+def test_list_valued_names_still_match(tmp_path: Path) -> None:
+    # JSON has no tuples: a list target cannot be a dict key, but done() still finds it like a scan would.
+    with Journal.create(tmp_path, incident_id="inc-odd") as j:
+        seq = j.intent("s", "a", ["x", "y"])  # type: ignore[arg-type]
+        assert not j.done("s", "a", ["x", "y"])  # type: ignore[arg-type]
+        j.outcome(seq, "ok")
+        assert j.done("s", "a", ["x", "y"])  # type: ignore[arg-type]
+        assert not j.done("s", "a", ("x", "y"))  # type: ignore[arg-type]
+        assert j.first_intent("s", "a", ["x", "y"])["seq"] == seq  # type: ignore[arg-type,index]
+
+
+class CountingList(list):
+    iterations = 0
+
+    def __iter__(self):
+        CountingList.iterations += 1
+        return super().__iter__()
+
+
+def test_queries_do_not_scan_the_journal(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, incident_id="inc-scan") as j:
+        for i in range(500):
+            seq = j.intent("detach", "detach", f"ns-{i}", undo={"op": "reattach"}, sync=False)
+            if i % 5:
+                j.outcome(seq, "ok", sync=False)
+        j.sync()
+        j._records = CountingList(j._records)
+        CountingList.iterations = 0
+        for i in range(500):
+            assert j.done("detach", "detach", f"ns-{i}") == bool(i % 5)
+            assert not j.done("readopt", "readopt", f"ns-{i}")
+            assert j.first_intent("detach", "detach", f"ns-{i}")["target"] == f"ns-{i}"  # type: ignore[index]
+        j.outcome(j.pending()[0]["seq"], "ok")
+        j.mark_undone(2)
+        assert len(j.pending()) == 99 and len(j.undo_plan()) == 400
+        assert CountingList.iterations == 0  # no query walked the list of records
+
+
 def test_step_state(tmp_path: Path) -> None:
     with Journal.create(tmp_path, incident_id="inc-steps") as j:
         j.step("breaker", "started")

@@ -289,6 +289,15 @@ def test_unknown_action_lists_known_actions() -> None:
     assert err.value.fix == "known actions: delete-webhook, restore-tenants, snapshot-tenants, trip-breaker"
 
 
+def test_a_wrong_type_says_what_to_write_then_what_the_parameter_means() -> None:
+    described = {"trip-breaker": ActionSpec("trip-breaker", {
+        "concurrency": ParamSpec(int, default=64, description="PATCH requests in flight")})}
+    with pytest.raises(RunbookError) as err:
+        parse_runbook(steps("    - {id: a, action: trip-breaker, phase: contain, params: {concurrency: lots}}\n"),
+                      described)
+    assert err.value.fix == "set concurrency to an integer (PATCH requests in flight)"
+
+
 def test_python_tag_is_not_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = f"!!python/object/apply:os.mkdir [{str(marker)!r}]\n"

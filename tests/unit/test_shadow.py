@@ -43,7 +43,7 @@ def test_writes_from_several_threads_at_once_all_succeed_and_leave_a_whole_file(
         t.join()
     assert errors == []
     assert path.read_text() in snapshots  # one whole snapshot, never a mix
-    assert not path.with_suffix(".tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shadow.json"]  # no temp file left
 
 
 def test_save_clears_dirty_and_a_failed_save_leaves_it_dirty(tmp_path: Path):
@@ -59,3 +59,27 @@ def test_save_clears_dirty_and_a_failed_save_leaves_it_dirty(tmp_path: Path):
     with pytest.raises(OSError):
         shadow.save(blocked / "shadow.json")  # its directory cannot be made: a file is in the way
     assert shadow.dirty
+
+
+def test_a_snapshot_written_from_a_worker_thread_that_fails_leaves_the_copy_dirty(tmp_path: Path):
+    # The periodic saver: snapshot on the loop, write in a thread; a failed write must be tried again.
+    shadow = Shadow()
+    shadow.observe_namespace(_namespace("ns-1", "tenant-a"))
+    text = shadow.snapshot()
+    assert not shadow.dirty
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            shadow.write_snapshot(blocked / "shadow.json", text)
+        except OSError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join()
+    assert errors and shadow.dirty
+    shadow.write_snapshot(tmp_path / "shadow.json", text)
+    assert json.loads((tmp_path / "shadow.json").read_text())["namespaces"].keys() == {"ns-1"}
