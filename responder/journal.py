@@ -59,7 +59,7 @@ _DATA_KEYED_FIELDS = frozenset({"annotations", "labels", "nodeSelector", "matchL
 # named `ci-token` must keep its Tenant and a Tenant body its fields; no key-name redaction below them
 # for that many levels (a Secret met deeper down is still redacted by its kind).
 _DATA_KEYED_RECORD_FIELDS: dict[str, dict[str, int]] = {
-    # Session.record_snapshot: namespace -> Tenant name, namespace -> ownerReference template,
+    # Session.capture_snapshot: namespace -> Tenant name, namespace -> ownerReference template,
     # "<Kind>/<name>" -> webhook configuration.
     "snapshot": {"namespaces": 1, "owners": 1, "webhooks": 1},
     # ChooseBackup: lost namespace -> Tenant, namespace -> {resource -> count}, Tenant name -> body.

@@ -139,6 +139,7 @@ class Session:
         self._open_failed = asyncio.Event()
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
+        self._snapshot: dict[str, Any] | None = None  # taken at the incident's opening, not yet journaled
 
     def set_dry_run(self, dry_run: bool) -> None:
         """Switch dry-run before an incident opens (the TUI's toggle): options and client together,
@@ -183,6 +184,7 @@ class Session:
         await self.observer.stop()
         await self.client.aclose()
         if self.journal is not None:
+            self.journal_snapshot()  # an incident opened and never contained still gets its snapshot
             self.journal.close()
 
     def _on_event(self, event) -> None:
@@ -245,22 +247,38 @@ class Session:
         self.trigger = trigger  # only now: until the journal exists, the incident is not open
         self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
         if journal is None:
-            self.record_snapshot()
+            # Taken now, before responder's first write; journaled once that write is on its way
+            # (journal_snapshot): a record the size of the cluster must not delay the breaker.
+            self._snapshot = self.capture_snapshot()
+        elif not any(r.get("kind") == "snapshot" for r in journal.records()):
+            # Resumed after a crash that came before it was journaled: the shadow copy is what is left.
+            self._snapshot = self.capture_snapshot()
+            self.journal_snapshot()
         self.observer.yield_each_event = True  # until containment starts (contain())
         self.incident_opened.set()
         return self.journal
 
-    def record_snapshot(self) -> None:
+    def capture_snapshot(self) -> dict[str, Any]:
         """What recovery must return to, as seen before responder's first write: namespace -> Tenant,
         the Tenant ownerReference each carried, Capsule's webhook configurations and replicas. (The
-        shadow keeps following the cluster; this record does not.)"""
-        assert self.journal is not None
+        shadow keeps following the cluster; this copy does not.)"""
         shadow = self.observer.shadow
-        known = {ns: t for ns, t in shadow.namespace_tenants().items() if ns not in self.protected}
-        self.journal.record("snapshot", namespaces=known,
-                            owners={ns: e["owner"] for ns, e in shadow.namespaces.items() if e.get("owner")},
-                            webhooks={k: v for k, v in shadow.webhooks.items()},
-                            capsule_replicas=shadow.capsule_replicas, tenants=sorted(shadow.tenants))
+        return {"namespaces": {ns: t for ns, t in shadow.namespace_tenants().items() if ns not in self.protected},
+                "owners": {ns: dict(e["owner"]) for ns, e in shadow.namespaces.items() if e.get("owner")},
+                "webhooks": dict(shadow.webhooks), "capsule_replicas": shadow.capsule_replicas,
+                "tenants": sorted(shadow.tenants)}
+
+    def journal_snapshot(self) -> None:
+        """Journal the snapshot taken when the incident opened, once."""
+        if self._snapshot is not None and self.journal is not None:
+            snapshot, self._snapshot = self._snapshot, None
+            self.journal.record("snapshot", **snapshot)
+
+    def _journal_snapshot_after_first_write(self, event: EngineEvent) -> None:
+        # The engine emits "write" once the intent is journaled, before the request is sent: deferred to
+        # the loop's next turn, the snapshot is journaled while that request is in flight.
+        if event.kind == "write" and self._snapshot is not None:
+            asyncio.get_running_loop().call_soon(self.journal_snapshot)
 
     def has_phase(self, phase: str) -> bool:
         return any(step.phase == phase for step in self.runbook.steps)
@@ -320,6 +338,7 @@ class Session:
                                               yes=self.options.yes, protected=self.protected,
                                               identity=self.identity, hold_armed=self.hold_not_armed is None),
                         confirmer=self.confirmer)
+        engine.listeners.append(self._journal_snapshot_after_first_write)
         engine.listeners.extend(self.engine_listeners)
         self.engine = engine
         return engine
@@ -327,7 +346,10 @@ class Session:
     async def contain(self) -> dict[str, StepOutcome]:
         self.observer.yield_each_event = False
         engine = self.make_engine()
-        self.results = await engine.run(("contain",))
+        try:
+            self.results = await engine.run(("contain",))
+        finally:
+            self.journal_snapshot()  # if no write went out
         await self.contain_escalation(engine, settle=0.0, passes=1)
         self.observer.save_shadow()
         return self.results

@@ -349,6 +349,7 @@ class ResponderApp(App[int]):
         if time.perf_counter() - self._last_flush < self.flush_interval:
             return
         model = self.model
+        model.set_blind(getattr(self.session.observer, "stream_errors", {}))  # a replayed session has none
         sig = (model.pending, model.feed_total, model.header_version, model.steps_version, model.ready,
                len(self.log_records), model.has_arrivals)
         if model.pending or sig != self._flushed_sig:

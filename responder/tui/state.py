@@ -269,6 +269,9 @@ class TuiState:
         # Is the namespace hold armed ahead of the incident (the session's preflight read)? None: not known.
         self.hold_armed: bool | None = None
         self.hold_not_armed = ""  # why not, when it is not
+        # Watch streams that stopped after their first list and are being restarted: name -> why. While any
+        # is, detection or triage may not see what happens to that resource.
+        self.blind: dict[str, str] = {}
         self.incident: Incident | None = None
         self.phase = "starting"  # starting | watching | containing | contained | not-contained | error
         self.phase_detail = ""
@@ -452,6 +455,12 @@ class TuiState:
         armed, why = not_armed is None, "" if not_armed is None else str(not_armed)
         if (armed, why) != (self.hold_armed, self.hold_not_armed):
             self.hold_armed, self.hold_not_armed = armed, why
+            self.header_version += 1
+
+    def set_blind(self, stream_errors: Mapping[str, str]) -> None:
+        """The observer's `stream_errors`: the streams not watched right now, and why."""
+        if dict(stream_errors) != self.blind:
+            self.blind = dict(stream_errors)
             self.header_version += 1
 
     def add_note(self, text: str, *, at: float, alert: bool = False, source: str = "responder") -> None:

@@ -91,3 +91,19 @@ async def test_narrow_header_drops_capsule_version_before_cutting_breaker_or_hol
         await pilot.pause(0.2)
         line = status_line(app)
         assert "Capsule v0.14.0  mode auto --yes  velero: Available  breaker TRIPPED  hold NOT ARMED" in line, line
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_a_watch_stream_that_stopped_shows_first_as_blind_until_it_is_back(make_app, size):
+    app, session = make_app(idle_scenario())
+    async with app.run_test(size=size) as pilot:
+        await idle(app, pilot)
+        assert "BLIND" not in status_line(app)
+        session.observer.stream_errors = {"namespaces": "Unauthorized: token expired"}  # as ClusterObserver sets it
+        await wait_until(pilot, lambda: "BLIND" in status_line(app), what="BLIND shown")
+        line = status_line(app)
+        assert line.lstrip().startswith("BLIND: namespaces"), line  # before everything else, never dropped
+        assert "hold ARMED" in line, line
+        assert styles_of(app, "BLIND: namespaces") == {"bold reverse"}
+        session.observer.stream_errors = {}
+        await wait_until(pilot, lambda: "BLIND" not in status_line(app), what="BLIND gone")

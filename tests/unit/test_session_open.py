@@ -4,6 +4,8 @@ that filled since), whoever waits for the incident gets the error. No cluster: n
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -42,3 +44,50 @@ async def test_an_incident_whose_journal_cannot_be_created_is_raised_to_the_wait
         assert session.trigger is None and session.journal is None  # not half-open: a later trigger may open it
     finally:
         await session.close()
+
+
+def _namespace(name: str, tenant: str) -> dict:
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "labels": {"capsule.clastix.io/tenant": tenant},
+                         "ownerReferences": [{"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
+                                              "name": tenant, "uid": f"uid-{tenant}"}]}}
+
+
+async def test_the_snapshot_is_taken_at_opening_and_journaled_once_the_first_write_is_on_its_way(tmp_path: Path):
+    from responder.engine import EngineEvent
+    from responder.journal import Journal
+
+    session = Session(load_cluster_access(str(unreachable_kubeconfig(tmp_path))),
+                      SessionOptions(runbook=resolve_runbook(None), journal_dir=tmp_path / "incidents"))
+    try:
+        session.observer.shadow.observe_namespace(_namespace("team-a-web", "team-a"))
+        session.open_incident(Trigger("crd-deleting", "the Tenant CRD is being deleted", time.time()))
+        session.observer.shadow.observe_namespace(_namespace("team-a-late", "team-a"))  # after opening: not in it
+        assert not [r for r in session.journal.records() if r["kind"] == "snapshot"]  # the breaker goes first
+        session._journal_snapshot_after_first_write(EngineEvent("write", "breaker", {}))
+        assert not [r for r in session.journal.records() if r["kind"] == "snapshot"]  # still sending
+        await asyncio.sleep(0)
+        (snapshot,) = [r for r in session.journal.records() if r["kind"] == "snapshot"]
+        assert snapshot["namespaces"] == {"team-a-web": "team-a"}
+        assert snapshot["owners"]["team-a-web"]["name"] == "team-a"  # the reference template (UIDs change)
+        session._journal_snapshot_after_first_write(EngineEvent("write", "detach", {}))
+        await asyncio.sleep(0)
+        assert len([r for r in session.journal.records() if r["kind"] == "snapshot"]) == 1
+        path = session.journal.path
+    finally:
+        await session.close()
+    # A resumed incident whose crash came before the snapshot was journaled gets one from the shadow.
+    with Journal.open(path) as journal:
+        records = [r for r in journal.records() if r["kind"] != "snapshot"]
+    bare = tmp_path / "resume" / path.name
+    bare.parent.mkdir()
+    bare.write_text("".join(json.dumps(r) + "\n" for r in records))
+    resumed = Session(load_cluster_access(str(unreachable_kubeconfig(tmp_path))),
+                      SessionOptions(runbook=resolve_runbook(None), journal_dir=bare.parent))
+    try:
+        resumed.observer.shadow.observe_namespace(_namespace("team-a-web", "team-a"))
+        with Journal.open(bare) as journal:
+            resumed.open_incident(Trigger("crd-deleting", "resumed", time.time()), journal)
+            assert [r["namespaces"] for r in journal.records() if r["kind"] == "snapshot"] == [{"team-a-web": "team-a"}]
+            resumed.journal = None
+    finally:
+        await resumed.close()

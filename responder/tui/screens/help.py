@@ -33,6 +33,8 @@ NOTES = [
              "fix: `responder protect --only hold`)."),
     ("mode", "auto: containment steps run without asking; confirm: every step asks; dry-run: every "
              "write is sent with dryRun=All."),
+    ("BLIND", "a watch stream stopped after its first list (credentials refused, permissions changed) and is "
+              "being restarted: until it is back, what happens to that resource is not seen (the feed says why)."),
 ]
 
 

@@ -1,5 +1,5 @@
 """The header: who and where responder is, Capsule's version, the mode, the breaker, whether the namespace
-hold is armed ahead of the incident, the incident."""
+hold is armed ahead of the incident, the incident; and, first, any watch stream that stopped (BLIND)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,9 @@ class HeaderBar(Vertical):
         # Narrow terminals (80 columns) drop Capsule's version, then Velero's phase, before the mode, the breaker
         # or the hold would be cut.
         width = status.outer_size.width - status.styles.gutter.width  # kept while another screen is shown
+        blind = [((f"BLIND: {', '.join(sorted(model.blind))}", "bold reverse"), 0)] if model.blind else []
         set_text(status, _status(width, [
+            *blind,
             ((f"Capsule {model.capsule_version()}", ""), 1),
             ((f"mode {model.mode()}", "bold" if model.dry_run else ""), 0),
             ((f"velero: {velero}", VELERO_STYLE.get(velero, "bold underline")), 2),
