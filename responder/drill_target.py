@@ -106,7 +106,7 @@ class ExistingCluster:
 
 async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = None,
                   timeout: float = 120.0) -> dict[str, Any]:
-    """Delete exactly what the drill seeded (by its label) and wait for the namespaces to go.
+    """Delete exactly what the drill seeded (by its label) and wait for the namespaces and Tenants to go.
 
     First the drill incident's namespace hold, if recovery did not get to remove it (it would refuse
     the deletes). Namespaces next, then Tenants: deleting a Tenant first would let Capsule >= 0.13's
@@ -136,15 +136,21 @@ async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = No
             result["tenants_deleted"] += 1
         except Exception as exc:
             result["errors"].append(f"Tenant {t['metadata']['name']}: {exc}")
+    # Gone, not just deleting: a Tenant of Capsule >= 0.13 stays (Terminating) until Capsule's
+    # finalizer has run (seen in CI: one still listed right after the cleanup).
     deadline = time.monotonic() + timeout
     left: list[str] = []
+    tenants_left: list[str] = []
     while time.monotonic() < deadline:
         left = [n["metadata"]["name"] for n in
                 (await admin.list_all("/api/v1/namespaces", labelSelector=selector))["items"]]
-        if not left:
+        tenants_left = [t["metadata"]["name"] for t in
+                        ((await admin.get_or_none(TENANTS_PATH, labelSelector=selector)) or {}).get("items") or []]
+        if not left and not tenants_left:
             break
         await asyncio.sleep(1.0)
     result["namespaces_left"] = left
+    result["tenants_left"] = tenants_left
     return result
 
 

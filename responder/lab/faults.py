@@ -334,7 +334,9 @@ class Racer:
             if exc.status != 409 and len(self.stats.errors) < 20:
                 self.stats.errors.append(f"{exc.status} {exc.api_message[:200]}")
             if exc.status >= 500:
-                await asyncio.sleep(0.05)
+                # Brief: 500s come while Capsule shuts down (its webhooks unreachable), right when
+                # responder starts detaching; a long pause here made the writers miss each other (CI).
+                await asyncio.sleep(0.005)
             return False
         self.stats.count(200)
         self.stats.last_label[name] = value

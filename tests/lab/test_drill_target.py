@@ -86,7 +86,8 @@ def test_target_guard_then_a_drill_on_the_existing_cluster(lab_manager, tmp_path
     assert _writes_by(lab.audit_log, OPERATOR, since)
     # Cleaned up: what it seeded (and only that: labelled with this drill's id) is gone.
     assert card["cleanup"]["namespaces_deleted"] == 9 and card["cleanup"]["namespaces_left"] == []
-    assert card["cleanup"]["tenants_deleted"] == 3 and card["cleanup"]["errors"] == []
+    assert card["cleanup"]["tenants_deleted"] == 3 and card["cleanup"]["tenants_left"] == []
+    assert card["cleanup"]["errors"] == []
     assert asyncio.run(_drill_namespaces(lab, drill_id)) == {}
     assert _drill_tenants(lab, drill_id) == []
 
