@@ -368,7 +368,8 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     hold_entries = [e for e in plan if _undoes_the_hold(e)]  # by what the cluster holds, below
     # Writes whose answer never came (a crash, a cut connection, a resent write refused by its guard)
     # may have been applied: each is undone only where the cluster shows it was.
-    unanswered = [{"intent": r["seq"], "target": r["target"], "undo": r["undo"], "request": r.get("request") or {}}
+    unanswered = [{"intent": r["seq"], "target": r["target"], "undo": r["undo"], "request": r.get("request") or {},
+                   "unanswered": True}
                   for r in journal.pending()
                   if r.get("undo") and not r.get("dry_run") and r.get("step") != "undo"
                   and not _undoes_the_hold({"undo": r["undo"]})]
@@ -376,14 +377,14 @@ async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
     for entry in entries:
         payload = entry["undo"] or {}
         op = payload.get("op")
-        if entry in unanswered and op not in ("scale", "webhook-match-conditions", "reattach"):
+        if entry.get("unanswered") and op not in ("scale", "webhook-match-conditions", "reattach"):
             unknown.append({"target": entry["target"], "op": op,
                             "reason": "its answer never came: check by hand whether it was applied"})
             continue
         seq = journal.intent("undo", f"undo-{op}", entry["target"], request={"undo_of": entry["intent"]})
         try:
             if op == "scale":
-                reason = await _scale_back(client, payload, entry) if entry in unanswered else None
+                reason = await _scale_back(client, payload, entry) if entry.get("unanswered") else None
                 if reason:
                     journal.outcome(seq, "skipped", detail=reason)
                     skipped.append({"target": entry["target"], "reason": reason})
