@@ -719,7 +719,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_records(path: Path) -> list[dict]:
-    from responder.journal import open_incident_journal
+    from responder.incident.journal import open_incident_journal
 
     journal = open_incident_journal(path, readonly=True)
     try:

@@ -22,12 +22,12 @@ import json
 import time
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
-from responder.engine import StepContext, StepOutcome
+from responder.incident.engine import StepContext, StepOutcome
 from responder.errors import ApiError
-from responder.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
+from responder.ops.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
                                  HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
                                  HOLD_POLICY)
 from responder.runbook.schema import ActionSpec, ParamSpec
@@ -576,7 +576,7 @@ class VerifyBreaker:
 
     async def _fresh_hooks(self, ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
         """Read the configurations again (not from the watch): the controller may have just rewritten them."""
-        from responder.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+        from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
 
         listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
         return capsule_webhooks_in(lambda name: listings[name])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from responder.engine import StepContext
-from responder.observe import CapsuleTarget
+from responder.incident.engine import StepContext
+from responder.incident.observe import CapsuleTarget
 
 
 def capsule_target(ctx: StepContext) -> CapsuleTarget:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.client import JSON_PATCH
-from responder.engine import StepContext, StepOutcome, WriteRequest
+from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.runbook.schema import ActionSpec, ParamSpec
 

@@ -5,7 +5,7 @@ recreate the Tenant CRD and the Tenants (widening the breaker's exemption to Vel
 namespaces with a Velero Restore, re-adopt every namespace into its recreated Tenant, bring Capsule
 back exactly as recorded, and verify. Each step writes what later steps need as a journal record, so
 a resumed run continues from the journal, not from memory. The decisions are pure functions in
-responder/recovery.py.
+responder/recovery/decisions.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 
 import httpx
 
-from responder import recovery
+from responder.recovery import decisions as recovery
 from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of, release_hold,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery, wait_crd_established
-from responder.engine import StepContext, StepOutcome, WriteRequest
+from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
-from responder.observe import TENANTS_PATH
+from responder.incident.observe import TENANTS_PATH
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 CRD_NAME = "tenants.capsule.clastix.io"
@@ -707,7 +707,7 @@ class VerifyRecovery:
         snapshot = _snapshot(ctx)
         webhook_diffs: list[str] = []
         if snapshot.get("webhooks"):
-            from responder.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+            from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
 
             listings = {n: (await ctx.client.get(p)).get("items") or [] for n, _, p in WEBHOOK_STREAMS}
             now = {f"{kind}/{o['metadata']['name']}": o for kind, o in capsule_webhooks_in(lambda n: listings[n])}

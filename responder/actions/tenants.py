@@ -13,12 +13,12 @@ import asyncio
 import time
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.actions.detach import detached_from_journal
 from responder.cluster.client import JSON_PATCH
-from responder.engine import StepContext, StepOutcome, WriteRequest
+from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
-from responder.observe import TENANTS_PATH
+from responder.incident.observe import TENANTS_PATH
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 CAPSULE_TENANT_FINALIZER = "controller.projectcapsule.dev/finalize"

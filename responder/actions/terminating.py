@@ -13,10 +13,10 @@ import asyncio
 import time
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.discovery import Discovery
-from responder.engine import StepContext, StepOutcome
+from responder.incident.engine import StepContext, StepOutcome
 from responder.errors import ApiError
 from responder.runbook.schema import ActionSpec, ParamSpec
 

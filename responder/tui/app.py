@@ -5,7 +5,7 @@ incident, runs containment, and answers the engine's confirmation requests with 
 it shows comes from `TuiState`, fed by those events and applied to the widgets on a timer, so a
 burst of thousands of events costs one screen update per frame, not one per event.
 
-A "session" is anything with the attributes of `responder.session.Session` used below (see
+A "session" is anything with the attributes of `responder.response.session.Session` used below (see
 `SessionLike`); the tests and the demo pass `responder.tui.replay.ReplaySession`.
 """
 
@@ -31,9 +31,9 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from responder.cluster.watch import WatchEvent
-from responder.engine import ConfirmationRequest, EngineEvent
+from responder.incident.engine import ConfirmationRequest, EngineEvent
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
-from responder.session import recovery_summary
+from responder.response.session import recovery_summary
 from responder.tui.screens.confirm import ConfirmScreen, QuitScreen
 from responder.tui.screens.help import HelpScreen
 from responder.tui.screens.plan import PlanScreen
@@ -505,7 +505,7 @@ class ResponderApp(App[int]):
         try:
             plan_fn = getattr(self.session, "plan", None)
             if plan_fn is None:
-                from responder.commands import build_plan
+                from responder.cli.respond import build_plan
 
                 plan = build_plan(self.session)  # type: ignore[arg-type]
             else:
@@ -546,7 +546,7 @@ class ResponderApp(App[int]):
             if undo is not None:
                 result = await undo()
             else:
-                from responder.commands import undo_journal
+                from responder.cli.respond import undo_journal
 
                 result = await undo_journal(self.session.client, journal)  # type: ignore[attr-defined]
         except Exception as exc:

@@ -39,8 +39,8 @@ from typing import Any
 from textual import events
 
 from responder.cluster.watch import ADDED, MODIFIED, WatchEvent
-from responder.detect import Trigger
-from responder.engine import EngineEvent
+from responder.incident.detect import Trigger
+from responder.incident.engine import EngineEvent
 from responder.tui.app import ResponderApp
 from responder.tui.replay import (FIXED_EPOCH, TENANT_CRD, Hold, ReplaySession, Scenario, crd_obj, deployment_obj,
                                   namespace_obj, tenant_obj, webhook_obj)

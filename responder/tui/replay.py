@@ -21,14 +21,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Union
 
-from responder import triage
+from responder.incident import triage
 from responder.actions import action_specs
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, WatchEvent
-from responder.detect import Trigger
-from responder.engine import ConfirmationRequest, EngineEvent
-from responder.observe import VELERO_STREAM, CapsuleTarget, capsule_webhooks_in
+from responder.incident.detect import Trigger
+from responder.incident.engine import ConfirmationRequest, EngineEvent
+from responder.incident.observe import VELERO_STREAM, CapsuleTarget, capsule_webhooks_in
 from responder.runbook.schema import Runbook, load_runbook
-from responder.session import resolve_runbook
+from responder.response.session import resolve_runbook
 
 TENANT_API = "capsule.clastix.io/v1beta2"
 TENANT_CRD = "tenants.capsule.clastix.io"
@@ -246,7 +246,7 @@ class ReplayObserver:
 
 
 class ReplaySession:
-    """Quacks like `responder.session.Session` for the TUI; plays a `Scenario`."""
+    """Quacks like `responder.response.session.Session` for the TUI; plays a `Scenario`."""
 
     def __init__(self, scenario: Scenario, *, journal_dir: Path, clock: Callable[[], float] = time.time,
                  speed: float = 1.0, confirmer: Callable[[ConfirmationRequest], Any] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The TUI's model: everything the screen shows, built only from the events a session emits.
 
 Pure Python (no Textual) so it can be unit tested and benchmarked. It decides nothing about the
-incident: namespace verdicts come from `responder.triage` (the one place that classifies), the
+incident: namespace verdicts come from `responder.incident.triage` (the one place that classifies), the
 breaker state is read off the breaker step's own events and the Capsule Deployment's replicas,
 step states off the engine's step events.
 
@@ -41,10 +41,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
-from responder.engine import EngineEvent
-from responder.observe import VELERO_STREAM
+from responder.incident.engine import EngineEvent
+from responder.incident.observe import VELERO_STREAM
 
 NO_TENANT = ""
 # The streams whose initial lists must be in before a verdict means anything: a namespace listed

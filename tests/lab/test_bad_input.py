@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from responder.errors import EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_UNREACHABLE
-from responder.journal import Journal
+from responder.incident.journal import Journal
 from responder.lab.control_plane import Lab, apply_objects
 from responder.lab.incident import read_audit
 

@@ -9,11 +9,11 @@ import json
 import pytest
 import yaml
 
-from responder.doctor import KEEP_ANNOTATION
+from responder.ops.doctor import KEEP_ANNOTATION
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup
-from responder.protect import BINDING_PATH, POLICY_PATH
+from responder.ops.protect import BINDING_PATH, POLICY_PATH
 
 from .incident_helpers import run_responder
 

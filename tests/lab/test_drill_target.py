@@ -12,7 +12,7 @@ import yaml
 
 from responder.lab.control_plane import LAB_CONTEXT, bind_cluster_admin
 from responder.lab.incident import read_audit
-from responder.scenarios import TENANTS_PATH
+from responder.drill.scenarios import TENANTS_PATH
 
 from .incident_helpers import namespace_states, run_responder
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from responder import triage
+from responder.incident import triage
 from responder.lab import faults
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import bind_cluster_admin

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from responder import recovery
+from responder.recovery import decisions as recovery
 from responder.errors import ApiError
 from responder.lab.control_plane import apply_objects
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup
-from responder.observe import TENANTS_PATH
+from responder.incident.observe import TENANTS_PATH
 
 from .incident_helpers import (RESPONDER, WatchProcess, client_for, namespace_states, read_journal, run_responder,
                                start_watch, trigger)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from responder import recovery, triage
+from responder.recovery import decisions as recovery
+
+from responder.incident import triage
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import bind_cluster_admin
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup, velero_path
-from responder.observe import TENANTS_PATH
+from responder.incident.observe import TENANTS_PATH
 
 from .incident_helpers import client_for, read_journal, run_responder, start_watch, trigger
 from .test_containment import capsule_webhooks

@@ -27,7 +27,7 @@ import pytest
 from responder.actions.breaker import fails_closed, guards_namespace_delete
 from responder.lab.control_plane import LAB_CONTEXT, Lab
 from responder.lab.incident import read_audit
-from responder.scenarios import _capsule_webhook_configurations
+from responder.drill.scenarios import _capsule_webhook_configurations
 
 from .incident_helpers import CAPSULE_STOP_S, breaker_held, namespace_states, read_journal, run_responder
 

@@ -9,13 +9,13 @@ import re
 import pytest
 from textual.widgets import Input
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.lab.control_plane import bind_cluster_admin
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup
-from responder.observe import TENANTS_PATH
-from responder.session import Session, SessionOptions, resolve_runbook
+from responder.incident.observe import TENANTS_PATH
+from responder.response.session import Session, SessionOptions, resolve_runbook
 from responder.tui.app import ResponderApp, TuiConfirmer
 from responder.tui.screens.confirm import ConfirmScreen
 

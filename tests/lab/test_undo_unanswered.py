@@ -10,8 +10,8 @@ import asyncio
 import pytest
 
 from responder.cli import main
-from responder.commands import undo_journal
-from responder.journal import Journal
+from responder.cli.respond import undo_journal
+from responder.incident.journal import Journal
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.seed import seed
 

@@ -7,7 +7,7 @@ import json
 
 from textual.widgets import Button, DataTable, Input
 
-from responder.engine import ConfirmationRequest
+from responder.incident.engine import ConfirmationRequest
 from responder.tui.app import ResponderApp, TuiConfirmer
 from responder.tui.replay import FIXED_EPOCH, ReplaySession, demo_scenario, idle_scenario, namespace_obj
 from responder.tui.screens.confirm import ConfirmScreen, QuitScreen
@@ -103,7 +103,7 @@ async def test_ten_thousand_rows_change_in_place(make_app):
         table = app.query_one(TriageTable)
         structure = table._structure
         from responder.cluster.watch import MODIFIED, WatchEvent
-        from responder.engine import EngineEvent
+        from responder.incident.engine import EngineEvent
 
         for tenant, name in names[:1000]:
             session.emit_engine(EngineEvent("write", "detach", {"action": "detach", "target": name,
@@ -377,7 +377,7 @@ async def test_log_records_go_to_the_feed_not_the_terminal(make_app):
             assert terminal not in root.handlers, "no log line may tear the screen"
             async with app.run_test(size=(80, 24)) as pilot:
                 await started(app, pilot)
-                logging.getLogger("responder.observe").warning("watch on namespaces interrupted, reconnecting")
+                logging.getLogger("responder.incident.observe").warning("watch on namespaces interrupted, reconnecting")
                 await app.settle()
                 line = app.model.feed[-1]
                 assert line.alert and "watch on namespaces interrupted" in line.text

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
-from responder.engine import EngineEvent
+from responder.incident.engine import EngineEvent
 from responder.tui.replay import crd_obj, deployment_obj, namespace_obj, tenant_obj, webhook_obj
 from responder.tui.state import TuiState, capsule_version, format_journal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from responder import commands
+from responder.cli import respond as commands
 from responder.cli import build_parser
 from responder.errors import ResponderError
 from responder.tui import app as tui_app

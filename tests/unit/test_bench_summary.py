@@ -1,6 +1,6 @@
 """`responder bench contain`'s summary: medians over trials and the ratio to the httpx baseline."""
 
-from responder.bench import summarize
+from responder.drill.bench import summarize
 
 
 def _run(variant, trial, rate, first_ms, saved=1000):
@@ -36,12 +36,12 @@ def test_no_baseline_variant_means_no_ratio():
 
 
 def _sample(at, jiffies, idle, **cpu):
-    from responder.bench import CpuSample
+    from responder.drill.bench import CpuSample
     return CpuSample(at, jiffies, idle, cpu)
 
 
 def test_detach_window_cpu_cuts_to_the_window_and_reports_how_busy_the_machine_was():
-    from responder.bench import detach_window_cpu
+    from responder.drill.bench import detach_window_cpu
     samples = [_sample(9.0, 0, 0, **{"kube-apiserver": 0.0, "responder": 0.0}),      # before: ignored
                _sample(10.0, 1000, 100, **{"kube-apiserver": 5.0, "responder": 1.0}),
                _sample(11.0, 1200, 110, **{"kube-apiserver": 6.6, "responder": 1.4}),
@@ -55,7 +55,7 @@ def test_detach_window_cpu_cuts_to_the_window_and_reports_how_busy_the_machine_w
 
 
 def test_detach_window_cpu_scales_samples_that_bracket_part_of_the_window_and_skips_gone_processes():
-    from responder.bench import detach_window_cpu
+    from responder.drill.bench import detach_window_cpu
     samples = [_sample(10.5, 0, 0, **{"etcd": 1.0, "kube-apiserver": None}),
                _sample(11.5, 200, 0, **{"etcd": 1.5, "kube-apiserver": 3.0})]
     out = detach_window_cpu(samples, 10.0, 12.0, detached=1000, cores=2)
@@ -66,7 +66,7 @@ def test_detach_window_cpu_scales_samples_that_bracket_part_of_the_window_and_sk
 
 
 def test_detach_window_runs_from_the_first_detach_intent_to_its_last_answer():
-    from responder.bench import detach_window
+    from responder.drill.bench import detach_window
     records = [{"seq": 1, "kind": "intent", "action": "scale", "ts": "2026-11-30T10:00:00.000Z"},
                {"seq": 2, "kind": "intent", "action": "detach", "ts": "2026-11-30T10:00:01.000Z"},
                {"seq": 3, "kind": "intent", "action": "detach", "ts": "2026-11-30T10:00:01.100Z"},

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-from responder import triage
+from responder.incident import triage
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
                                        HOLD_OBJECT_PATHS, armed_hold_in_place, armed_hold_objects, exemption_condition,
                                        exemption_patch, fails_closed, guards_namespace_delete, hold_param_crd, holds_of,
                                        namespace_hold_objects, release_request)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
 from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
-from responder.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
+from responder.incident.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
 
 from .test_triage import PatchTestFailed, apply_patch
 

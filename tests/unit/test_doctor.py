@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import yaml
 
-from responder.doctor import (EXIT_CANNOT_CHECK, FINDING, INFO, OK, CheckResult, backup_covers, breaker_result,
+from responder.ops.doctor import (EXIT_CANNOT_CHECK, FINDING, INFO, OK, CheckResult, backup_covers, breaker_result,
                               capsule_version, crd_keep_result, exit_code, newest_backup_ages, permissions_result,
                               prevent_deletion_result, protection_result, render_table, tenant_namespaces,
                               velero_results)
-from responder.manifests import PERMISSIONS, access_checks, allows, rbac_rules
-from responder.protect import (ALLOW_DELETE_ANNOTATION, ProtectionStatus, policy_objects, protected_crds,
+from responder.ops.manifests import PERMISSIONS, access_checks, allows, rbac_rules
+from responder.ops.protect import (ALLOW_DELETE_ANNOTATION, ProtectionStatus, policy_objects, protected_crds,
                                protection_from)
 
 TENANT_CRD = "tenants.capsule.clastix.io"

@@ -11,9 +11,9 @@ import yaml
 
 from responder.cli import main
 from responder.cluster.watch import DELETED, MODIFIED, WatchEvent
-from responder.drill_bench import Tracker, table
-from responder.drill_target import check_target, target_guard
-from responder.scenarios import _policy_ops, breaker_hooks
+from responder.drill.cascade_bench import Tracker, table
+from responder.drill.existing import check_target, target_guard
+from responder.drill.scenarios import _policy_ops, breaker_hooks
 
 CONTEXTS = ["sandbox", "prod"]
 
@@ -118,7 +118,7 @@ def test_bench_rejects_bad_sizes(flag, capsys):
 
 
 def test_drill_options_record_no_backup():
-    from responder.drill import drill_options
+    from responder.drill.lab_drill import drill_options
 
     args = argparse.Namespace(scenario="tenant-mass-deletion", capsule="0.12", no_backup=True, target=None,
                               tenants=3, namespaces_per_tenant=3)

@@ -6,9 +6,9 @@ shown, what is journaled, and that a refused step does not run.
 
 from __future__ import annotations
 
-from responder.engine import ConfirmationRequest, Engine, EngineOptions, StepOutcome
+from responder.incident.engine import ConfirmationRequest, Engine, EngineOptions, StepOutcome
 from responder.errors import ApiError
-from responder.journal import Journal
+from responder.incident.journal import Journal
 from responder.runbook import ActionSpec, parse_runbook
 
 RUNBOOK = """

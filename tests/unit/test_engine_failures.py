@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from responder.engine import Engine, EngineOptions, StepOutcome, WriteRequest
+from responder.incident.engine import Engine, EngineOptions, StepOutcome, WriteRequest
 from responder.errors import ClusterUnreachable
-from responder.journal import Journal
+from responder.incident.journal import Journal
 from responder.runbook import ActionSpec, parse_runbook
 
 RUNBOOK = """

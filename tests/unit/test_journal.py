@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from responder.errors import JournalError
-from responder.journal import Journal, redact
+from responder.incident.journal import Journal, redact
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 REPO = Path(__file__).resolve().parents[2]
@@ -387,7 +387,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
         code = textwrap.dedent(f"""
             import sys
             from responder.errors import JournalError
-            from responder.journal import Journal
+            from responder.incident.journal import Journal
             try:
                 Journal.open({str(j.path)!r})
             except JournalError as exc:
@@ -403,7 +403,7 @@ def test_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from responder.journal import Journal
+from responder.incident.journal import Journal
 
 j = Journal.create(Path(sys.argv[1]), incident_id="inc-kill", meta={"child": True})
 i = 0

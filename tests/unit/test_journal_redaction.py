@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.journal import REDACTED, Journal, redact
+from responder.incident.journal import REDACTED, Journal, redact
 
 SECRET_NAMED = ["app-secret", "ci-token", "db-password", "secret", "token", "password"]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from responder.cli import main
-from responder.manifests import CONTENT_COUNTING, PERMISSIONS, rbac_manifests, rbac_rules
+from responder.ops.manifests import CONTENT_COUNTING, PERMISSIONS, rbac_manifests, rbac_rules
 
 REPO = Path(__file__).resolve().parents[2]
 CAPSULE = "capsule-controller-manager"
@@ -62,7 +62,7 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                        + [("responder.dev", "namespaceholds", "patch", "responder-namespace-hold")],
     "release-hold": HOLD_RELEASE_NEEDS,
 }
-# `responder undo`, per undo op (responder/commands.py::undo_journal).
+# `responder undo`, per undo op (responder/cli/respond.py::undo_journal).
 UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
     "scale": [("apps", "deployments/scale", "patch", CAPSULE)],
     "webhook-match-conditions": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", "x"),
@@ -73,7 +73,7 @@ UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                  ("capsule.clastix.io", "tenants", "get", "tenant-a")],
     "release-hold": HOLD_RELEASE_NEEDS,
 }
-# Not journaled: the watches (responder/observe.py), the preflight, doctor, the breaker probe, content counting.
+# Not journaled: the watches (responder/incident/observe.py), the preflight, doctor, the breaker probe, content counting.
 WATCH_NEEDS = [
     ("apiextensions.k8s.io", "customresourcedefinitions", "list", "tenants.capsule.clastix.io"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch", "tenants.capsule.clastix.io"),
@@ -109,7 +109,7 @@ CONTENT_NEEDS = [("", "configmaps", "list", None), ("", "secrets", "list", None)
 
 
 def covers(rules: list[dict], group: str, resource: str, verb: str, name: str | None) -> bool:
-    """RBAC matching, written independently of responder.manifests.allows."""
+    """RBAC matching, written independently of responder.ops.manifests.allows."""
     for rule in rules:
         if group not in rule["apiGroups"] and "*" not in rule["apiGroups"]:
             continue
@@ -137,7 +137,7 @@ def test_every_journal_action_is_in_the_table():
 
 def test_every_undo_op_is_in_the_table():
     ops = set(re.findall(r'undo=\{"op":\s*"([a-z][a-z0-9-]*)"', _actions_source()))
-    handled = set(re.findall(r'op == "([a-z][a-z0-9-]*)"', (REPO / "responder" / "commands.py").read_text()))
+    handled = set(re.findall(r'op == "([a-z][a-z0-9-]*)"', (REPO / "responder" / "cli" / "respond.py").read_text()))
     assert ops == set(UNDO_NEEDS) and handled == set(UNDO_NEEDS)
 
 

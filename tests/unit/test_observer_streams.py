@@ -12,7 +12,7 @@ import pytest
 
 from responder.cluster.watch import ADDED, SYNCED, WatchEvent
 from responder.errors import Forbidden, Unauthorized
-from responder.observe import ClusterObserver
+from responder.incident.observe import ClusterObserver
 
 
 class ScriptedStream:
@@ -56,7 +56,7 @@ async def test_a_stream_that_stops_after_its_first_list_is_restarted_and_reporte
     observer.restart_delay = 0.01
     seen: list[str] = []
     observer.subscribe(lambda e: seen.append(e.object["metadata"].get("name", "")) if e.type == ADDED else None)
-    with caplog.at_level(logging.WARNING, logger="responder.observe"):
+    with caplog.at_level(logging.WARNING, logger="responder.incident.observe"):
         await observer.start(sync_timeout=5)
         for _ in range(100):
             if seen:

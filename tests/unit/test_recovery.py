@@ -1,4 +1,4 @@
-"""Recovery decisions (responder/recovery.py) and the breaker patches recovery relies on: pure, no cluster."""
+"""Recovery decisions (responder/recovery/decisions.py) and the breaker patches recovery relies on: pure, no cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from responder import recovery
+from responder.recovery import decisions as recovery
 from responder.actions.breaker import (EXEMPTION_NAME, exemption_condition, exemption_patch,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from tests.unit.test_triage import PatchTestFailed, apply_patch

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from responder.cli import main
-from responder.journal import Journal
+from responder.incident.journal import Journal
 from responder.report import COLLAPSE_AFTER, build_report, render_markdown
 
 SECRET_VALUE = "s3cr3t-Pa55w0rd-SENTINEL"

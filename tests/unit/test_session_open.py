@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.detect import Trigger
+from responder.incident.detect import Trigger
 from responder.errors import ConfigError, ResponderError
-from responder.session import Session, SessionOptions, check_journal_dir, resolve_runbook
+from responder.response.session import Session, SessionOptions, check_journal_dir, resolve_runbook
 
 from .kubeconfigs import unreachable_kubeconfig
 
@@ -53,8 +53,8 @@ def _namespace(name: str, tenant: str) -> dict:
 
 
 async def test_the_snapshot_is_taken_at_opening_and_journaled_once_the_first_write_is_on_its_way(tmp_path: Path):
-    from responder.engine import EngineEvent
-    from responder.journal import Journal
+    from responder.incident.engine import EngineEvent
+    from responder.incident.journal import Journal
 
     session = Session(load_cluster_access(str(unreachable_kubeconfig(tmp_path))),
                       SessionOptions(runbook=resolve_runbook(None), journal_dir=tmp_path / "incidents"))

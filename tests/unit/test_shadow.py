@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.shadow import Shadow, write_atomically
+from responder.incident.shadow import Shadow, write_atomically
 
 
 def _namespace(name: str, tenant: str) -> dict:

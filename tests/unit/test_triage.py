@@ -1,4 +1,4 @@
-"""Unit tests for responder.triage: pure decisions over observed objects, no cluster."""
+"""Unit tests for responder.incident.triage: pure decisions over observed objects, no cluster."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from responder.triage import (
+from responder.incident.triage import (
     BUILTIN_PROTECTED,
     ClusterView,
     NamespaceTriage,

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
-from responder.engine import ConfirmationRequest
+from responder.incident.engine import ConfirmationRequest
 
 MAX_LISTED = 8
 

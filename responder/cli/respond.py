@@ -16,15 +16,15 @@ from typing import Any
 
 import yaml
 
-from responder import triage
+from responder.incident import triage
 from responder.actions.breaker import holds_of, release_request, restore_match_conditions_patch
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.engine import EngineEvent
+from responder.incident.engine import EngineEvent
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden, NotFound, Unauthorized
-from responder.journal import Journal, open_incident_journal
-from responder.observe import CapsuleTarget
-from responder.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
+from responder.incident.journal import Journal, open_incident_journal
+from responder.incident.observe import CapsuleTarget
+from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 
 
 def cluster_flags() -> argparse.ArgumentParser:
@@ -243,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         options.journal_dir = journal_dir
 
     async def open_manual_incident(session: Session) -> None:
-        from responder.detect import Trigger
+        from responder.incident.detect import Trigger
 
         if journal is not None:
             session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)

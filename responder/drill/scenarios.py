@@ -22,7 +22,7 @@ from responder.actions.breaker import fails_closed, guards_namespace_delete, web
 from responder.cluster.client import JSON_PATCH, KubeClient
 from responder.errors import LabError
 from responder.lab.incident import delete_tenant_crd
-from responder.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
 
 CRD_DELETION = "crd-deletion"
 TENANT_MASS_DELETION = "tenant-mass-deletion"

@@ -7,7 +7,7 @@ DELETE of the CRD itself: a ValidatingAdmissionPolicy (admissionregistration.k8s
 1.30) evaluated in the API server, with no webhook to be down, refuses it unless the CRD carries the
 annotation ALLOW_DELETE_ANNOTATION="true", which makes a deliberate deletion a two-step act.
 
-One policy and one binding, both named PROTECT_POLICY (responder.manifests, where the RBAC for them lives).
+One policy and one binding, both named PROTECT_POLICY (responder.ops.manifests, where the RBAC for them lives).
 Writes are server-side apply through KubeClient (fieldManager responder; dryRun=All with --dry-run).
 
 The armed hold (responder.actions.breaker.armed_hold_objects): a second policy and binding, dormant,
@@ -32,7 +32,7 @@ from responder.cluster.client import APPLY_PATCH, KubeClient
 from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, hold_param_crd, read_armed_hold
 from responder.cluster.discovery import CRD_PATH, wait_crd_established
 from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
-from responder.manifests import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
+from responder.ops.manifests import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
 
 ALLOW_DELETE_ANNOTATION = "responder.dev/allow-delete"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
-from responder.shadow import Shadow
+from responder.incident.shadow import Shadow
 from responder.errors import ApiError, ClusterUnreachable
 
 log = logging.getLogger(__name__)

@@ -14,22 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.actions import ACTIONS, action_specs
 from responder.actions.breaker import read_armed_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
-from responder.detect import Detector, Trigger, late_start_trigger
-from responder.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
+from responder.incident.detect import Detector, Trigger, late_start_trigger
+from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
-from responder.journal import Journal
-from responder.observe import CapsuleTarget, ClusterObserver
+from responder.incident.journal import Journal
+from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
-from responder.shadow import Shadow
+from responder.incident.shadow import Shadow
 
 log = logging.getLogger(__name__)
 
-REPO_RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
+REPO_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 DEFAULT_RUNBOOK = "capsule-tenant-crd-deletion.yaml"
 
 

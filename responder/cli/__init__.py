@@ -23,15 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="Incident response for Capsule multi-tenant clusters.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from responder import bench, commands, doctor, drill, manifests, protect, report
+    from responder import report
+    from responder.cli import respond
+    from responder.drill import bench, lab_drill
+    from responder.ops import doctor, manifests, protect
     from responder.lab import cli as lab_cli
 
-    commands.add_parsers(sub)
+    respond.add_parsers(sub)
     report.add_parser(sub)
     manifests.add_parser(sub)
     doctor.add_parser(sub)
     protect.add_parser(sub)
-    drill.add_parser(sub)
+    lab_drill.add_parser(sub)
     bench.add_parser(sub)
     lab_cli.add_parser(sub)
     return parser

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 
 _STRIP_META = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "selfLink")
 

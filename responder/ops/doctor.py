@@ -2,7 +2,7 @@
 
 Checks (each a CheckResult: ok, finding or info):
   permissions    one SelfSubjectAccessReview per (verb, group, resource[/subresource]) of responder's role,
-                 from the same table as `responder manifests rbac` (responder.manifests.access_checks); what
+                 from the same table as `responder manifests rbac` (responder.ops.manifests.access_checks); what
                  is denied is printed as a ClusterRole fragment
   capsule        the controller Deployment and Capsule's version (from its image tag)
   breaker        a Capsule webhook that matches namespace DELETEs with failurePolicy Fail: what makes
@@ -33,16 +33,16 @@ from typing import Any
 
 import yaml
 
-from responder import triage
+from responder.incident import triage
 from responder.actions.breaker import fails_closed, guards_namespace_delete, read_armed_hold
 from responder.cluster.client import KubeClient
-from responder.commands import positive_number
+from responder.cli.respond import positive_number
 from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
                              ResponderError)
-from responder.manifests import (DEFAULT_VELERO_NAMESPACE, AccessCheck, access_checks, missing_role,
+from responder.ops.manifests import (DEFAULT_VELERO_NAMESPACE, AccessCheck, access_checks, missing_role,
                                  missing_rules)
-from responder.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
-from responder.protect import ProtectionStatus, protected_crds, read_protection
+from responder.incident.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
+from responder.ops.protect import ProtectionStatus, protected_crds, read_protection
 
 EXIT_READY = EXIT_OK
 EXIT_FINDINGS = EXIT_NOT_CONTAINED  # 1: findings remain
@@ -293,7 +293,7 @@ async def _guarded(name: str, results: list[CheckResult], coro) -> None:
 
 
 async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, Any]:
-    from responder.session import whoami
+    from responder.response.session import whoami
 
     try:
         identity = await whoami(client)
@@ -374,7 +374,7 @@ positive_hours = positive_number("hours")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from responder.commands import cluster_flags
+    from responder.cli.respond import cluster_flags
 
     p = sub.add_parser("doctor", parents=[cluster_flags()],
                        help="before an incident: check permissions, Capsule's breaker, Velero, CRD protection")

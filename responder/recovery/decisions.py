@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 
 TENANT_API_VERSION = "capsule.clastix.io/v1beta2"
 SCHEDULE_LABEL = "velero.io/schedule-name"

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from responder.cluster.client import KubeClient
 from responder.errors import ApiError, JournalError, ResponderError
-from responder.journal import Journal
-from responder.observe import ClusterObserver
+from responder.incident.journal import Journal
+from responder.incident.observe import ClusterObserver
 from responder.runbook.schema import ActionSpec, Runbook, Step
 
 log = logging.getLogger(__name__)

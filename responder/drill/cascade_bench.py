@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, ResourceWatch, events_into
 from responder.errors import EXIT_OK, ConfigError
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd, read_audit
 from responder.lab.seed import SEED_LABEL, TENANT_API, seed, wait_tenants_reconciled
 
-NAIVE_SCRIPT = Path(__file__).resolve().parent / "lab" / "naive_runbook.sh"
+NAIVE_SCRIPT = Path(__file__).resolve().parents[1] / "lab" / "naive_runbook.sh"
 VARIANTS = ("none", "naive", "responder")
 PER_TENANT = 20
 

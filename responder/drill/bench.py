@@ -34,9 +34,9 @@ from responder.lab import processes
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.manifests import HOLD_PARAM_KIND, HOLD_POLICY
-from responder.protect import arm_hold
-from responder.session import Session, SessionOptions, resolve_runbook
+from responder.ops.manifests import HOLD_PARAM_KIND, HOLD_POLICY
+from responder.ops.protect import arm_hold
+from responder.response.session import Session, SessionOptions, resolve_runbook
 
 VARIANTS = {
     # name: (bulk-write HTTP/1.1 pool connections, 0 = through httpx), httpx HTTP/2?, httpx connections,

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, TYPE_GONE, WatchEvent
 
 CRD_DELETING = "crd-deleting"

@@ -21,7 +21,7 @@ from responder.actions.breaker import holds_of, release_request
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess, list_contexts, load_cluster_access
 from responder.errors import ConfigError
-from responder.scenarios import TENANTS_PATH
+from responder.drill.scenarios import TENANTS_PATH
 
 DRILL_LABEL = "responder.dev/drill"
 
@@ -157,7 +157,7 @@ async def cleanup(admin: KubeClient, drill_id: str, *, incident: str | None = No
 def drill_journal_dir(journal: str | None):
     from pathlib import Path
 
-    from responder.session import default_journal_dir
+    from responder.response.session import default_journal_dir
 
     return Path(journal) if journal else default_journal_dir()
 
@@ -171,10 +171,10 @@ def cmd_drill_existing(args) -> int:
     """The drill on the cluster of --kubeconfig/--context, guarded by --target, cleaned up at the end."""
     import sys
 
-    from responder.commands import emit
-    from responder.drill import drill_options, print_scorecard, run_drill
+    from responder.cli.respond import emit
+    from responder.drill.lab_drill import drill_options, print_scorecard, run_drill
     from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
-    from responder.scenarios import restore
+    from responder.drill.scenarios import restore
 
     decision = check_target(args.kubeconfig, args.context, args.target)
     if not decision.allowed:

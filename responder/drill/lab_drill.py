@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from responder import triage
+from responder.incident import triage
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.commands import HeadlessPrinter, emit
+from responder.cli.respond import HeadlessPrinter, emit
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE
 from responder.lab.control_plane import Lab, bind_cluster_admin
 from responder.lab.seed import seed
-from responder.session import Session, SessionOptions, recovery_summary, resolve_runbook
+from responder.response.session import Session, SessionOptions, recovery_summary, resolve_runbook
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,9 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_drill_options(drill: argparse.ArgumentParser) -> None:
-    """Scenario, existing-cluster and bench flags (responder/scenarios.py, drill_target.py, drill_bench.py)."""
-    from responder.drill_bench import add_bench_arguments
-    from responder.scenarios import CRD_DELETION, SCENARIOS
+    """Scenario, existing-cluster and bench flags (responder/drill/scenarios.py, drill_target.py, drill_bench.py)."""
+    from responder.drill.cascade_bench import add_bench_arguments
+    from responder.drill.scenarios import CRD_DELETION, SCENARIOS
 
     drill.add_argument("--scenario", choices=SCENARIOS, default=CRD_DELETION,
                        help="crd-deletion (default), tenant-mass-deletion (every Tenant deleted at once), "
@@ -60,11 +60,11 @@ def add_drill_options(drill: argparse.ArgumentParser) -> None:
 
 def cmd_drill(args: argparse.Namespace) -> int:
     if getattr(args, "bench", False):
-        from responder.drill_bench import cmd_drill_bench
+        from responder.drill.cascade_bench import cmd_drill_bench
 
         return cmd_drill_bench(args)
     if args.kubeconfig or args.context or args.target:
-        from responder.drill_target import cmd_drill_existing
+        from responder.drill.existing import cmd_drill_existing
 
         return cmd_drill_existing(args)
     state_dir = args.state_dir or (Lab().dir.parent / "drill-lab")
@@ -107,7 +107,7 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
     """`lab` is the embedded Lab or a drill_target.ExistingCluster (admin_client, state, ...);
     `progress` gets the scenario's fault injection as soon as it is made (to undo it even on failure);
     `tui`: responder runs in its Textual app (the operator watches, then quits to see the scorecard)."""
-    from responder import scenarios
+    from responder.drill import scenarios
 
     out = sys.stderr
     async with lab.admin_client() as admin:
@@ -125,7 +125,7 @@ async def run_drill(lab: Any, *, tenants: int, per_tenant: int, observe: float, 
             await bind_cluster_admin(admin, "responder")
             access = load_cluster_access(str(responder_kubeconfig))
             # Set up as `responder doctor` recommends: the namespace hold armed ahead of the incident.
-            from responder.protect import arm_hold
+            from responder.ops.protect import arm_hold
 
             await arm_hold(admin)
             print("drill: namespace hold armed (responder protect --only hold)", file=out, flush=True)
@@ -325,7 +325,7 @@ _INCIDENT = {"crd-deletion": "deleting the Tenant CRD", "tenant-mass-deletion": 
 
 async def _live_tenants(admin: Any) -> dict[str, dict[str, Any]]:
     """Tenants that exist and are not being deleted (uid -> Tenant); none if the type is gone."""
-    from responder.scenarios import TENANTS_PATH
+    from responder.drill.scenarios import TENANTS_PATH
 
     try:
         listing = await admin.list_all(TENANTS_PATH)

@@ -1,0 +1,1 @@
+"""Practice and measurement: drills on the embedded lab or an existing cluster, scenarios, benchmarks."""

@@ -1,0 +1,1 @@
+"""The operator's commands before an incident: RBAC manifests, doctor, protect."""

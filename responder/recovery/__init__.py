@@ -1,0 +1,1 @@
+"""Recovery's decisions, as pure functions over observed objects and backups."""
