@@ -27,9 +27,9 @@ from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.incident.engine import StepContext, StepOutcome
 from responder.errors import ApiError
-from responder.ops.manifests import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
-                                 HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
-                                 HOLD_POLICY)
+from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
+                             HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
+                             HOLD_POLICY)
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     from responder import report
     from responder.cli import respond
-    from responder.drill import bench, lab_drill
+    from responder.drill import bench, command as drill_command
     from responder.ops import doctor, manifests, protect
     from responder.lab import cli as lab_cli
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_parser(sub)
     doctor.add_parser(sub)
     protect.add_parser(sub)
-    lab_drill.add_parser(sub)
+    drill_command.add_parser(sub)
     bench.add_parser(sub)
     lab_cli.add_parser(sub)
     return parser

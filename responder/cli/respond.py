@@ -4,59 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from responder.incident import triage
-from responder.actions.breaker import holds_of, release_request, restore_match_conditions_patch
-from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
+from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.incident.engine import EngineEvent
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden, NotFound, Unauthorized
-from responder.incident.journal import Journal, open_incident_journal
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ConfigError
+from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
+from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
+from responder.response.plan import build_plan, print_plan_table
 from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
-
-
-def cluster_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, merged, or ~/.kube/config)")
-    common.add_argument("--context", help="the kubeconfig context to use")
-    common.add_argument("--capsule-namespace", default="capsule-system")
-    common.add_argument("--capsule-deployment", default="capsule-controller-manager")
-    common.add_argument("--velero-namespace", default="velero")
-    common.add_argument("--protect", action="append", default=[], metavar="NAMESPACE",
-                        help="never touch this namespace (repeatable; also $RESPONDER_PROTECTED, comma-separated)")
-    common.add_argument("--journal", type=Path, default=None, metavar="DIR",
-                        help="where incident journals and the shadow copy live (default ~/.local/state/responder/incidents)")
-    return common
-
-
-def positive_number(unit: str) -> Callable[[str], float]:
-    """An argparse type: a finite number of `unit` above 0."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a number of {unit} above 0, got {text!r}")
-        return value
-
-    parse.__name__ = f"positive_{unit}"  # argparse names the type in its error messages
-    return parse
-
-
-positive_seconds = positive_number("seconds")
+from responder.response.undo import undo_journal
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -104,37 +67,6 @@ def session_options(args: argparse.Namespace, *, runbook: str | None, dry_run: b
                           capsule=CapsuleTarget(args.capsule_namespace, args.capsule_deployment),
                           velero_namespace=args.velero_namespace, extra_protected=extra,
                           contain_only=bool(getattr(args, "contain_only", False)))
-
-
-def emit(data: Any, fmt: str | None) -> None:
-    if fmt == "yaml":
-        print(yaml.safe_dump(data, sort_keys=False), end="")
-    else:
-        print(json.dumps(data, indent=2))
-
-
-class HeadlessPrinter:
-    """One line per engine event on stderr: what an on-call engineer tails in a CI log."""
-
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-
-    def __call__(self, event: EngineEvent) -> None:
-        stamp = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
-        d = dict(event.data)
-        if event.kind == "step-started":
-            line = f"step {event.step}: started ({d.get('action')})"
-        elif event.kind == "step-finished":
-            line = f"step {event.step}: {d.get('status')} - {d.get('summary', '')}"
-        elif event.kind == "step-progress":
-            line = f"step {event.step}: {d.get('done')}/{d.get('total')} {d.get('note', '')}".rstrip()
-        elif event.kind == "log":
-            line = f"step {event.step}: {d.get('level', 'info').upper()}: {d.get('message')}"
-        elif event.kind == "confirm":
-            line = f"step {event.step}: needs confirmation: {d.get('summary')} (run with --yes to pre-confirm)"
-        else:
-            return
-        print(f"{stamp} {line}", file=self.stream, flush=True)
 
 
 async def _headless_confirm(request) -> bool:
@@ -275,65 +207,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_plan(session: Session) -> dict[str, Any]:
-    from responder.actions.breaker import fails_closed, guards_namespace_delete
-
-    view = session.view()
-    rows = triage.triage(view)
-    hooks = session.observer.capsule_webhooks()
-    guarding = [f"{k}/{o['metadata']['name']}:{h['name']}" for k, o in hooks for h in o.get("webhooks") or []
-                if guards_namespace_delete(h) and fails_closed(h)]
-    deployment = next(iter(session.observer.objects("deployment")), None)
-    replicas = (deployment or {}).get("spec", {}).get("replicas") if deployment else None
-    at_risk = [r for r in rows if r.state == triage.NsState.AT_RISK]
-    terminating = [r for r in rows if r.state == triage.NsState.TERMINATING]
-    held = [t["metadata"]["name"] for t in view.tenants.values() if t["metadata"].get("deletionTimestamp")]
-    steps = []
-    for step in session.runbook.steps:
-        if step.action == "trip-breaker":
-            what = (f"scale {session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} "
-                    f"to 0; exempt {session.identity} in {len(hooks)} Capsule webhook configurations"
-                    if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
-            what += ("; mark the armed namespace hold" if session.hold_not_armed is None
-                     else f"; create the namespace hold (not armed: {session.hold_not_armed})")
-        elif step.action == "detach-namespaces":
-            what = f"detach {len(at_risk)} at-risk namespaces"
-        elif step.action == "release-tenant-finalizers":
-            what = f"release {len(held)} terminating Tenants once their namespaces are detached"
-        elif step.action == "handle-terminating":
-            what = f"report content of {len(terminating)} Terminating namespaces; finalize the empty ones"
-        else:
-            what = step.description
-        steps.append({"id": step.id, "phase": step.phase, "action": step.action, "would": what})
-    return {
-        "context": session.access.context, "identity": session.identity,
-        "tenant_crd": "deleting" if view.crd_deleting else ("present" if view.crd_present else "absent"),
-        "tenants": len(view.tenants), "capsule_replicas": replicas, "breaker_webhooks": guarding,
-        "hold_armed": session.hold_not_armed is None,
-        "counts": triage.count_by_state(rows),
-        "namespaces": [{"name": r.name, "tenant": r.tenant, "state": r.state.value, "reason": r.reason}
-                       for r in rows if r.state != triage.NsState.SAFE or r.tenant],
-        "steps": steps,
-    }
-
-
-def print_plan_table(plan: dict[str, Any]) -> None:
-    print(f"context {plan['context']}  identity {plan['identity']}  Tenant CRD {plan['tenant_crd']}  "
-          f"Tenants {plan['tenants']}  Capsule replicas {plan['capsule_replicas']}  "
-          f"hold {'armed' if plan.get('hold_armed') else 'not armed'}")
-    print("counts: " + ", ".join(f"{k}={v}" for k, v in plan["counts"].items() if v))
-    rows = plan["namespaces"]
-    if rows:
-        w1 = max(9, *(len(r["name"]) for r in rows))
-        w2 = max(6, *(len(r["tenant"] or "") for r in rows))
-        print(f"{'NAMESPACE':<{w1}}  {'TENANT':<{w2}}  {'STATE':<11}  REASON")
-        for r in rows:
-            print(f"{r['name']:<{w1}}  {(r['tenant'] or '-'):<{w2}}  {r['state']:<11}  {r['reason']}")
-    print("plan:")
-    for s in plan["steps"]:
-        print(f"  {s['id']:<18} {s['would']}")
-
-
 def cmd_undo(args: argparse.Namespace) -> int:
     journal = open_incident_journal(args.journal_file)
     try:
@@ -360,131 +233,4 @@ def cmd_undo(args: argparse.Namespace) -> int:
     emit(result, args.output)
     return EXIT_OK if not result["failed"] and not result["unknown"] else EXIT_NOT_CONTAINED
 
-
-async def undo_journal(client: KubeClient, journal: Journal) -> dict[str, Any]:
-    """Revert, newest first, what the journal says is reversible; each undo is journaled too."""
-    undone, skipped, failed, unknown = [], [], [], []
-    plan = journal.undo_plan()
-    hold_entries = [e for e in plan if _undoes_the_hold(e)]  # by what the cluster holds, below
-    # Writes whose answer never came (a crash, a cut connection, a resent write refused by its guard)
-    # may have been applied: each is undone only where the cluster shows it was.
-    unanswered = [{"intent": r["seq"], "target": r["target"], "undo": r["undo"], "request": r.get("request") or {},
-                   "unanswered": True}
-                  for r in journal.pending()
-                  if r.get("undo") and not r.get("dry_run") and r.get("step") != "undo"
-                  and not _undoes_the_hold({"undo": r["undo"]})]
-    entries = sorted([e for e in plan if e not in hold_entries] + unanswered, key=lambda e: -e["intent"])
-    for entry in entries:
-        payload = entry["undo"] or {}
-        op = payload.get("op")
-        if entry.get("unanswered") and op not in ("scale", "webhook-match-conditions", "reattach"):
-            unknown.append({"target": entry["target"], "op": op,
-                            "reason": "its answer never came: check by hand whether it was applied"})
-            continue
-        seq = journal.intent("undo", f"undo-{op}", entry["target"], request={"undo_of": entry["intent"]})
-        try:
-            if op == "scale":
-                reason = await _scale_back(client, payload, entry) if entry.get("unanswered") else None
-                if reason:
-                    journal.outcome(seq, "skipped", detail=reason)
-                    skipped.append({"target": entry["target"], "reason": reason})
-                    continue
-                await client.patch(payload["path"], {"spec": {"replicas": payload["replicas"]}}, patch_type=MERGE_PATCH)
-            elif op == "webhook-match-conditions":
-                await _restore_match_conditions(client, payload)
-            elif op == "reattach":
-                reason = await _reattach(client, payload)
-                if reason:
-                    journal.outcome(seq, "skipped", detail=reason)
-                    skipped.append({"target": entry["target"], "reason": reason})
-                    continue
-            else:
-                journal.outcome(seq, "skipped", detail=f"no undo for {op}")
-                skipped.append({"target": entry["target"], "reason": f"no undo for {op}"})
-                continue
-        except ApiError as exc:
-            journal.outcome(seq, "failed", detail=f"{exc.status} {exc.api_message[:200]}")
-            if isinstance(exc, (Forbidden, Unauthorized)):
-                raise  # every other undo would be refused too: stop, exit 4 with the fix
-            failed.append({"target": entry["target"], "error": exc.api_message[:200]})
-            continue
-        journal.outcome(seq, "ok")
-        journal.mark_undone(entry["intent"])
-        undone.append({"op": op, "target": entry["target"]})
-    # The namespace hold by what the cluster holds, not by the journal: a crash between its POST and the
-    # journaled answer leaves it out of the undo plan, and a later incident may have taken it over.
-    hold_failed = False
-    for kind, obj in (await holds_of(client, journal.incident_id)).items():
-        target = f"{kind}/{obj['metadata']['name']}"
-        method, path, body, content_type = release_request(kind, obj)
-        seq = journal.intent("undo", "undo-release-hold", target, request={"method": method, "path": path})
-        try:
-            await client.request(method, path, body=body, content_type=content_type)
-        except NotFound:
-            pass
-        except ApiError as exc:
-            journal.outcome(seq, "failed", detail=f"{exc.status} {exc.api_message[:200]}")
-            if isinstance(exc, (Forbidden, Unauthorized)):
-                raise
-            failed.append({"target": target, "error": exc.api_message[:200]})
-            hold_failed = True
-            continue
-        journal.outcome(seq, "ok")
-        undone.append({"op": "release-hold", "target": target})
-    if not hold_failed:
-        for entry in hold_entries:
-            journal.mark_undone(entry["intent"])
-    return {"journal": str(journal.path), "undone": undone, "skipped": skipped, "failed": failed, "unknown": unknown}
-
-
-async def _scale_back(client: KubeClient, payload: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """For a scale write whose answer never came: None if the cluster shows it applied (undo it),
-    else why not."""
-    wanted = ((entry["request"].get("body") or {}).get("spec") or {}).get("replicas")
-    current = await client.get_or_none(payload["path"])
-    if current is None:
-        return "the Deployment is gone"
-    replicas = (current.get("spec") or {}).get("replicas", 0)  # a Scale at 0 omits it
-    if wanted is None or replicas != wanted:
-        return f"not applied: replicas are {replicas}, the unanswered write asked for {wanted}"
-    return None
-
-
-def _undoes_the_hold(entry: dict[str, Any]) -> bool:
-    op = (entry["undo"] or {}).get("op")
-    return op == "release-hold"
-
-
-async def _restore_match_conditions(client: KubeClient, payload: dict[str, Any]) -> None:
-    current = await client.get(payload["path"])
-    ops = restore_match_conditions_patch(current, payload["webhooks"])
-    if ops:
-        await client.patch(payload["path"], ops, patch_type=JSON_PATCH)
-
-
-async def _reattach(client: KubeClient, payload: dict[str, Any]) -> str | None:
-    """Put removed Tenant references back, but only where the Tenant is alive with the same UID:
-    a reference to a gone Tenant would make the garbage collector delete the namespace."""
-    ns = await client.get_or_none(f"/api/v1/namespaces/{payload['namespace']}")
-    if ns is None or ns["metadata"].get("uid") != payload.get("uid"):
-        return "namespace gone or replaced"
-    refs = []
-    carried = {r.get("uid") for r in ns["metadata"].get("ownerReferences") or []}
-    for ref in payload.get("ownerReferences") or []:
-        if ref.get("uid") in carried:
-            continue  # still there (a detach whose answer never came and that was not applied)
-        tenant = await client.get_or_none(f"/apis/capsule.clastix.io/v1beta2/tenants/{ref['name']}")
-        if tenant is None or tenant["metadata"].get("uid") != ref.get("uid") or tenant["metadata"].get("deletionTimestamp"):
-            return f"Tenant {ref['name']} is gone or being deleted: re-attaching would get the namespace deleted"
-        refs.append(ref)
-    if not refs:
-        return "nothing to re-attach"
-    existing = ns["metadata"].get("ownerReferences")
-    ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": payload["uid"]}]
-    if existing is None:
-        ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": refs})
-    else:
-        ops.extend({"op": "add", "path": "/metadata/ownerReferences/-", "value": r} for r in refs)
-    await client.patch(f"/api/v1/namespaces/{payload['namespace']}", ops, patch_type=JSON_PATCH)
-    return None
 

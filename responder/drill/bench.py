@@ -31,10 +31,11 @@ from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_OK, ApiError, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab import processes
-from responder.lab.control_plane import Lab, bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
+from responder.lab.control_plane import Lab
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.ops.manifests import HOLD_PARAM_KIND, HOLD_POLICY
+from responder.names import HOLD_PARAM_KIND, HOLD_POLICY
 from responder.ops.protect import arm_hold
 from responder.response.session import Session, SessionOptions, resolve_runbook
 

@@ -38,7 +38,8 @@ from typing import Any
 from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, ResourceWatch, events_into
 from responder.errors import EXIT_OK, ConfigError
-from responder.lab.control_plane import Lab, bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
+from responder.lab.control_plane import Lab
 from responder.lab.incident import delete_tenant_crd, read_audit
 from responder.lab.seed import SEED_LABEL, TENANT_API, seed, wait_tenants_reconciled
 

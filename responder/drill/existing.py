@@ -171,7 +171,7 @@ def cmd_drill_existing(args) -> int:
     """The drill on the cluster of --kubeconfig/--context, guarded by --target, cleaned up at the end."""
     import sys
 
-    from responder.cli.respond import emit
+    from responder.response.console import emit
     from responder.drill.lab_drill import drill_options, print_scorecard, run_drill
     from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
     from responder.drill.scenarios import restore

@@ -19,12 +19,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from responder.cluster.client import APPLY_PATCH, KubeClient
-from responder.cluster.discovery import Discovery, wait_crd_established
+from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import processes
 from responder.lab import velero as lab_velero
+from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
 from responder.lab.capsule import (CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
                                    objects_to_apply, render_chart)
@@ -34,7 +34,6 @@ from responder.lab.processes import ProcessRecord
 LAB_CONTEXT = "responder-lab"
 CAPSULE_HEALTH_PORT = 10080  # hard-coded in Capsule: one lab per machine
 ADMIN_USER = "lab-admin"
-LAB_FIELD_MANAGER = "responder-lab"
 KCM_CONTROLLERS = "garbagecollector,namespace,deployment,replicaset,serviceaccount,clusterrole-aggregation"
 
 AUDIT_POLICY = {
@@ -402,33 +401,3 @@ class Lab:
                 await asyncio.sleep(0.2)
         raise LabError(f"Capsule did not become ready in {timeout:.0f}s: {last}",
                        fix=f"see {self.logs / 'capsule.log'} and {self.logs / 'kubelet.log'}")
-
-
-async def apply_objects(client: KubeClient, objs: list[dict[str, Any]]) -> None:
-    """Server-side apply as the lab's field manager."""
-    discovery = Discovery(client)
-    for obj in objs:
-        res = await discovery.resource_for(obj["apiVersion"], obj["kind"])
-        meta = obj["metadata"]
-        path = res.object_path(meta["name"], meta.get("namespace") if res.namespaced else None)
-        await client.request("PATCH", path, body=obj, content_type=APPLY_PATCH,
-                             params={"fieldManager": LAB_FIELD_MANAGER, "force": "true"})
-
-
-async def wait_crds_established(client: KubeClient, names: list[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = [name for name in names
-               if not await wait_crd_established(client, name, max(0.0, deadline - time.monotonic()))]
-    if pending:
-        raise LabError(f"CRDs not established: {', '.join(sorted(pending))}", fix="check kube-apiserver.log")
-
-
-
-async def bind_cluster_admin(client: KubeClient, user: str) -> None:
-    """Bind a lab user to cluster-admin (idempotent: server-side apply). Least privilege is
-    `responder manifests rbac`; drills and benchmarks use the broad role."""
-    await apply_objects(client, [{
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": f"{user}-cluster-admin"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}])

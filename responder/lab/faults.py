@@ -25,7 +25,8 @@ from responder.cluster.kubeconfig import load_cluster_access
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, ResourceWatch, events_into
 from responder.errors import ApiError, LabError
 from responder.lab import processes
-from responder.lab.control_plane import Lab, apply_objects
+from responder.lab.apply import apply_objects
+from responder.lab.control_plane import Lab
 
 # -- kube-apiserver ---------------------------------------------------------------------------------
 

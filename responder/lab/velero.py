@@ -12,8 +12,9 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import httpx
 import yaml
@@ -22,8 +23,19 @@ from responder.cluster.client import KubeClient
 from responder.errors import ApiError, LabError
 from responder.lab import processes
 
-if TYPE_CHECKING:
-    from responder.lab.control_plane import Lab
+
+class LabHost(Protocol):
+    """What Velero's set-up needs of the lab it joins (responder.lab.control_plane.Lab, which calls it)."""
+
+    dir: Path
+    logs: Path
+
+    def _record(self, state: dict[str, Any], record: processes.ProcessRecord) -> None: ...
+    def _wait(self, what: str, check: Callable[[], bool], timeout: float,
+              record: processes.ProcessRecord | None = None) -> None: ...
+    def admin_client(self, **kwargs: Any) -> KubeClient: ...
+    def write_kubeconfig(self, path: Path, user: str, **kwargs: Any) -> None: ...
+
 
 VELERO_NAMESPACE = "velero"
 VELERO_SERVICE_ACCOUNT = "velero"
@@ -55,7 +67,7 @@ def crd_objects(velero: Path) -> list[dict[str, Any]]:
     return [i for i in items if i.get("kind") == "CustomResourceDefinition"]
 
 
-def start_object_store(lab: "Lab", state: dict[str, Any]) -> None:
+def start_object_store(lab: LabHost, state: dict[str, Any]) -> None:
     """moto's S3 server on loopback, with Velero's bucket."""
     port = state["ports"]["s3"]
     import importlib.util
@@ -74,9 +86,9 @@ def start_object_store(lab: "Lab", state: dict[str, Any]) -> None:
                        fix=f"see {lab.logs / 's3.log'}")
 
 
-async def install(lab: "Lab", state: dict[str, Any], velero: Path, out: TextIO) -> None:
+async def install(lab: LabHost, state: dict[str, Any], velero: Path, out: TextIO) -> None:
     """CRDs, namespace, ServiceAccount and its kubeconfig, the storage location."""
-    from responder.lab.control_plane import apply_objects, wait_crds_established
+    from responder.lab.apply import apply_objects, wait_crds_established
 
     crds = await asyncio.to_thread(crd_objects, velero)
     async with lab.admin_client() as client:
@@ -130,7 +142,7 @@ def backup_storage_location(s3_port: int) -> dict[str, Any]:
     }
 
 
-def start_server(lab: "Lab", state: dict[str, Any], velero: Path, plugin: Path) -> None:
+def start_server(lab: LabHost, state: dict[str, Any], velero: Path, plugin: Path) -> None:
     plugins = lab.dir / "velero-plugins"
     plugins.mkdir(exist_ok=True)
     link = plugins / plugin.name

@@ -36,11 +36,11 @@ import yaml
 from responder.incident import triage
 from responder.actions.breaker import fails_closed, guards_namespace_delete, read_armed_hold
 from responder.cluster.client import KubeClient
-from responder.cli.respond import positive_number
+from responder.response.console import positive_number
 from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
                              ResponderError)
-from responder.ops.manifests import (DEFAULT_VELERO_NAMESPACE, AccessCheck, access_checks, missing_role,
-                                 missing_rules)
+from responder.names import DEFAULT_VELERO_NAMESPACE
+from responder.ops.manifests import AccessCheck, access_checks, missing_role, missing_rules
 from responder.incident.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
 from responder.ops.protect import ProtectionStatus, protected_crds, read_protection
 
@@ -374,7 +374,7 @@ positive_hours = positive_number("hours")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from responder.cli.respond import cluster_flags
+    from responder.response.console import cluster_flags
 
     p = sub.add_parser("doctor", parents=[cluster_flags()],
                        help="before an incident: check permissions, Capsule's breaker, Velero, CRD protection")

@@ -29,32 +29,15 @@ from typing import Any
 import yaml
 
 from responder.errors import ConfigError
+from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
+                             HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
+                             PROTECT_POLICY, RESPONDER_NAMESPACE)
 
 RBAC_API = "rbac.authorization.k8s.io"
-TENANT_CRD = "tenants.capsule.clastix.io"  # responder.incident.observe.TENANT_CRD (not imported: keep this module light)
-DEFAULT_CAPSULE_DEPLOYMENT = "capsule-controller-manager"
-DEFAULT_CAPSULE_NAMESPACE = "capsule-system"
-DEFAULT_VELERO_NAMESPACE = "velero"
 # Placeholders in the table, replaced by the real names when rules or checks are made.
 CAPSULE_DEPLOYMENT = "<capsule-deployment>"
 CAPSULE_NAMESPACE = "<capsule-namespace>"
 VELERO_NAMESPACE = "<velero-namespace>"
-# `responder protect`'s objects (responder.ops.protect imports these: one place for the names).
-PROTECT_POLICY = "responder-protect-crds"
-PROTECT_BINDING = "responder-protect-crds"
-HOLD_POLICY = "responder-namespace-hold"  # the breaker's ValidatingAdmissionPolicy (responder.actions.breaker)
-HOLD_BINDING = "responder-namespace-hold"
-# The armed hold (`responder protect`): a policy and binding installed ahead, dormant until the breaker
-# marks their parameter object, a NamespaceHold (responder's own small cluster-scoped kind), with the incident.
-ARMED_HOLD_POLICY = "responder-namespace-hold-armed"
-ARMED_HOLD_BINDING = "responder-namespace-hold-armed"
-RESPONDER_NAMESPACE = "responder-system"
-HOLD_PARAM = "responder-namespace-hold"
-HOLD_PARAM_GROUP = "responder.dev"
-HOLD_PARAM_VERSION = "v1alpha1"
-HOLD_PARAM_KIND = "NamespaceHold"
-HOLD_PARAM_RESOURCE = "namespaceholds"
-HOLD_PARAM_CRD = f"{HOLD_PARAM_RESOURCE}.{HOLD_PARAM_GROUP}"
 
 IDENTITY_KINDS = ("ServiceAccount", "User")
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"})
@@ -457,5 +440,4 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
-           "permissions", "add_parser", "WRITE_VERBS", "AccessCheck", "access_checks", "missing_rules", "missing_role",
-           "PROTECT_POLICY", "PROTECT_BINDING"]
+           "permissions", "add_parser", "WRITE_VERBS", "AccessCheck", "access_checks", "missing_rules", "missing_role"]

@@ -32,7 +32,7 @@ from responder.cluster.client import APPLY_PATCH, KubeClient
 from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, hold_param_crd, read_armed_hold
 from responder.cluster.discovery import CRD_PATH, wait_crd_established
 from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
-from responder.ops.manifests import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
+from responder.names import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
 
 ALLOW_DELETE_ANNOTATION = "responder.dev/allow-delete"
 ADMISSION_V1 = "/apis/admissionregistration.k8s.io/v1"

@@ -505,7 +505,7 @@ class ResponderApp(App[int]):
         try:
             plan_fn = getattr(self.session, "plan", None)
             if plan_fn is None:
-                from responder.cli.respond import build_plan
+                from responder.response.plan import build_plan
 
                 plan = build_plan(self.session)  # type: ignore[arg-type]
             else:
@@ -546,7 +546,7 @@ class ResponderApp(App[int]):
             if undo is not None:
                 result = await undo()
             else:
-                from responder.cli.respond import undo_journal
+                from responder.response.undo import undo_journal
 
                 result = await undo_journal(self.session.client, journal)  # type: ignore[attr-defined]
         except Exception as exc:

@@ -22,7 +22,8 @@ import yaml
 
 from responder.errors import EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_UNREACHABLE
 from responder.incident.journal import Journal
-from responder.lab.control_plane import Lab, apply_objects
+from responder.lab.apply import apply_objects
+from responder.lab.control_plane import Lab
 from responder.lab.incident import read_audit
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]

@@ -12,11 +12,11 @@ import pytest
 
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_INCIDENT_ANNOTATION, HOLD_OBJECT_PATHS, HOLD_PATHS,
                                        HOLD_POLICY, hold_incident, namespace_hold_objects, read_armed_hold)
-from responder.ops.manifests import ARMED_HOLD_POLICY, HOLD_PARAM
+from responder.names import ARMED_HOLD_POLICY, HOLD_PARAM
 from responder.errors import ApiError
 from responder.incident.journal import Journal
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
-from responder.lab.control_plane import bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook

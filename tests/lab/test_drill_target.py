@@ -10,7 +10,9 @@ import time
 import pytest
 import yaml
 
-from responder.lab.control_plane import LAB_CONTEXT, bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
+
+from responder.lab.control_plane import LAB_CONTEXT
 from responder.lab.incident import read_audit
 from responder.drill.scenarios import TENANTS_PATH
 

@@ -25,7 +25,7 @@ import pytest
 from responder.incident import triage
 from responder.lab import faults
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
-from responder.lab.control_plane import bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 
@@ -660,7 +660,7 @@ async def test_watch_survives_credential_rotation(lab_manager, tmp_path):
     from responder.cluster.kubeconfig import load_cluster_access
     from responder.cluster.watch import ResourceWatch, events_into
     from responder.errors import Unauthorized
-    from responder.lab.control_plane import apply_objects
+    from responder.lab.apply import apply_objects
 
     started = time.monotonic()
     lab = await lab_manager.get(LINE)

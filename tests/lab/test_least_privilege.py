@@ -23,7 +23,7 @@ import pytest
 
 from responder.recovery import decisions as recovery
 from responder.errors import ApiError
-from responder.lab.control_plane import apply_objects
+from responder.lab.apply import apply_objects
 from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup

@@ -16,7 +16,7 @@ import pytest
 from responder.actions.breaker import ARMED_HOLD_PATHS
 from responder.errors import ApiError
 from responder.lab.incident import read_audit
-from responder.ops.manifests import HOLD_PARAM_CRD
+from responder.names import HOLD_PARAM_CRD
 from responder.ops.protect import ALLOW_DELETE_ANNOTATION, BINDING_PATH, POLICY_PATH, deny_message
 
 from .incident_helpers import client_for, run_responder

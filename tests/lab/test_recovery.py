@@ -14,7 +14,7 @@ from responder.recovery import decisions as recovery
 
 from responder.incident import triage
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
-from responder.lab.control_plane import bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup, velero_path
 from responder.incident.observe import TENANTS_PATH

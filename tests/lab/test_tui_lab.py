@@ -11,7 +11,7 @@ from textual.widgets import Input
 
 from responder.incident import triage
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.lab.control_plane import bind_cluster_admin
+from responder.lab.apply import bind_cluster_admin
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup
 from responder.incident.observe import TENANTS_PATH

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from responder.cli import main
-from responder.cli.respond import undo_journal
+from responder.response.undo import undo_journal
 from responder.incident.journal import Journal
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.seed import seed

@@ -62,7 +62,7 @@ ACTION_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
                        + [("responder.dev", "namespaceholds", "patch", "responder-namespace-hold")],
     "release-hold": HOLD_RELEASE_NEEDS,
 }
-# `responder undo`, per undo op (responder/cli/respond.py::undo_journal).
+# `responder undo`, per undo op (responder/response/undo.py::undo_journal).
 UNDO_NEEDS: dict[str, list[tuple[str, str, str, str | None]]] = {
     "scale": [("apps", "deployments/scale", "patch", CAPSULE)],
     "webhook-match-conditions": [("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", "x"),
@@ -137,7 +137,7 @@ def test_every_journal_action_is_in_the_table():
 
 def test_every_undo_op_is_in_the_table():
     ops = set(re.findall(r'undo=\{"op":\s*"([a-z][a-z0-9-]*)"', _actions_source()))
-    handled = set(re.findall(r'op == "([a-z][a-z0-9-]*)"', (REPO / "responder" / "cli" / "respond.py").read_text()))
+    handled = set(re.findall(r'op == "([a-z][a-z0-9-]*)"', (REPO / "responder" / "response" / "undo.py").read_text()))
     assert ops == set(UNDO_NEEDS) and handled == set(UNDO_NEEDS)
 
 

@@ -1,0 +1,24 @@
+"""Names of the cluster objects responder owns or guards: one place, imported by the breaker, protect,
+the RBAC table and the tests."""
+
+TENANT_CRD = "tenants.capsule.clastix.io"
+DEFAULT_CAPSULE_DEPLOYMENT = "capsule-controller-manager"
+DEFAULT_CAPSULE_NAMESPACE = "capsule-system"
+DEFAULT_VELERO_NAMESPACE = "velero"
+RESPONDER_NAMESPACE = "responder-system"
+# `responder protect`'s objects.
+PROTECT_POLICY = "responder-protect-crds"
+PROTECT_BINDING = "responder-protect-crds"
+# The breaker's ValidatingAdmissionPolicy (responder.actions.breaker).
+HOLD_POLICY = "responder-namespace-hold"
+HOLD_BINDING = "responder-namespace-hold"
+# The armed hold (`responder protect`): a policy and binding installed ahead, dormant until the breaker
+# marks their parameter object, a NamespaceHold (responder's own small cluster-scoped kind), with the incident.
+ARMED_HOLD_POLICY = "responder-namespace-hold-armed"
+ARMED_HOLD_BINDING = "responder-namespace-hold-armed"
+HOLD_PARAM = "responder-namespace-hold"
+HOLD_PARAM_GROUP = "responder.dev"
+HOLD_PARAM_VERSION = "v1alpha1"
+HOLD_PARAM_KIND = "NamespaceHold"
+HOLD_PARAM_RESOURCE = "namespaceholds"
+HOLD_PARAM_CRD = f"{HOLD_PARAM_RESOURCE}.{HOLD_PARAM_GROUP}"
