@@ -26,7 +26,7 @@ from responder.lab import processes
 from responder.lab import velero as lab_velero
 from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
-from responder.lab.capsule import (CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
+from responder.lab.capsule import (CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
                                    objects_to_apply, render_chart)
 from responder.lab.pki import LabPKI
 from responder.lab.processes import ProcessRecord
@@ -158,22 +158,47 @@ class Lab:
         state = {"capsule": capsule, "velero": velero, "capsule_version": CAPSULE_VERSIONS[capsule], "kubernetes_version": K8S_VERSION,
                  "ports": ports, "binaries": {k: str(v) for k, v in binaries.items()}, "processes": {},
                  "started_at": time.time()}
+        kept = self._capsule_installed(current)
+        capsule_replicas = 1  # a new lab: the chart's Deployment
+        if kept:
+            state["capsule_args"] = current["capsule_args"]
+            state["capsule_installed"] = True
         self._save(state)
         admin = self.pki.client(ADMIN_USER, ("system:masters",))
         self.write_kubeconfig(self.kubeconfig, ADMIN_USER, cert=(admin.cert, admin.key))
         try:
             self._start_etcd(state, binaries["etcd"])
             self._start_apiserver(state, binaries["kube-apiserver"])
-            # Capsule's CRDs go in before kube-controller-manager starts, so that the garbage collector
-            # watches Tenants from its first discovery pass, as in a cluster where Capsule has long been
-            # installed (otherwise it only notices the new kind at its next 30 s discovery resync).
-            asyncio.run(self._install_capsule(state, binaries["helm"], out))
+            if kept:
+                # The chart's objects are in etcd already, and Capsule's webhooks (failurePolicy Fail, on
+                # this lab's recorded webhook port) refuse every namespace write until the controller
+                # serves them again: nothing is applied until the kubelet has started it.
+                print(f"lab: restarting on the state kept in {self.dir}", file=out)
+                capsule_replicas = asyncio.run(self._kept_capsule_replicas())
+                if capsule_replicas == 0 and velero:
+                    self.down()
+                    raise LabError(f"the state kept in {self.dir} has Capsule at 0 replicas (the breaker tripped), "
+                                   "so Velero's install cannot pass Capsule's namespace webhooks",
+                                   fix="`responder lab up` without --velero, scale capsule-system/"
+                                       "capsule-controller-manager to 1, `responder lab down`, then `lab up --velero`")
+            else:
+                # Capsule's CRDs go in before kube-controller-manager starts, so that the garbage collector
+                # watches Tenants from its first discovery pass, as in a cluster where Capsule has long been
+                # installed (otherwise it only notices the new kind at its next 30 s discovery resync).
+                asyncio.run(self._install_capsule(state, binaries["helm"], out))
+                state["capsule_installed"] = True
+                self._save(state)
             self._start_kcm(state, binaries["kube-controller-manager"])
             self._start_kubelet(state)
+            if capsule_replicas == 0:
+                # Kept state comes back as it was left, a tripped breaker included.
+                print("lab: Capsule's Deployment is at 0 replicas (the breaker is tripped): its webhooks refuse "
+                      "every namespace write until it is scaled back", file=out)
+            else:
+                # Velero's install creates its namespace, which passes Capsule's namespace webhooks.
+                asyncio.run(self._wait_capsule_ready(out))
             if velero:
                 self._start_velero(state, binaries, out)
-            asyncio.run(self._wait_capsule_ready(out))
-            if velero:
                 asyncio.run(self._wait_velero_ready(out))
         except BaseException:
             print(f"lab: start failed; logs in {self.logs}", file=out)
@@ -183,6 +208,18 @@ class Lab:
         print(f"lab: ready in {state['ready_seconds']:.1f}s (Kubernetes {K8S_VERSION}, Capsule "
               f"{CAPSULE_VERSIONS[capsule]})", file=out)
         return self.kubeconfig
+
+    def _capsule_installed(self, state: dict[str, Any]) -> bool:
+        """Whether kept state holds a completed Capsule install (its chart applied, its kubeconfig written)."""
+        return bool(state.get("capsule_installed") and state.get("capsule_args")
+                    and (self.dir / "capsule.kubeconfig").exists() and (self.dir / "etcd").is_dir())
+
+    async def _kept_capsule_replicas(self) -> int:
+        """The replicas kept state gives Capsule's Deployment (none: 0, as the kubelet reads it)."""
+        async with self.admin_client() as client:
+            deployment = await client.get_or_none(
+                f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}")
+        return int(((deployment or {}).get("spec") or {}).get("replicas", 1)) if deployment else 0
 
     def down(self, *, wipe: bool = False) -> list[str]:
         stopped = []
