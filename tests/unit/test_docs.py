@@ -16,6 +16,8 @@ README_MAX_CHARS = 15_000
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
 NOT_A_FILE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|#)", re.IGNORECASE)
 CODE_BLOCK = re.compile(r"```.*?```", re.DOTALL)
+# A path of this repository named in a code span: `responder/ops/doctor.py`, `tests/lab/test_lab.py::test_x`.
+REPO_PATH = re.compile(r"`((?:responder|tests|runbooks|docs)/[\w./-]*)(?:::\w+)?`")
 
 # Phrases that date a text by the work that produced it rather than describe the product.
 HISTORY = re.compile(
@@ -60,6 +62,23 @@ def test_relative_links_point_at_files(doc: Path):
     links = relative_links(doc.read_text(encoding="utf-8"))
     broken = [t for t in links if not (doc.parent / t.split("#", 1)[0]).exists()]
     assert not broken, f"{doc.relative_to(ROOT)} links to paths that do not exist: {broken}"
+    anchors = [t for t in links if "#" in t and t.split("#", 1)[0].endswith(".md")]
+    unknown = [t for t in anchors if t.split("#", 1)[1] not in heading_anchors(doc.parent / t.split("#", 1)[0])]
+    assert not unknown, f"{doc.relative_to(ROOT)} links to headings that do not exist: {unknown}"
+
+
+def heading_anchors(markdown_file: Path) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", CODE_BLOCK.sub("", markdown_file.read_text(encoding="utf-8")),
+                          re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_repository_paths_named_exist(doc: Path):
+    named = REPO_PATH.findall(doc.read_text(encoding="utf-8"))
+    missing = sorted({p for p in named if not (ROOT / p).exists()})
+    assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist: {missing}"
 
 
 def test_the_readme_links_to_the_docs():
@@ -79,6 +98,9 @@ def test_no_development_history():
 def test_the_checks_catch_what_they_look_for():
     assert relative_links("[a](docs/x.md) [b](https://x.io) [c](#top) ![d](img.png)\n[e]: ../f.md\n"
                           "```\n[g](not-a-link.md)\n```") == ["docs/x.md", "img.png", "../f.md"]
+    assert REPO_PATH.findall("`responder/ops/doctor.py` and `tests/lab/test_lab.py::test_x`, not `responder doctor`") == [
+        "responder/ops/doctor.py", "tests/lab/test_lab.py"]
+    assert "containment-of-1000-namespaces" in heading_anchors(ROOT / "docs" / "benchmarks.md")
     assert HISTORY.search("measured in session 8") and HISTORY.search("Sessions 4 to 8")
     assert HISTORY.search("the same command earlier this session")
     assert not HISTORY.search("what this session watches") and not HISTORY.search("a test session holds the lock")
