@@ -79,7 +79,8 @@ async def wait_namespace_writes_admitted(client, timeout: float = 60.0) -> None:
 
 async def test_lab_comes_back_up_with_the_breaker_tripped_as_it_was_left(lab_manager):
     """A lab stopped mid-incident (Capsule at 0) comes back as it was: Capsule stays down and `lab up` says so,
-    instead of waiting for webhooks nobody serves; with --velero, whose install needs them, it refuses."""
+    instead of waiting for webhooks nobody serves; with --velero, whose install needs them, it refuses until
+    Capsule is back."""
     lab = await lab_manager.get("0.12")
     async with lab.admin_client() as client:
         await scale_capsule(client, 0)
@@ -102,3 +103,10 @@ async def test_lab_comes_back_up_with_the_breaker_tripped_as_it_was_left(lab_man
         await scale_capsule(client, 1)  # what recovery does; the kubelet starts Capsule again
         await wait_capsule_process(lab, running=True)
         await wait_namespace_writes_admitted(client)
+
+    # With Capsule serving again the kept state takes Velero too (its install passes Capsule's webhooks).
+    await asyncio.to_thread(lab.down)
+    await asyncio.to_thread(lab.up, capsule="0.12", velero=True, out=sys.stderr)
+    async with lab.admin_client() as client:
+        await wait_namespace_writes_admitted(client, timeout=5)
+        assert await client.get_or_none("/api/v1/namespaces/velero")
