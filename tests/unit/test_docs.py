@@ -104,3 +104,11 @@ def test_the_checks_catch_what_they_look_for():
     assert HISTORY.search("measured in session 8") and HISTORY.search("Sessions 4 to 8")
     assert HISTORY.search("the same command earlier this session")
     assert not HISTORY.search("what this session watches") and not HISTORY.search("a test session holds the lock")
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_table_cells_hold_no_bare_pipe(doc: Path):
+    """A `|` in a table row splits the cell, inside a code span too (GitHub renders `a|b` as two cells)."""
+    rows = [line for line in CODE_BLOCK.sub("", doc.read_text(encoding="utf-8")).splitlines() if line.startswith("|")]
+    split = [span for row in rows for span in re.findall(r"`[^`]*`", row) if re.search(r"(?<!\\)\|", span)]
+    assert not split, f"{doc.relative_to(ROOT)}: pipes inside table cells: {split}"
