@@ -717,7 +717,9 @@ async def read_cluster(client: Any, context: str, server: str) -> ClusterFacts:
 
     reader = ReadOnlyClient(client)
     crds = (await reader.list_all(CRDS_PATH))["items"]
-    live = [Manifest(c, CLUSTER_SOURCE) for c in crds if (c.get("spec") or {}).get("group") in CAPSULE_GROUPS]
+    # A LIST's items carry no apiVersion/kind; give them theirs so the rules see CRDs.
+    live = [Manifest({"apiVersion": "apiextensions.k8s.io/v1", "kind": CRD_KIND, **c}, CLUSTER_SOURCE)
+            for c in crds if (c.get("spec") or {}).get("group") in CAPSULE_GROUPS]
     status = await read_protection(reader)
     return ClusterFacts(context, server, live, status.protects(TENANT_CRD), status.served,
                         await read_armed_hold(reader))
