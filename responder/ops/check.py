@@ -370,7 +370,10 @@ def _crd_removed(cs: ChangeSet) -> Iterator[Hit]:
     before, after = cs.before_crds, cs.new_crds
     for name, crd in (before or {}).items():
         if name not in after:
-            yield Hit(crd, f"{name} is in {crd.where} and not in the new set")
+            kept = crd.annotations.get(KEEP_ANNOTATION) == "keep"
+            yield Hit(crd, "in the current state, not in the new set" + (
+                f" ({KEEP_ANNOTATION}: keep makes Helm leave it; Argo CD, Flux and kubectl apply --prune ignore that "
+                "annotation)" if kept else ""))
 
 
 def _version_removed(cs: ChangeSet) -> Iterator[Hit]:
@@ -476,7 +479,8 @@ def _argo_prune(cs: ChangeSet) -> Iterator[Hit]:
 
 
 def _flux_prune(cs: ChangeSet) -> Iterator[Hit]:
-    crds = cs.new_crds
+    # CRDs only inside the chart's hook ConfigMaps are applied by its Job, not by Flux: its prune never sees them.
+    crds = {n: c for n, c in cs.new_crds.items() if not c.via}
     for ks in cs.of_kind("Kustomization"):
         spec = ks.obj.get("spec") or {}
         if "kustomize.toolkit.fluxcd.io" not in str(ks.obj.get("apiVersion")) or spec.get("prune") is not True:
@@ -656,10 +660,13 @@ def render_table(report: dict[str, Any]) -> str:
             lines.append(f"  {f['object']}" + (f"  {f['where']}" if f["where"] else "") + f": {f['detail']}")
         lines.append(f"  why: {first['why']}")
         lines.append(f"  fix: {first['fix']}")
+    # Every change, and the Tenant CRD's versions whatever happened to them; the rest of the unchanged CRDs counted.
     changes = [c for c in report["crd_changes"] if c["change"] != "present"]
+    shown = [c for c in changes if c["change"] != "versions unchanged" or c["crd"] == TENANT_CRD]
     if changes:
-        lines.append("Capsule CRDs:")
-        for c in changes:
+        unchanged = len(changes) - len(shown)
+        lines.append("Capsule CRDs:" + (f" ({unchanged} more with versions unchanged)" if unchanged else ""))
+        for c in shown:
             versions = (f"{', '.join(c.get('before') or [])} -> {', '.join(c.get('after') or [])}"
                         if c["change"] == "versions changed" else ", ".join(c.get("after") or c.get("before") or []))
             lines.append(f"  {c['crd']}: {c['change']}: {versions}")
@@ -729,16 +736,17 @@ async def read_cluster(client: Any, context: str, server: str) -> ClusterFacts:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from responder.response.console import cluster_flags
-
-    p = sub.add_parser("check", parents=[cluster_flags()],
-                       help="before applying a change (CI/CD, GitOps): would it delete or replace Capsule's CRDs?")
+    p = sub.add_parser("check", help="before applying a change (CI/CD, GitOps): would it delete or replace "
+                                      "Capsule's CRDs?")
     p.add_argument("--to", nargs="+", required=True, metavar="PATH",
                    help="the rendered manifests to apply: files, folders, - for stdin")
     p.add_argument("--from", dest="from_", nargs="+", metavar="PATH",
                    help="the rendering applied today, to compare with")
     p.add_argument("--cluster", action="store_true",
                    help="compare with the live cluster (read-only: GET and LIST only) and check responder's protection")
+    # The same flags as `responder protect`: only --cluster uses them.
+    p.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG, merged, or ~/.kube/config)")
+    p.add_argument("--context", help="the kubeconfig context to use")
     p.add_argument("--fail-on", choices=[*reversed(SEVERITIES), "never"], default=ERROR,
                    help="exit 1 when a finding is at or above this severity (default error)")
     p.add_argument("-o", "--output", choices=["table", "json", "sarif"], default="table")
@@ -748,6 +756,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     if (args.from_ or []).count("-") + args.to.count("-") > 1:
         raise ConfigError("stdin (-) given more than once", fix="pass - for one of --from/--to, files for the other")
+    if not args.cluster and (args.kubeconfig or args.context):
+        raise ConfigError("--kubeconfig/--context given without --cluster", fix="add --cluster to compare with that "
+                                                                               "cluster, or drop them")
     new = load_manifests(args.to)
     old = load_manifests(args.from_) if args.from_ else None
     cluster = None

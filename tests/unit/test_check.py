@@ -192,6 +192,7 @@ BAD_INPUT = [
      ("values.yaml:1: not a kubernetes object",)),
     ("binary", lambda d: ["--to", _write(d, "b.yaml", bytes(range(256)))], ("not utf-8",)),
     ("stdin-twice", lambda d: ["--from", "-", "--to", "-"], ("stdin (-) given more than once",)),
+    ("kubeconfig-without-cluster", lambda d: ["--to", "-", "--context", "prod"], ("without --cluster",)),
     ("bad-fail-on", lambda d: ["--to", "-", "--fail-on", "fatal"], ("invalid choice: 'fatal'",)),
 ]
 
