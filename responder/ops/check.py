@@ -72,19 +72,19 @@ class Manifest:
 
     @property
     def name(self) -> str:
-        return str((self.obj.get("metadata") or {}).get("name") or "")
+        return str(dig(self.obj, "metadata", "name") or "")
 
     @property
     def namespace(self) -> str:
-        return str((self.obj.get("metadata") or {}).get("namespace") or "")
+        return str(dig(self.obj, "metadata", "namespace") or "")
 
     @property
     def annotations(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in ((self.obj.get("metadata") or {}).get("annotations") or {}).items()}
+        return {str(k): str(v) for k, v in mapping(dig(self.obj, "metadata", "annotations")).items()}
 
     @property
     def labels(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in ((self.obj.get("metadata") or {}).get("labels") or {}).items()}
+        return {str(k): str(v) for k, v in mapping(dig(self.obj, "metadata", "labels")).items()}
 
     @property
     def ref(self) -> str:
@@ -96,6 +96,20 @@ class Manifest:
             return "the live cluster"
         at = f"{self.source}:{self.line}"
         return f"{at} (inside {self.via})" if self.via else at
+
+
+def dig(obj: Any, *path: str) -> Any:
+    """obj[path[0]][path[1]]... through mappings only; None when a step is missing or not a mapping, so a malformed
+    object is judged as lacking the field instead of crashing the check."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _bad(path: str, problem: str, fix: str) -> ConfigError:
@@ -126,7 +140,7 @@ def _documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
 def _embedded_crds(configmap: Manifest) -> list[Manifest]:
     """CRDs inside a ConfigMap's data (Capsule's chart: `capsule-crds-<name>`, applied by its hook Job)."""
     out = []
-    for key, value in sorted(((configmap.obj.get("data") or {}).items())):
+    for key, value in sorted(mapping(configmap.obj.get("data")).items(), key=lambda item: str(item[0])):
         if not isinstance(value, str) or CRD_KIND not in value:
             continue
         try:
@@ -146,12 +160,12 @@ def parse_manifests(text: str, source: str) -> list[Manifest]:
     for line, doc in _documents(text, source):
         if doc is None:
             continue  # empty documents: `helm template` leaves them between templates
-        if not isinstance(doc, dict) or not doc.get("kind") or not doc.get("apiVersion"):
+        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not isinstance(doc.get("apiVersion"), str):
             raise _bad(f"{source}:{line}", "not a Kubernetes object (a document without apiVersion and kind)",
                        RENDER_FIX + "; a values file or an unrendered template does not belong here")
         items = doc.get("items") if str(doc["kind"]).endswith("List") else None
         for obj in (items if isinstance(items, list) else [doc]):
-            if not isinstance(obj, dict) or not obj.get("kind"):
+            if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
                 raise _bad(f"{source}:{line}", f"an item of this {doc['kind']} is not a Kubernetes object", RENDER_FIX)
             manifest = Manifest(obj, source, line)
             out.append(manifest)
@@ -203,7 +217,7 @@ def load_manifests(paths: list[str], stdin: Callable[[], str] | None = None) -> 
 
 
 def is_capsule_crd(m: Manifest) -> bool:
-    return m.kind == CRD_KIND and (m.obj.get("spec") or {}).get("group") in CAPSULE_GROUPS
+    return m.kind == CRD_KIND and dig(m.obj, "spec", "group") in CAPSULE_GROUPS
 
 
 def capsule_crds(manifests: Iterable[Manifest]) -> dict[str, Manifest]:
@@ -217,7 +231,7 @@ def capsule_crds(manifests: Iterable[Manifest]) -> dict[str, Manifest]:
 
 def sync_options(options: Iterable[Any] | str | None) -> dict[str, str]:
     """Argo CD sync options ("Prune=false", or the annotation's comma-separated form) as a dict."""
-    parts = options.split(",") if isinstance(options, str) else list(options or [])
+    parts = options.split(",") if isinstance(options, str) else options if isinstance(options, list) else []
     out = {}
     for part in parts:
         key, _, value = str(part).strip().partition("=")
@@ -231,8 +245,9 @@ def _mentions_capsule(*texts: Any) -> bool:
 
 
 def argo_sources(app: Manifest) -> list[dict[str, Any]]:
-    spec = app.obj.get("spec") or {}
-    return [s for s in ([spec.get("source")] + list(spec.get("sources") or [])) if isinstance(s, dict)]
+    sources = dig(app.obj, "spec", "sources")
+    return [s for s in [dig(app.obj, "spec", "source"), *(sources if isinstance(sources, list) else [])]
+            if isinstance(s, dict)]
 
 
 def argo_manages_capsule(app: Manifest, crds: dict[str, Manifest]) -> bool:
@@ -245,24 +260,21 @@ def argo_manages_capsule(app: Manifest, crds: dict[str, Manifest]) -> bool:
 
 def flux_covers_capsule(ks: Manifest, crds: dict[str, Manifest], manifests: list[Manifest]) -> bool:
     """A Kustomization whose path or name is Capsule's, or that applied Capsule's CRDs or Capsule's HelmRelease."""
-    spec = ks.obj.get("spec") or {}
-    if _mentions_capsule(spec.get("path"), ks.name):
+    if _mentions_capsule(dig(ks.obj, "spec", "path"), ks.name):
         return True
     mine = [m for m in manifests if m.labels.get(FLUX_KS_NAME) == ks.name]
     return any(is_capsule_crd(m) or (m.kind == "HelmRelease" and helmrelease_is_capsule(m)) for m in mine)
 
 
 def helmrelease_is_capsule(hr: Manifest) -> bool:
-    spec = hr.obj.get("spec") or {}
-    chart = ((spec.get("chart") or {}).get("spec") or {}).get("chart") or ""
-    return _mentions_capsule(chart, (spec.get("chartRef") or {}).get("name"))
+    return _mentions_capsule(dig(hr.obj, "spec", "chart", "spec", "chart"), dig(hr.obj, "spec", "chartRef", "name"))
 
 
 def argo_helm_values(app: Manifest) -> list[dict[str, Any]]:
     """The Helm values an Application sets (valuesObject, values text, parameters)."""
     out: list[dict[str, Any]] = []
     for source in argo_sources(app):
-        helm = source.get("helm") or {}
+        helm = mapping(source.get("helm"))
         if isinstance(helm.get("valuesObject"), dict):
             out.append(helm["valuesObject"])
         if isinstance(helm.get("values"), str):
@@ -272,20 +284,21 @@ def argo_helm_values(app: Manifest) -> list[dict[str, Any]]:
                 parsed = None
             if isinstance(parsed, dict):
                 out.append(parsed)
-        for p in helm.get("parameters") or []:
+        parameters = helm.get("parameters")
+        for p in (parameters if isinstance(parameters, list) else []):
             if isinstance(p, dict) and p.get("name") == "crds.keep":
                 out.append({"crds": {"keep": str(p.get("value")).lower() == "true"}})
     return out
 
 
 def values_keep_crds(values: list[dict[str, Any]]) -> bool:
-    return any(((v.get("crds") or {}) if isinstance(v.get("crds"), dict) else {}).get("keep") in (True, "true")
-               for v in values)
+    return any(dig(v, "crds", "keep") in (True, "true") for v in values)
 
 
 def served_versions(crd: Manifest | dict[str, Any]) -> dict[str, dict[str, Any]]:
     obj = crd.obj if isinstance(crd, Manifest) else crd
-    return {str(v.get("name")): v for v in ((obj.get("spec") or {}).get("versions") or []) if isinstance(v, dict)}
+    versions = dig(obj, "spec", "versions")
+    return {str(v.get("name")): v for v in (versions if isinstance(versions, list) else []) if isinstance(v, dict)}
 
 
 @dataclass
@@ -322,7 +335,7 @@ class ChangeSet:
     def manages_capsule(self) -> bool:
         """Does NEW manage Capsule (so an absent Capsule CRD is one its apply would prune)? Any Capsule object,
         or an object of the Helm release / Argo CD app / Flux Kustomization that owns a live Capsule CRD."""
-        if any((m.obj.get("apiVersion") or "").split("/")[0] in CAPSULE_GROUPS or is_capsule_crd(m) for m in self.new):
+        if any(str(m.obj.get("apiVersion") or "").split("/")[0] in CAPSULE_GROUPS or is_capsule_crd(m) for m in self.new):
             return True
         owners = set()
         for crd in (self.cluster.crds if self.cluster else []):
@@ -388,8 +401,8 @@ def _version_removed(cs: ChangeSet) -> Iterator[Hit]:
                                          f"{', the storage version' if version.get('storage') else ''})")
         elif version.get("storage") and name not in new:
             yield Hit(after[TENANT_CRD], f"storage version {name} removed")
-    stored = ((before[TENANT_CRD].obj.get("status") or {}).get("storedVersions") or [])
-    for name in stored:
+    stored = dig(before[TENANT_CRD].obj, "status", "storedVersions")
+    for name in (stored if isinstance(stored, list) else []):
         if name not in new and name not in old:
             yield Hit(after[TENANT_CRD], f"version {name} is in the live CRD's status.storedVersions and not in "
                                          "the new CRD")
@@ -418,19 +431,18 @@ def _crd_replaced(cs: ChangeSet) -> Iterator[Hit]:
         if why:
             yield Hit(crd, why)
     for app in cs.of_kind("Application"):
-        options = sync_options(((app.obj.get("spec") or {}).get("syncPolicy") or {}).get("syncOptions"))
+        options = sync_options(dig(app.obj, "spec", "syncPolicy", "syncOptions"))
         if options.get("Replace") == "true" and argo_manages_capsule(app, crds):
             force = options.get("Force") == "true"
             yield Hit(app, f"syncOptions Replace=true{', Force=true' if force else ''} on an Application that manages "
                            f"Capsule: every object, its CRDs included, is "
                            f"{'deleted and created again' if force else 'overwritten whole with kubectl replace'}")
     for ks in cs.of_kind("Kustomization"):
-        if (ks.obj.get("spec") or {}).get("force") is True and flux_covers_capsule(ks, crds, cs.new):
+        if dig(ks.obj, "spec", "force") is True and flux_covers_capsule(ks, crds, cs.new):
             yield Hit(ks, "spec.force: true on a Kustomization that applies Capsule: Flux deletes and creates again an "
                           "object whose apply fails (an immutable field), a CRD included")
     for hr in cs.of_kind("HelmRelease"):
-        upgrade = (hr.obj.get("spec") or {}).get("upgrade") or {}
-        if upgrade.get("force") is True and helmrelease_is_capsule(hr):
+        if dig(hr.obj, "spec", "upgrade", "force") is True and helmrelease_is_capsule(hr):
             yield Hit(hr, "spec.upgrade.force: true on Capsule's HelmRelease: Helm upgrades through a replacement "
                           "strategy (delete and create)")
 
@@ -446,7 +458,7 @@ def _crd_not_kept(cs: ChangeSet) -> Iterator[Hit]:
         return
     # The CRDs are not in the set: judge the chart values the GitOps objects give Capsule's chart.
     for hr in cs.of_kind("HelmRelease"):
-        values = (hr.obj.get("spec") or {}).get("values")
+        values = dig(hr.obj, "spec", "values")
         if helmrelease_is_capsule(hr) and not values_keep_crds([values] if isinstance(values, dict) else []):
             yield Hit(hr, "Capsule's HelmRelease does not set crds.keep: true in spec.values")
     for app in cs.of_kind("Application"):
@@ -462,8 +474,8 @@ def _argo_prune(cs: ChangeSet) -> Iterator[Hit]:
     for app in cs.of_kind("Application"):
         if not argo_manages_capsule(app, crds) or (crds and not tracked):
             continue
-        automated = ((app.obj.get("spec") or {}).get("syncPolicy") or {}).get("automated") or {}
-        prune = "automated sync with prune: true" if automated.get("prune") else "a sync with prune"
+        prune = ("automated sync with prune: true" if dig(app.obj, "spec", "syncPolicy", "automated", "prune") is True
+                 else "a sync with prune")
         if not tracked:
             yield Hit(app, f"manages Capsule; its CRDs are not in this set, so nothing shows they carry "
                            f"{ARGO_SYNC_OPTIONS}: Prune=false,Delete=false ({prune} or deleting the Application "
@@ -482,8 +494,7 @@ def _flux_prune(cs: ChangeSet) -> Iterator[Hit]:
     # CRDs only inside the chart's hook ConfigMaps are applied by its Job, not by Flux: its prune never sees them.
     crds = {n: c for n, c in cs.new_crds.items() if not c.via}
     for ks in cs.of_kind("Kustomization"):
-        spec = ks.obj.get("spec") or {}
-        if "kustomize.toolkit.fluxcd.io" not in str(ks.obj.get("apiVersion")) or spec.get("prune") is not True:
+        if "kustomize.toolkit.fluxcd.io" not in str(ks.obj.get("apiVersion")) or dig(ks.obj, "spec", "prune") is not True:
             continue
         if not flux_covers_capsule(ks, crds, cs.new):
             continue
@@ -675,8 +686,10 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_sarif(report: dict[str, Any], *, base: Path | None = None) -> dict[str, Any]:
-    """SARIF 2.1.0: one run, the rule table as the driver's rules, each finding a result at its file and line."""
+def render_sarif(report: dict[str, Any], *, base: Path | None = None, anchor: str | None = None) -> dict[str, Any]:
+    """SARIF 2.1.0: one run, the rule table as the driver's rules, each finding a result at its file and line.
+    A finding about the cluster has no file: it is placed at line 1 of `anchor` (the first manifest file checked),
+    since code-scanning uploads (GitHub's) refuse a result without a location; with stdin only it has none."""
     base = base or Path.cwd()
     rules = [{"id": r.id, "name": r.id, "shortDescription": {"text": r.title}, "fullDescription": {"text": r.why},
               "help": {"text": r.fix}, "defaultConfiguration": {"level": SARIF_LEVEL[r.severity]}} for r in RULES]
@@ -687,14 +700,15 @@ def render_sarif(report: dict[str, Any], *, base: Path | None = None) -> dict[st
             "ruleId": f["rule"], "ruleIndex": index[f["rule"]], "level": SARIF_LEVEL[f["severity"]],
             "message": {"text": f"{f['object']}: {f['detail']}. {f['why']}. Fix: {f['fix']}"},
         }
-        if f["source"]:
-            path = Path(f["source"]).resolve()
+        source, line = (f["source"], f["line"]) if f["source"] else (anchor, 1)
+        if source:
+            path = Path(source).resolve()
             try:
                 uri = path.relative_to(base.resolve()).as_posix()
             except ValueError:
                 uri = path.as_uri()
             result["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": uri},
-                                                         "region": {"startLine": f["line"] or 1}}}]
+                                                         "region": {"startLine": line or 1}}}]
         results.append(result)
     return {"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0",
             "runs": [{"tool": {"driver": {"name": "responder-check", "rules": rules}}, "results": results}]}
@@ -726,7 +740,7 @@ async def read_cluster(client: Any, context: str, server: str) -> ClusterFacts:
     crds = (await reader.list_all(CRDS_PATH))["items"]
     # A LIST's items carry no apiVersion/kind; give them theirs so the rules see CRDs.
     live = [Manifest({"apiVersion": "apiextensions.k8s.io/v1", "kind": CRD_KIND, **c}, CLUSTER_SOURCE)
-            for c in crds if (c.get("spec") or {}).get("group") in CAPSULE_GROUPS]
+            for c in crds if dig(c, "spec", "group") in CAPSULE_GROUPS]
     status = await read_protection(reader)
     return ClusterFacts(context, server, live, status.protects(TENANT_CRD), status.served,
                         await read_armed_hold(reader))
@@ -779,7 +793,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.output == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif args.output == "sarif":
-        sys.stdout.write(json.dumps(render_sarif(report), indent=2) + "\n")
+        anchor = next((m.source for m in new if m.source != "-"), None)
+        sys.stdout.write(json.dumps(render_sarif(report, anchor=anchor), indent=2) + "\n")
     else:
         sys.stdout.write(render_table(report))
     return EXIT_FINDINGS if report["failed"] else EXIT_CLEAN

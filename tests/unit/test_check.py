@@ -145,6 +145,39 @@ def test_against_the_cluster_an_absent_crd_counts_only_when_the_set_manages_caps
     assert finding.rule == "capsule-crd-removed" and finding.where == "the live cluster" and finding.source is None
 
 
+def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(obj, dict):
+        return [prefix] + [p for k, v in obj.items() for p in _paths(v, prefix + (k,))]
+    if isinstance(obj, list):
+        return [prefix] + [p for i, v in enumerate(obj) for p in _paths(v, prefix + (i,))]
+    return [prefix]
+
+
+def test_malformed_objects_are_judged_not_crashed_on() -> None:
+    """Every field of every fixture object replaced, one at a time, by a value of the wrong shape."""
+    import copy
+
+    objects = [m.obj for folder in sorted(FIXTURES.iterdir()) for f in sorted(folder.glob("*.yaml"))
+               for m in parse_manifests(f.read_text(), f.name)]
+    cluster = ClusterFacts("c", "s", [], False, True, "not installed")
+    tried = 0
+    for obj in objects:
+        for path in _paths(obj)[1:]:
+            for wrong in ["x", 7, None, [], {}, ["y"], {"z": 1}]:
+                bent = copy.deepcopy(obj)
+                target = bent
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = wrong
+                if not isinstance(bent.get("kind"), str):
+                    continue  # not an object at all: parse_manifests refuses it
+                new = [Manifest(bent, "bent.yaml")]
+                evaluate(ChangeSet(new, [Manifest(o, "old.yaml") for o in objects], cluster))
+                evaluate(ChangeSet(new, cluster=ClusterFacts("c", "s", [Manifest(bent, "<cluster>")], True, True, None)))
+                tried += 1
+    assert tried > 500
+
+
 def _crd(plural: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": f"{plural}.capsule.clastix.io", **({"annotations": annotations} if annotations else {})},
@@ -264,12 +297,14 @@ def test_json_and_sarif_name_the_rule_object_file_and_line(tmp_path: Path) -> No
                                                           "region": {"startLine": 2}}
 
 
-def test_sarif_of_a_cluster_fact_has_no_file_location() -> None:
+def test_sarif_places_a_cluster_fact_at_the_first_file_checked(tmp_path: Path) -> None:
     cs = ChangeSet([], cluster=ClusterFacts("c", "s", [], False, True, None))
-    findings = evaluate(cs)
-    sarif = render_sarif(build_report(cs, findings, "error", inputs={"to": ["-"]}))
-    [result] = sarif["runs"][0]["results"]
-    assert result["ruleId"] == "tenant-crd-unprotected" and "locations" not in result
+    report = build_report(cs, evaluate(cs), "error", inputs={"to": ["-"]})
+    [result] = render_sarif(report)["runs"][0]["results"]
+    assert result["ruleId"] == "tenant-crd-unprotected" and "locations" not in result  # stdin only: no file
+    [result] = render_sarif(report, base=tmp_path, anchor=str(tmp_path / "out" / "all.yaml"))["runs"][0]["results"]
+    assert result["locations"][0]["physicalLocation"] == {"artifactLocation": {"uri": "out/all.yaml"},
+                                                          "region": {"startLine": 1}}
 
 
 def test_the_cluster_reader_cannot_write() -> None:
