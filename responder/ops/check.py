@@ -333,9 +333,13 @@ class ChangeSet:
         return None
 
     def manages_capsule(self) -> bool:
-        """Does NEW manage Capsule (so an absent Capsule CRD is one its apply would prune)? Any Capsule object,
-        or an object of the Helm release / Argo CD app / Flux Kustomization that owns a live Capsule CRD."""
-        if any(str(m.obj.get("apiVersion") or "").split("/")[0] in CAPSULE_GROUPS or is_capsule_crd(m) for m in self.new):
+        """Does NEW manage Capsule's install (so a Capsule CRD absent from it is one its apply would prune)? A
+        Capsule CRD or the CapsuleConfiguration in it, or an object of the Helm release / Argo CD app / Flux
+        Kustomization that owns a live Capsule CRD. Tenants alone do not count: a repository of Tenants does not
+        install Capsule."""
+        if any(is_capsule_crd(m) or (m.kind == "CapsuleConfiguration"
+                                     and str(m.obj.get("apiVersion")).split("/")[0] in CAPSULE_GROUPS)
+               for m in self.new):
             return True
         owners = set()
         for crd in (self.cluster.crds if self.cluster else []):
@@ -394,15 +398,17 @@ def _version_removed(cs: ChangeSet) -> Iterator[Hit]:
     if not before or TENANT_CRD not in before or TENANT_CRD not in after:
         return
     old, new = served_versions(before[TENANT_CRD]), served_versions(after[TENANT_CRD])
+    stored = dig(before[TENANT_CRD].obj, "status", "storedVersions")
+    stored = [str(name) for name in stored] if isinstance(stored, list) else []
     for name, version in old.items():
-        if version.get("served") and not (new.get(name) or {}).get("served"):
+        in_storage = version.get("storage") or name in stored
+        if version.get("served") and not mapping(new.get(name)).get("served"):
             gone = "removed" if name not in new else "no longer served"
             yield Hit(after[TENANT_CRD], f"version {name} {gone} (served before"
-                                         f"{', the storage version' if version.get('storage') else ''})")
-        elif version.get("storage") and name not in new:
-            yield Hit(after[TENANT_CRD], f"storage version {name} removed")
-    stored = dig(before[TENANT_CRD].obj, "status", "storedVersions")
-    for name in (stored if isinstance(stored, list) else []):
+                                         f"{'; Tenants may be stored at it' if in_storage else ''})")
+        elif in_storage and name not in new:
+            yield Hit(after[TENANT_CRD], f"version {name} removed while Tenants may be stored at it")
+    for name in stored:
         if name not in new and name not in old:
             yield Hit(after[TENANT_CRD], f"version {name} is in the live CRD's status.storedVersions and not in "
                                          "the new CRD")
@@ -499,7 +505,8 @@ def _flux_prune(cs: ChangeSet) -> Iterator[Hit]:
         if not flux_covers_capsule(ks, crds, cs.new):
             continue
         mine = [c for c in crds.values() if c.labels.get(FLUX_KS_NAME) == ks.name] or list(crds.values())
-        unguarded = [c for c in mine if c.annotations.get(FLUX_PRUNE) != "disabled"]
+        # Flux reads its prune opt-out from an annotation or a label.
+        unguarded = [c for c in mine if "disabled" not in (c.annotations.get(FLUX_PRUNE), c.labels.get(FLUX_PRUNE))]
         if not mine:
             yield Hit(ks, f"prune: true on a Kustomization that applies Capsule; its CRDs are not in this set, so "
                           f"nothing shows they carry {FLUX_PRUNE}: disabled")

@@ -131,6 +131,10 @@ def test_stored_versions_of_the_live_crd_count_as_versions_in_use() -> None:
     cluster = ClusterFacts("c", "s", [Manifest(live, "<cluster>")], True, True, None)
     [finding] = evaluate(ChangeSet(parse_manifests(yaml.safe_dump(new), "new.yaml"), cluster=cluster))
     assert finding.rule == "tenant-crd-version-removed" and "storedVersions" in finding.detail
+    # Stored at a version no longer served, then removed: still a finding.
+    live["spec"]["versions"].insert(0, {"name": "v1beta1", "served": False, "storage": False})
+    [finding] = evaluate(ChangeSet(parse_manifests(yaml.safe_dump(new), "new.yaml"), cluster=cluster))
+    assert finding.detail == "version v1beta1 removed while Tenants may be stored at it"
 
 
 def test_against_the_cluster_an_absent_crd_counts_only_when_the_set_manages_capsule() -> None:
@@ -139,6 +143,8 @@ def test_against_the_cluster_an_absent_crd_counts_only_when_the_set_manages_caps
     cluster = ClusterFacts("c", "s", [live], True, True, None)
     app_only = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web", "namespace": "shop"}}
     assert evaluate(ChangeSet(parse_manifests(yaml.safe_dump(app_only), "web.yaml"), cluster=cluster)) == []
+    tenants = {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant", "metadata": {"name": "shop"}}
+    assert evaluate(ChangeSet(parse_manifests(yaml.safe_dump(tenants), "tenants.yaml"), cluster=cluster)) == []
     same_release = dict(app_only, metadata={"name": "capsule-x", "namespace": "capsule-system",
                                             "annotations": {"meta.helm.sh/release-name": "capsule"}})
     [finding] = evaluate(ChangeSet(parse_manifests(yaml.safe_dump(same_release), "c.yaml"), cluster=cluster))
