@@ -349,6 +349,19 @@ class ChangeSet:
     def of_kind(self, kind: str) -> list[Manifest]:
         return [m for m in self.new if m.kind == kind]
 
+    def applications(self) -> list[Manifest]:
+        """Argo CD Applications, and the template of each ApplicationSet (every Application it generates)."""
+        out = [m for m in self.of_kind("Application") if str(m.obj.get("apiVersion")).startswith("argoproj.io/")]
+        for appset in self.of_kind("ApplicationSet"):
+            template = mapping(dig(appset.obj, "spec", "template"))
+            if str(appset.obj.get("apiVersion")).startswith("argoproj.io/") and template:
+                name = f"{appset.name} (ApplicationSet template)"
+                out.append(Manifest({"apiVersion": appset.obj["apiVersion"], "kind": "ApplicationSet",
+                                     "metadata": {**mapping(template.get("metadata")), "name": name,
+                                                  "namespace": appset.namespace},
+                                     "spec": mapping(template.get("spec"))}, appset.source, appset.line))
+        return out
+
 
 def _owner_marks(m: Manifest) -> set[tuple[str, str]]:
     marks = set()
@@ -436,7 +449,7 @@ def _crd_replaced(cs: ChangeSet) -> Iterator[Hit]:
         why = _replace_on_object(crd)
         if why:
             yield Hit(crd, why)
-    for app in cs.of_kind("Application"):
+    for app in cs.applications():
         options = sync_options(dig(app.obj, "spec", "syncPolicy", "syncOptions"))
         if options.get("Replace") == "true" and argo_manages_capsule(app, crds):
             force = options.get("Force") == "true"
@@ -467,7 +480,7 @@ def _crd_not_kept(cs: ChangeSet) -> Iterator[Hit]:
         values = dig(hr.obj, "spec", "values")
         if helmrelease_is_capsule(hr) and not values_keep_crds([values] if isinstance(values, dict) else []):
             yield Hit(hr, "Capsule's HelmRelease does not set crds.keep: true in spec.values")
-    for app in cs.of_kind("Application"):
+    for app in cs.applications():
         if argo_manages_capsule(app, crds) and any(s.get("chart") for s in argo_sources(app)) \
                 and not values_keep_crds(argo_helm_values(app)):
             yield Hit(app, "the Application installs Capsule's chart without crds.keep: true in its Helm values")
@@ -477,7 +490,7 @@ def _argo_prune(cs: ChangeSet) -> Iterator[Hit]:
     crds = cs.new_crds
     # CRDs only inside the chart's hook ConfigMaps are applied by its Job: Argo CD does not track, so never prunes them.
     tracked = {n: c for n, c in crds.items() if not c.via}
-    for app in cs.of_kind("Application"):
+    for app in cs.applications():
         if not argo_manages_capsule(app, crds) or (crds and not tracked):
             continue
         prune = ("automated sync with prune: true" if dig(app.obj, "spec", "syncPolicy", "automated", "prune") is True

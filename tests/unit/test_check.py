@@ -122,6 +122,20 @@ def test_an_argo_application_of_the_chart_needs_keep_and_prune_false_on_crds_it_
     assert evaluate(ChangeSet(parse_manifests(yaml.safe_dump(app), "app.yaml"))) == []
 
 
+def test_an_applicationset_is_judged_by_its_template() -> None:
+    app = yaml.safe_load((FIXTURES / "argocd-prunes-capsule-crds" / "fail.yaml").read_text().split("---")[0])
+    app["spec"]["source"]["helm"] = {}
+    appset = {"apiVersion": "argoproj.io/v1alpha1", "kind": "ApplicationSet",
+              "metadata": {"name": "capsule-everywhere", "namespace": "argocd"},
+              "spec": {"generators": [{"clusters": {}}],
+                       "template": {"metadata": {"name": "capsule-{{name}}"}, "spec": app["spec"]}}}
+    findings = evaluate(ChangeSet(parse_manifests(yaml.safe_dump(appset), "appset.yaml")))
+    assert {(f.rule, f.object) for f in findings} == {
+        (rule, "ApplicationSet/argocd/capsule-everywhere (ApplicationSet template)")
+        for rule in ("capsule-crd-not-kept", "argocd-prunes-capsule-crds")}
+    assert all(f.where == "appset.yaml:1" for f in findings)
+
+
 def test_stored_versions_of_the_live_crd_count_as_versions_in_use() -> None:
     live = _crd("tenants", annotations={"helm.sh/resource-policy": "keep"})
     live["spec"]["versions"] = [{"name": "v1beta2", "served": True, "storage": True}]
