@@ -160,7 +160,7 @@ def parse_manifests(text: str, source: str) -> list[Manifest]:
     for line, doc in _documents(text, source):
         if doc is None:
             continue  # empty documents: `helm template` leaves them between templates
-        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not isinstance(doc.get("apiVersion"), str):
+        if not (isinstance(doc, dict) and isinstance(doc.get("kind"), str) and isinstance(doc.get("apiVersion"), str)):
             raise _bad(f"{source}:{line}", "not a Kubernetes object (a document without apiVersion and kind)",
                        RENDER_FIX + "; a values file or an unrendered template does not belong here")
         items = doc.get("items") if str(doc["kind"]).endswith("List") else None
@@ -187,7 +187,7 @@ def _read_text(path: Path, shown: str) -> str:
         raise _bad(shown, "not UTF-8 text (a binary file?)", RENDER_FIX) from None
 
 
-def load_manifests(paths: list[str], stdin: Callable[[], str] | None = None) -> list[Manifest]:
+def load_manifests(paths: list[str], stdin: Callable[[], str] | None = None, *, flag: str = "--to") -> list[Manifest]:
     """Every object under `paths` (files, folders searched for *.yaml/*.yml/*.json, `-` for stdin)."""
     read_stdin = stdin or sys.stdin.read
     out: list[Manifest] = []
@@ -207,9 +207,10 @@ def load_manifests(paths: list[str], stdin: Callable[[], str] | None = None) -> 
         out.extend(parse_manifests(_read_text(path, given), given))
     if not out:
         shown = " ".join(paths)
-        raise ConfigError(f"{shown}: no Kubernetes objects found (an empty rendering)",
+        first = "; for a first install leave out --from" if flag == "--from" else ""
+        raise ConfigError(f"{shown}: no Kubernetes objects found in {flag} (an empty rendering)",
                           fix="check the render step (helm template / kustomize build) produced output, and the "
-                              "folder holds .yaml, .yml or .json files")
+                              f"folder holds .yaml, .yml or .json files{first}")
     return out
 
 
@@ -251,7 +252,7 @@ def argo_sources(app: Manifest) -> list[dict[str, Any]]:
 
 
 def argo_manages_capsule(app: Manifest, crds: dict[str, Manifest]) -> bool:
-    """An Application whose source is Capsule (its chart, repository or path), or whose tracking marks Capsule's CRDs."""
+    """An Application whose source is Capsule (chart, repository or path), or whose tracking marks Capsule's CRDs."""
     if any(_mentions_capsule(s.get("chart"), s.get("repoURL"), s.get("path")) for s in argo_sources(app)):
         return True
     return any(crd.labels.get(ARGO_INSTANCE_LABEL) == app.name and not crd.annotations.get(HELM_RELEASE_NAME)
@@ -431,8 +432,9 @@ def _replace_on_object(m: Manifest) -> str | None:
     options = sync_options(m.annotations.get(ARGO_SYNC_OPTIONS))
     if options.get("Replace") == "true":
         force = options.get("Force") == "true"
-        return (f"{ARGO_SYNC_OPTIONS}: {m.annotations[ARGO_SYNC_OPTIONS]} "
-                f"({'kubectl replace --force: deleted and created again' if force else 'kubectl replace: the whole object overwritten'})")
+        how = ("kubectl replace --force: deleted and created again" if force
+               else "kubectl replace: the whole object overwritten")
+        return f"{ARGO_SYNC_OPTIONS}: {m.annotations[ARGO_SYNC_OPTIONS]} ({how})"
     if m.annotations.get(FLUX_FORCE) == "enabled":
         return f"{FLUX_FORCE}: enabled (Flux deletes and creates it again when an apply fails)"
     if HELM_HOOK in m.annotations and not m.via:
@@ -513,7 +515,9 @@ def _flux_prune(cs: ChangeSet) -> Iterator[Hit]:
     # CRDs only inside the chart's hook ConfigMaps are applied by its Job, not by Flux: its prune never sees them.
     crds = {n: c for n, c in cs.new_crds.items() if not c.via}
     for ks in cs.of_kind("Kustomization"):
-        if "kustomize.toolkit.fluxcd.io" not in str(ks.obj.get("apiVersion")) or dig(ks.obj, "spec", "prune") is not True:
+        if "kustomize.toolkit.fluxcd.io" not in str(ks.obj.get("apiVersion")):
+            continue
+        if dig(ks.obj, "spec", "prune") is not True:
             continue
         if not flux_covers_capsule(ks, crds, cs.new):
             continue
@@ -622,7 +626,8 @@ def evaluate(cs: ChangeSet, rules: Iterable[Rule] = RULES) -> list[Finding]:
             m = hit.manifest
             findings.append(Finding(
                 rule.id, rule.severity, rule.title, m.ref if m else hit.object, m.where if m else None, hit.detail,
-                rule.why, rule.fix, source=m.source if m and m.source not in ("-", CLUSTER_SOURCE) else None, line=m.line if m else None))
+                rule.why, rule.fix, source=m.source if m and m.source not in ("-", CLUSTER_SOURCE) else None,
+                line=m.line if m else None))
     findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
     return findings
 
@@ -663,7 +668,8 @@ def failing(findings: list[Finding], fail_on: str) -> bool:
     return any(SEVERITIES.index(f.severity) >= floor for f in findings)
 
 
-def build_report(cs: ChangeSet, findings: list[Finding], fail_on: str, *, inputs: dict[str, list[str]]) -> dict[str, Any]:
+def build_report(cs: ChangeSet, findings: list[Finding], fail_on: str, *,
+                 inputs: dict[str, list[str]]) -> dict[str, Any]:
     mode = "cluster" if cs.cluster else "diff" if cs.old is not None else "lint"
     counts = {s: sum(f.severity == s for f in findings) for s in reversed(SEVERITIES)}
     report: dict[str, Any] = {
@@ -794,7 +800,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError("--kubeconfig/--context given without --cluster", fix="add --cluster to compare with that "
                                                                                "cluster, or drop them")
     new = load_manifests(args.to)
-    old = load_manifests(args.from_) if args.from_ else None
+    old = load_manifests(args.from_, flag="--from") if args.from_ else None
     cluster = None
     if args.cluster:
         from responder.cluster.client import KubeClient

@@ -53,8 +53,8 @@ def test_check_against_the_lab_flags_the_missing_tenant_crd_and_writes_nothing(l
     since = time.time() - 1  # audit timestamps have second precision
 
     def check(manifests: Path) -> tuple[int, dict]:
-        proc = subprocess.run([*RESPONDER, "check", "--to", str(manifests), "--cluster", "--kubeconfig", str(kubeconfig),
-                               "-o", "json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        argv = ["check", "--to", str(manifests), "--cluster", "--kubeconfig", str(kubeconfig), "-o", "json"]
+        proc = subprocess.run([*RESPONDER, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
         return proc.returncode, json.loads(proc.stdout)
 

@@ -16,8 +16,7 @@ import yaml
 
 from responder.actions.breaker import armed_hold_in_place, armed_hold_objects
 from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_KIND,
-                             HOLD_PARAM_VERSION, PROTECT_BINDING,
-                             PROTECT_POLICY, TENANT_CRD)
+                             HOLD_PARAM_VERSION, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD)
 from responder.ops.check import (RULES, RULES_BY_ID, ChangeSet, ClusterFacts, Manifest, ReadOnlyClient, build_report,
                                  crd_changes, evaluate, load_manifests, parse_manifests, render_sarif, render_table)
 from responder.ops.doctor import CAPSULE_GROUPS
@@ -37,7 +36,8 @@ def live_objects(path: Path) -> list[dict[str, Any]]:
     out = []
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "InstalledByResponderProtect":
-            param = {"apiVersion": f"{HOLD_PARAM_GROUP}/{HOLD_PARAM_VERSION}", "kind": HOLD_PARAM_KIND, "metadata": {"name": HOLD_PARAM}}
+            param = {"apiVersion": f"{HOLD_PARAM_GROUP}/{HOLD_PARAM_VERSION}", "kind": HOLD_PARAM_KIND,
+                     "metadata": {"name": HOLD_PARAM}}
             out += {"crds": policy_objects([TENANT_CRD]), "hold": [*armed_hold_objects(), param]}.get(
                 doc.get("only"), [*policy_objects([TENANT_CRD]), *armed_hold_objects(), param])
         elif doc:
@@ -193,14 +193,16 @@ def test_malformed_objects_are_judged_not_crashed_on() -> None:
                     continue  # not an object at all: parse_manifests refuses it
                 new = [Manifest(bent, "bent.yaml")]
                 evaluate(ChangeSet(new, [Manifest(o, "old.yaml") for o in objects], cluster))
-                evaluate(ChangeSet(new, cluster=ClusterFacts("c", "s", [Manifest(bent, "<cluster>")], True, True, None)))
+                live = ClusterFacts("c", "s", [Manifest(bent, "<cluster>")], True, True, None)
+                evaluate(ChangeSet(new, cluster=live))
                 tried += 1
     assert tried > 500
 
 
 def _crd(plural: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.capsule.clastix.io", **({"annotations": annotations} if annotations else {})},
+            "metadata": {"name": f"{plural}.capsule.clastix.io",
+                         **({"annotations": annotations} if annotations else {})},
             "spec": {"group": "capsule.clastix.io", "names": {"plural": plural, "kind": plural.title()},
                      "scope": "Cluster", "versions": [{"name": "v1beta2", "served": True, "storage": True}]}}
 
@@ -240,6 +242,9 @@ BAD_INPUT = [
     ("unknown-file", lambda d: ["--to", str(d / "nope.yaml")], ("nope.yaml: does not exist",)),
     ("empty-set", lambda d: ["--to", _write(d, "empty.yaml", "---\n# nothing rendered\n")],
      ("no kubernetes objects found",)),
+    ("empty-from", lambda d: ["--from", _write(d, "old.yaml", ""), "--to", str(FIXTURES / "capsule-crd-not-kept"
+                                                                               / "pass.yaml")],
+     ("no kubernetes objects found in --from", "first install")),
     ("empty-folder", lambda d: ["--to", str(d)], ("no kubernetes objects found",)),
     ("values-file", lambda d: ["--to", _write(d, "values.yaml", "crds:\n  keep: true\n")],
      ("values.yaml:1: not a kubernetes object",)),
