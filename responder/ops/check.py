@@ -400,11 +400,18 @@ class Rule:
 def _crd_removed(cs: ChangeSet) -> Iterator[Hit]:
     before, after = cs.before_crds, cs.new_crds
     for name, crd in (before or {}).items():
-        if name not in after:
-            kept = crd.annotations.get(KEEP_ANNOTATION) == "keep"
-            yield Hit(crd, "in the current state, not in the new set" + (
-                f" ({KEEP_ANNOTATION}: keep makes Helm leave it; Argo CD, Flux and kubectl apply --prune ignore that "
-                "annotation)" if kept else ""))
+        if crd.via:
+            continue  # only inside the chart's hook ConfigMaps before: no tool tracks it, so dropping it deletes nothing
+        kept = (f" ({KEEP_ANNOTATION}: keep makes Helm leave it; Argo CD, Flux and kubectl apply --prune ignore that "
+                "annotation)" if crd.annotations.get(KEEP_ANNOTATION) == "keep" else "")
+        now = after.get(name)
+        if now is None:
+            yield Hit(crd, "in the current state, not in the new set" + kept)
+        elif now.via and cs.old is not None:
+            # The switch Capsule 0.7 made (issue #1181): the release's own CRD objects leave the manifest, the hook
+            # Job applies them before the upgrade, and Helm then deletes what left the release.
+            yield Hit(crd, f"a release resource now, only inside {now.via} in the new set (applied by the chart's hook "
+                           "Job): the upgrade deletes the release's CRD after the hook ran" + kept)
 
 
 def _version_removed(cs: ChangeSet) -> Iterator[Hit]:

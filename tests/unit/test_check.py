@@ -94,6 +94,21 @@ def test_the_tenant_crd_comes_first_and_the_removal_names_the_old_file() -> None
     assert findings[0].where.startswith("old.yaml:") and findings[0].source == "old.yaml"
 
 
+def test_crds_moving_from_the_release_into_the_hook_configmaps_are_removed_from_the_release() -> None:
+    inline = parse_manifests(yaml.safe_dump(_crd("tenants")), "inline.yaml")
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "capsule-crds-tenants",
+                                                                       "namespace": "capsule-system"},
+                 "data": {"content": yaml.safe_dump(_crd("tenants"))}}
+    hooked = parse_manifests(yaml.safe_dump(configmap), "hooked.yaml")
+    rule = [RULES_BY_ID["capsule-crd-removed"]]
+    [finding] = evaluate(ChangeSet(hooked, inline), rule)
+    assert "only inside ConfigMap capsule-system/capsule-crds-tenants" in finding.detail
+    # The other way round, or a hook-applied CRD dropped: no tool tracks the hook's CRDs, nothing is deleted.
+    assert evaluate(ChangeSet(inline, hooked), rule) == []
+    assert evaluate(ChangeSet(parse_manifests(yaml.safe_dump({**configmap, "data": {}}), "none.yaml"), hooked),
+                    rule) == []
+
+
 def test_a_crd_as_a_helm_hook_is_replaced_on_every_upgrade_even_without_a_delete_policy() -> None:
     hook = _crd("tenants", annotations={"helm.sh/hook": "pre-install,pre-upgrade",
                                         "helm.sh/resource-policy": "keep"})
