@@ -692,7 +692,7 @@ def build_report(cs: ChangeSet, findings: list[Finding], fail_on: str, *,
 def render_table(report: dict[str, Any]) -> str:
     against = {"lint": "no comparison (lint)", "diff": f"compared with {' '.join(report['inputs'].get('from') or [])}",
                "cluster": f"compared with the live cluster ({(report.get('cluster') or {}).get('context')})"}
-    lines = [f"responder check: {report['objects']['new']} objects in {' '.join(report['inputs']['to'])}; "
+    lines = [f"responder check: {report['objects']['new']} object(s) in {' '.join(report['inputs']['to'])}; "
              f"{against[report['mode']]}"]
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for f in report["findings"]:  # already in severity order
