@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from responder import report
     from responder.cli import respond
     from responder.drill import bench, command as drill_command
-    from responder.ops import doctor, manifests, protect
+    from responder.ops import check, doctor, manifests, protect
     from responder.lab import cli as lab_cli
 
     respond.add_parsers(sub)
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifests.add_parser(sub)
     doctor.add_parser(sub)
     protect.add_parser(sub)
+    check.add_parser(sub)
     drill_command.add_parser(sub)
     bench.add_parser(sub)
     lab_cli.add_parser(sub)

@@ -278,6 +278,9 @@ CASES: list[Case] = [
          ("403 forbidden", "manifests rbac"), lab=True, refused_writes_ok=True),
     Case("doctor-unreachable", lambda c: ["doctor", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_UNREACHABLE,
          ("doctor could not check", "cannot reach the api server")),
+    Case("check-cluster-unreachable", lambda c: ["check", "--to", str(ROOT / "tests" / "fixtures" / "check" / "capsule-crd-not-kept" / "pass.yaml"),
+                                                 "--cluster", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_UNREACHABLE,
+         ("cannot reach the api server",)),
     Case("protect-unreachable", lambda c: ["protect", "--kubeconfig", str(c.offline_kubeconfig())], EXIT_UNREACHABLE,
          ("cannot reach the api server",)),
     Case("protect-unknown-token", lambda c: ["protect", "--kubeconfig", str(_lab_kubeconfig_with(
