@@ -362,12 +362,12 @@ async def _self_hold_command(client: KubeClient, args: argparse.Namespace, exemp
         print(line + suffix)
     if args.dry_run:
         return EXIT_OK
-    state = await read_self_hold(client)
     if args.remove:
-        print("self-arming hold removed: none of its objects is left" if not state.installed and
-              all(await client.get_or_none(p) is None for p in SELF_HOLD_PATHS.values())
-              else "self-arming hold NOT removed: some of its objects are still there")
-        return EXIT_OK if not state.installed else EXIT_NOT_CONTAINED
+        left = [path.rsplit("/", 1)[-1] for path in SELF_HOLD_PATHS.values() if await client.get_or_none(path) is not None]
+        print(f"self-arming hold NOT removed: still there: {', '.join(left)}" if left
+              else "self-arming hold removed: none of its objects is left")
+        return EXIT_NOT_CONTAINED if left else EXIT_OK
+    state = await read_self_hold(client)
     print(f"self-arming hold {state.summary()}; lets through: {', '.join(exempt)}")
     if state.installed and state.in_force:
         print(f"the recorded Tenant CRD UID ({ADOPTED_CRD_ANNOTATION}) was kept: the hold stays in force until "

@@ -40,10 +40,21 @@ GC = "system:serviceaccount:kube-system:generic-garbage-collector"
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
-async def prepared(lab_manager, line: str, tenants: int, per_tenant: int, tmp_path: Path):
+@pytest.fixture
+def unprotect_after():
+    """Later tests share the lab and delete the Tenant CRD: never leave it protected, whatever happened."""
+    labs: list[Lab] = []
+    yield labs.append
+    for lab in labs:
+        proc = run_responder("protect", "--kubeconfig", str(lab.kubeconfig), "--remove")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def prepared(lab_manager, line: str, tenants: int, per_tenant: int, tmp_path: Path, unprotect_after):
     """A fresh lab, seeded; responder's identity; `responder protect` by the admin (the self-arming hold lets
     responder's username through); a short watch that leaves the shadow copy a late start recovers from."""
     lab = await lab_manager.get(line, fresh=True)
+    unprotect_after(lab)
     kubeconfig = lab.mint_user("responder")
     async with lab.admin_client() as admin:
         await bind_cluster_admin(admin, "responder")
@@ -136,8 +147,8 @@ def assert_lifted_by_the_run(records: list[dict], why: str) -> None:
 
 @pytest.mark.parametrize("line, deleter", [("0.14", "system:serviceaccount:capsule-system:capsule"), ("0.12", GC)])
 async def test_no_responder_running_the_api_server_holds_then_a_late_start_recovers(lab_manager, tmp_path, line,
-                                                                                   deleter):
-    lab, kubeconfig, seeded, journal = await prepared(lab_manager, line, 4, 5, tmp_path)
+                                                                                   deleter, unprotect_after):
+    lab, kubeconfig, seeded, journal = await prepared(lab_manager, line, 4, 5, tmp_path, unprotect_after)
     namespaces = set(seeded.namespaces)
     async with client_for(lab.kubeconfig) as admin:
         crd_uid = (await admin.get(TENANT_CRD_PATH))["metadata"]["uid"]
@@ -166,8 +177,9 @@ async def test_no_responder_running_the_api_server_holds_then_a_late_start_recov
     assert check["status"] == "ok", check
 
 
-async def test_the_crd_rebuilt_with_its_tenants_keeps_the_hold_until_responder_readopts(lab_manager, tmp_path):
-    lab, kubeconfig, seeded, journal = await prepared(lab_manager, "0.12", 3, 4, tmp_path)
+async def test_the_crd_rebuilt_with_its_tenants_keeps_the_hold_until_responder_readopts(lab_manager, tmp_path,
+                                                                                      unprotect_after):
+    lab, kubeconfig, seeded, journal = await prepared(lab_manager, "0.12", 3, 4, tmp_path, unprotect_after)
     namespaces = set(seeded.namespaces)
     async with client_for(lab.kubeconfig) as admin:
         crd = await admin.get(TENANT_CRD_PATH)
@@ -239,7 +251,13 @@ async def test_between_incidents_owners_create_label_and_delete_as_without_it(la
                 ns = await admin.get(f"/api/v1/namespaces/{name}")
                 assert ns["metadata"]["labels"].get(triage.TENANT_LABEL) == tenant  # a tenant namespace
                 await owner.patch(f"/api/v1/namespaces/{name}", {"metadata": {"labels": {"team": "blue"}}})
-                await owner.delete(f"/api/v1/namespaces/{name}")  # admitted: the hold is dormant
+                for attempt in range(60):  # Capsule binds the owner's namespace-deleter role right after creation
+                    try:
+                        await owner.delete(f"/api/v1/namespaces/{name}")  # admitted: the hold is dormant
+                        break
+                    except ApiError as exc:
+                        assert SELF_HOLD_POLICY not in exc.api_message and attempt < 59, exc
+                        await asyncio.sleep(0.5)
                 # Offboarding one Tenant: Capsule and the GC delete its namespaces as without the hold.
                 await admin.delete(f"{TENANTS_PATH}/{tenant}")
                 deadline = time.monotonic() + 120
