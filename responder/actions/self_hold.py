@@ -132,19 +132,19 @@ def self_hold_state(objects: dict[str, dict[str, Any] | None], crd: dict[str, An
     missing = [key.split("/")[0] + (f" {key.split('/')[1]}" if "/" in key else "")
                for key, obj in objects.items() if obj is None]
     if missing:
-        return SelfHoldState(False, why=", ".join(missing) + " missing: run `responder protect --only hold`")
+        return SelfHoldState(False, why=", ".join(missing) + " missing: run `responder protect --only self-hold`")
     policy = objects["ValidatingAdmissionPolicy"] or {}
     adopted = ((policy.get("metadata") or {}).get("annotations") or {}).get(ADOPTED_CRD_ANNOTATION)
     want = self_hold_objects(adopted or "", [])[0]["spec"]
     spec = policy.get("spec") or {}
     if not adopted or any(spec.get(k) != want[k] for k in ("paramKind", "validations", "variables", "failurePolicy")):
-        return SelfHoldState(False, why="the policy differs from this version's: run `responder protect --only hold`")
+        return SelfHoldState(False, why="the policy differs from this version's: run `responder protect --only self-hold`")
     for key, obj in objects.items():
         if key.startswith("ValidatingAdmissionPolicyBinding"):
             bspec = (obj or {}).get("spec") or {}
             if bspec.get("policyName") != SELF_HOLD_POLICY or "Deny" not in (bspec.get("validationActions") or []):
                 return SelfHoldState(False, why=f"binding {obj['metadata']['name']} differs from this version's: "
-                                                "run `responder protect --only hold`")
+                                                "run `responder protect --only self-hold`")
     state = SelfHoldState(True, adopted_uid=adopted, crd_uid=(crd or {}).get("metadata", {}).get("uid"),
                           crd_deleting=bool((crd or {}).get("metadata", {}).get("deletionTimestamp")))
     if crd is None:

@@ -238,7 +238,7 @@ def self_hold_result(state: SelfHoldState) -> CheckResult:
         return CheckResult("self-arming-hold", FINDING, f"self-arming hold not installed ({state.why}): with no "
                            "responder process running, nothing refuses the garbage collector's and Capsule's "
                            "namespace deletes once the Tenant CRD is deleted",
-                           fix="run `responder protect --only hold` as a cluster admin (with --responder-user for "
+                           fix="run `responder protect --only self-hold` as a cluster admin (with --responder-user for "
                                "the username responder runs as, if not the guard's ServiceAccount)",
                            data=state.to_json())
     if state.in_force:

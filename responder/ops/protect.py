@@ -17,7 +17,7 @@ tenant namespace DELETE but responder's is refused within milliseconds, where a 
 incident waits for the API server's next policy refresh (up to ~1 s). Installing them needs create on
 CRDs, which responder's own role does not grant: run it as a cluster admin.
 
-The self-arming hold (responder.actions.self_hold), installed with the armed hold: a policy whose parameter
+The self-arming hold (responder.actions.self_hold, `--only self-hold`): a policy whose parameter
 is the Tenant CRD itself, so the API server refuses tenant namespace deletes from the moment that CRD is
 deleted, with no responder process running, until responder has recovered and re-adopted the namespaces.
 It records the Tenant CRD's UID at install, so the Tenant CRD must exist; installing it again while it is in
@@ -194,7 +194,7 @@ async def install_self_hold(client: KubeClient, exempt: list[str]) -> list[str]:
     if crd is None or crd["metadata"].get("deletionTimestamp"):
         raise ConfigError(f"the Tenant CRD {TENANT_CRD} is {'absent' if crd is None else 'being deleted'}: the "
                           "self-arming hold records the UID of the CRD it protects",
-                          fix="recover first (`responder run`), then run `responder protect --only hold` again")
+                          fix="recover first (`responder run`), then run `responder protect --only self-hold` again")
     uid = crd["metadata"]["uid"]
     state = await read_self_hold(client)
     if state.installed and state.in_force and state.adopted_uid:
@@ -295,8 +295,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="send the writes with dryRun=All: nothing persists")
     p.add_argument("--remove", action="store_true", help="delete responder's policies, bindings, the hold's "
                                                           "parameter and its CRD")
-    p.add_argument("--only", choices=("crds", "hold"),
-                   help="only the CRD protection, or only the namespace holds, armed and self-arming (default: both)")
+    p.add_argument("--only", choices=("crds", "hold", "self-hold"),
+                   help="only the CRD protection, only the armed namespace hold, or only the self-arming hold "
+                        "(default: all three)")
     p.add_argument("--responder-user", action="append", default=[], metavar="USERNAME",
                    help=f"the self-arming hold lets this username through too (repeatable; {GUARD_IDENTITY}, the "
                         "guard's ServiceAccount, always)")
@@ -310,7 +311,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
     exempt = self_hold_exemptions(args.responder_user)
     access = load_cluster_access(args.kubeconfig, args.context)
 
-    do_crds, do_hold = args.only in (None, "crds"), args.only in (None, "hold")
+    do_crds, do_hold, do_self_hold = (args.only in (None, "crds"), args.only in (None, "hold"),
+                                      args.only in (None, "self-hold"))
 
     async def go() -> int:
         # Fail fast when the cluster is unreachable instead of retrying for the incident write deadline.
@@ -341,6 +343,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
                     print("namespace hold armed: dormant until the breaker marks it" if why is None
                           else f"namespace hold NOT armed: {why}")
                     rc = rc or (EXIT_OK if why is None else EXIT_NOT_CONTAINED)
+            if do_self_hold:
                 rc = rc or await _self_hold_command(client, args, exempt, suffix)
             return rc
 
@@ -355,8 +358,8 @@ async def _self_hold_command(client: KubeClient, args: argparse.Namespace, exemp
         print(f"self-arming hold NOT installed: {exc.message}; fix: {exc.fix}")
         return EXIT_NOT_CONTAINED
     except Forbidden as exc:
-        print(f"self-arming hold NOT installed: {exc.api_message[:200]}. Run `responder protect --only hold` once as "
-              "a cluster admin")
+        print(f"self-arming hold NOT installed: {exc.api_message[:200]}. Run `responder protect --only self-hold` "
+              "once as a cluster admin")
         return EXIT_FORBIDDEN
     for line in lines:
         print(line + suffix)

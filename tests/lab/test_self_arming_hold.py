@@ -227,8 +227,9 @@ async def test_between_incidents_owners_create_label_and_delete_as_without_it(la
     lab = await lab_manager.get("0.14")
     async with lab.admin_client() as admin:
         seeded = await seed(admin, tenants=1, namespaces_per_tenant=1, prefix="between", with_content=False)
-    proc = run_responder("protect", "--kubeconfig", str(lab.kubeconfig), "--only", "hold")
+    proc = run_responder("protect", "--kubeconfig", str(lab.kubeconfig), "--only", "self-hold")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "self-arming hold dormant" in proc.stdout, proc.stdout
     tenant = next(iter(seeded.tenants))
     async with client_for(lab.kubeconfig) as admin:
         try:
@@ -269,7 +270,7 @@ async def test_between_incidents_owners_create_label_and_delete_as_without_it(la
                 await owner.aclose()
             assert not (await read_self_hold(admin)).in_force
         finally:
-            proc = run_responder("protect", "--kubeconfig", str(lab.kubeconfig), "--remove")
+            proc = run_responder("protect", "--kubeconfig", str(lab.kubeconfig), "--remove", "--only", "self-hold")
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert "self-arming hold removed: none of its objects is left" in proc.stdout, proc.stdout
             for path in SELF_HOLD_PATHS.values():
