@@ -99,7 +99,7 @@ def tenant_owned_expression() -> str:
 
 
 NAMESPACE_DELETES = {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
-                                         "resources": ["namespaces"]}]}
+                                        "resources": ["namespaces"]}]}
 
 
 def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]:
