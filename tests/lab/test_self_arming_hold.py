@@ -162,6 +162,9 @@ async def test_no_responder_running_the_api_server_holds_then_a_late_start_recov
         assert refused.get(deleter), refused  # Capsule's controller (>= 0.13) or the garbage collector, refused
         state = await read_self_hold(admin)
         assert state.in_force, state
+    plan = run_responder("plan", "--kubeconfig", str(kubeconfig), "--journal", str(tmp_path / "plan"), "-o", "json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["self_hold"]["in_force"], plan.stdout[:2000]
 
     summary, records = late_start(kubeconfig, journal)
     assert summary["recovery"]["verified"], summary["recovery"]
