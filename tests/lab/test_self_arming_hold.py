@@ -162,6 +162,15 @@ async def test_no_responder_running_the_api_server_holds_then_a_late_start_recov
         assert refused.get(deleter), refused  # Capsule's controller (>= 0.13) or the garbage collector, refused
         state = await read_self_hold(admin)
         assert state.in_force, state
+        # The refusal names the policy, why, and the way out (the CRD waits on Capsule's Tenant finalizer on 0.14;
+        # on 0.12 it is gone, and the API server's own text names the binding, which says it).
+        expected = (("being deleted", "responder protect --remove") if line == "0.14"
+                    else ("no params found", "to-remove-capsule-run-responder-protect-remove-first"))
+        try:
+            await admin.delete(f"/api/v1/namespaces/{seeded.namespaces[0]}", dry_run=True)
+            pytest.fail("a tenant namespace DELETE was admitted while the hold is in force")
+        except ApiError as exc:
+            assert SELF_HOLD_POLICY in exc.api_message and all(p in exc.api_message for p in expected), exc
     plan = run_responder("plan", "--kubeconfig", str(kubeconfig), "--journal", str(tmp_path / "plan"), "-o", "json")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["self_hold"]["in_force"], plan.stdout[:2000]
