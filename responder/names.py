@@ -22,3 +22,10 @@ HOLD_PARAM_VERSION = "v1alpha1"
 HOLD_PARAM_KIND = "NamespaceHold"
 HOLD_PARAM_RESOURCE = "namespaceholds"
 HOLD_PARAM_CRD = f"{HOLD_PARAM_RESOURCE}.{HOLD_PARAM_GROUP}"
+# The self-arming hold (`responder protect`): a policy whose parameter is the Tenant CRD itself, refusing tenant
+# namespace deletes while that CRD is being deleted, absent, or not the one responder last adopted. Its binding for
+# the absent case is named so that the API server's refusal (which then carries no message of ours) says why and
+# the way out.
+SELF_HOLD_POLICY = "responder-namespace-hold-self"
+SELF_HOLD_BINDING = "responder-namespace-hold-self.tenant-crd-absent.to-remove-capsule-run-responder-protect-remove-first"
+SELF_HOLD_OWNED_BINDING = "responder-namespace-hold-self-owned"

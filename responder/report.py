@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from responder.errors import ResponderError
+from responder.names import SELF_HOLD_POLICY
 
 COLLAPSE_AFTER = 50  # namespace lists longer than this are cut in Markdown (JSON keeps them whole)
 DETAIL_MAX = 300
@@ -36,6 +37,7 @@ IRREVERSIBLE = {
 }
 NO_UNDO_PAYLOAD = "no undo payload was journaled for this write: revert it by hand if needed."
 UNDO_STEP = "undo"
+CAPSULE_WEBHOOK = "Capsule's webhook"  # what refuses the breaker's probe, unless the journal names another
 _CONTENT_LEFT = re.compile(r"^(?P<ns>\S+) is Terminating with content left: (?P<content>.*)$")
 
 
@@ -250,8 +252,14 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
             if m:
                 content_left.append({"namespace": m.group("ns"), "content": _text(m.group("content"), 200),
                                      "ts": r.get("ts")})
-    verified = [{"seq": r.get("seq"), "ts": r.get("ts"), "elapsed_s": elapsed(r.get("ts")), "probe": r.get("probe")}
-                for r in records if r.get("kind") == "breaker-verified"]
+    verified = [{"seq": r.get("seq"), "ts": r.get("ts"), "elapsed_s": elapsed(r.get("ts")), "probe": r.get("probe"),
+                 "by": r.get("by") or CAPSULE_WEBHOOK} for r in records if r.get("kind") == "breaker-verified"]
+    # The self-arming hold (`responder protect`): as the run found it, and its lift by recovery.
+    found = next((r for r in records if r.get("kind") == "self-hold"), None)
+    self_hold = None if found is None else {
+        "installed": found.get("installed"), "in_force": found.get("in_force"), "why": found.get("why"),
+        "lifted": any(r["status"] == "ok" and str(r["target"]).startswith(f"ValidatingAdmissionPolicy/{SELF_HOLD_POLICY}")
+                      for r in hold_removed)}
     confirmations = [{"seq": r.get("seq"), "ts": r.get("ts"), "step": r.get("step"), "answer": r.get("answer"),
                       "summary": _text(r.get("summary"), 200)}
                      for r in records if r.get("kind") == "confirmation"]
@@ -299,7 +307,10 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
             row(r, "WARNING", step=r.get("step"), detail=r.get("message") or "", warning=True)
         elif kind == "breaker-verified":
             row(r, "breaker verified", step=r.get("step"),
-                detail=f"a dry-run DELETE of namespace {r.get('probe')} was refused by Capsule's webhook")
+                detail=f"a dry-run DELETE of namespace {r.get('probe')} was refused by "
+                       f"{r.get('by') or CAPSULE_WEBHOOK}")
+        elif kind == "self-hold" and r.get("in_force"):
+            row(r, "self-arming hold in force", step=r.get("step"), detail=str(r.get("why") or ""))
         elif kind == "orphaned-content":
             row(r, "ORPHANED CONTENT", step=r.get("step"),
                 detail=f"namespace {r.get('namespace')} finalized with content left", warning=True)
@@ -367,6 +378,7 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
             "namespace_hold": hold,
             "namespace_hold_armed": meta.get("hold_armed"), "namespace_hold_not_armed": meta.get("hold_not_armed"),
             "breaker_verified": verified,
+            "self_arming_hold": self_hold,
             "namespaces_detached": {"count": len(names(detach)), "names": names(detach),
                                     "not_detached": [e for e in detach if e["status"] != "ok"]},
             "tenants_released": {"count": len(names(tenants)), "names": names(tenants),
@@ -589,9 +601,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                                for h in hold) + "."
                    + (" **Still in place**: tenant namespaces cannot be deleted until `responder undo` removes it."
                       if in_place and not dry else ""))
+    sh = acts.get("self_arming_hold")
+    if sh and sh.get("in_force"):
+        out.append(f"- Self-arming hold (`responder protect`) in force when the run began: {sh.get('why')}; the API "
+                   "server had been refusing tenant namespace DELETEs by itself"
+                   + ("; lifted by recovery once every namespace was re-adopted." if sh.get("lifted") else
+                      "; **still in force** until recovery re-adopts the namespaces (`responder run`)."))
     for v in acts.get("breaker_verified") or []:
         out.append(f"- Breaker verified at {v.get('ts')}: a dry-run DELETE of namespace {_code(v.get('probe'))} "
-                   "was refused by Capsule's webhook.")
+                   f"was refused by {v.get('by') or CAPSULE_WEBHOOK}.")
     for key, title, missing in (("namespaces_detached", "Namespaces detached", "not_detached"),
                                 ("tenants_released", "Tenants released (finalizer removed)", "not_released"),
                                 ("namespaces_finalized", "Terminating namespaces finalized", "not_finalized")):

@@ -29,7 +29,7 @@ from responder.incident.engine import StepContext, StepOutcome
 from responder.errors import ApiError
 from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
                              HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
-                             HOLD_POLICY)
+                             HOLD_POLICY, SELF_HOLD_POLICY)
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"
@@ -88,7 +88,7 @@ ARMED_HOLD_PATHS = {"ValidatingAdmissionPolicy": f"{HOLD_PATHS['ValidatingAdmiss
 HOLD_LABELS = {"app.kubernetes.io/name": "responder", "app.kubernetes.io/component": "breaker"}
 
 
-def _tenant_owned() -> str:
+def tenant_owned_expression() -> str:
     """CEL: the namespace being deleted is a tenant namespace (Capsule's label, or a Tenant owner).
     On DELETE `object` is null; the namespace being deleted is `oldObject`."""
     label = json.dumps(triage.TENANT_LABEL)
@@ -98,8 +98,8 @@ def _tenant_owned() -> str:
             f"r.apiVersion.startsWith({json.dumps(triage.TENANT_GROUP + '/')})))")
 
 
-_NAMESPACE_DELETES = {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
-                                         "resources": ["namespaces"]}]}
+NAMESPACE_DELETES = {"resourceRules": [{"apiGroups": [""], "apiVersions": ["*"], "operations": ["DELETE"],
+                                        "resources": ["namespaces"]}]}
 
 
 def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]:
@@ -111,10 +111,10 @@ def namespace_hold_objects(identity: str, incident: str) -> list[dict[str, Any]]
         "metadata": {"name": HOLD_POLICY, **meta},
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": _NAMESPACE_DELETES,
+            "matchConstraints": NAMESPACE_DELETES,
             "matchConditions": [{"name": "not-responder",
                                  "expression": f"request.userInfo.username != {json.dumps(identity)}"}],
-            "validations": [{"expression": f"!({_tenant_owned()})", "reason": "Forbidden",
+            "validations": [{"expression": f"!({tenant_owned_expression()})", "reason": "Forbidden",
                              "message": f"tenant namespaces are held by responder's circuit breaker during incident "
                                         f"{incident}: no deletes until recovery ends (or `responder undo`)"}],
         },
@@ -147,7 +147,7 @@ def armed_hold_objects() -> list[dict[str, Any]]:
         "spec": {
             "failurePolicy": "Ignore",
             "paramKind": {"apiVersion": HOLD_PARAM_API_VERSION, "kind": HOLD_PARAM_KIND},
-            "matchConstraints": _NAMESPACE_DELETES,
+            "matchConstraints": NAMESPACE_DELETES,
             "variables": [
                 {"name": "held", "expression": f"has({annotations}) && "
                                                f"{json.dumps(HOLD_INCIDENT_ANNOTATION)} in {annotations}"},
@@ -157,7 +157,7 @@ def armed_hold_objects() -> list[dict[str, Any]]:
                                                     f"{annotations}[{json.dumps(HOLD_IDENTITY_ANNOTATION)}]"},
             ],
             "validations": [{
-                "expression": f"!variables.held || variables.responder || !({_tenant_owned()})",
+                "expression": f"!variables.held || variables.responder || !({tenant_owned_expression()})",
                 "reason": "Forbidden",
                 "message": "tenant namespaces are held by responder's circuit breaker: no deletes until recovery ends "
                            "(or `responder undo`)",
@@ -564,6 +564,12 @@ class VerifyBreaker:
                 await ctx.client.delete(f"/api/v1/namespaces/{probe}", dry_run=True)
                 last = "a dry-run namespace DELETE was still admitted (Capsule still running?)"
             except ApiError as exc:
+                if SELF_HOLD_POLICY in exc.api_message:
+                    # The self-arming hold (`responder protect`) refuses first, responder too while the Tenant
+                    # CRD is absent: every tenant namespace DELETE is refused in the API server itself.
+                    ctx.journal.record("breaker-verified", step=ctx.step.id, probe=probe, by="self-arming hold",
+                                       refusal=exc.api_message[:300])
+                    return "verified"
                 if "failed calling webhook" in exc.api_message:
                     # The controller (0.13+) may have rewritten its configuration before it stopped.
                     await TripBreaker().ensure_exemption(ctx, await self._fresh_hooks(ctx))

@@ -20,12 +20,14 @@ import httpx
 from responder.recovery import decisions as recovery
 from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of, release_hold,
                                        restore_match_conditions_patch, widen_exemption_patch)
+from responder.actions.self_hold import lift_self_hold, read_self_hold
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery, wait_crd_established
 from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
 from responder.incident.observe import TENANTS_PATH
+from responder.names import SELF_HOLD_POLICY
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 CRD_NAME = "tenants.capsule.clastix.io"
@@ -628,6 +630,11 @@ class RestoreCapsule:
         if not ctx.done_before("restore-replicas", target.deployment):
             lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
                          f"(as before the incident)")
+        self_hold = await read_self_hold(ctx.client)
+        if self_hold.in_force:
+            lines.append(f"lift the self-arming hold ({self_hold.why}): record the Tenant CRD present then as the "
+                         f"adopted one in ValidatingAdmissionPolicy {SELF_HOLD_POLICY}, once every Tenant lists its "
+                         "namespaces again")
         if await self.own_hold(ctx):
             lines.append(f"lift the namespace hold (delete ValidatingAdmissionPolicy {HOLD_POLICY} and its binding, "
                          f"unmark the armed hold's parameter) once every Tenant lists its namespaces again")
@@ -655,6 +662,9 @@ class RestoreCapsule:
                                data)
         # Capsule runs and owns every namespace again: tenant namespaces may be deleted again.
         data["hold_removed"] = await release_hold(ctx)
+        lifted = await lift_self_hold(ctx)
+        if lifted:
+            data["hold_removed"].append(lifted)
         return StepOutcome("finished", f"Capsule back at {replicas} replicas; every Tenant lists its namespaces"
                                        + ("; namespace hold removed" if data["hold_removed"] else ""), data)
 
@@ -718,6 +728,9 @@ class VerifyRecovery:
         expected_replicas = snapshot.get("capsule_replicas")
         lost = set(plan.get("lost") or {})
         hold_left = await hold_left_in_place(ctx.client, ctx.journal.incident_id)
+        self_hold = await read_self_hold(ctx.client)
+        if self_hold.in_force:
+            hold_left.append(f"ValidatingAdmissionPolicy/{SELF_HOLD_POLICY} (self-arming: {self_hold.why})")
         result = {
             "known": len(known), "present": len(known) - len(missing), "missing": missing,
             "adopted": len(known) - len(missing) - len(not_adopted), "not_adopted": not_adopted,

@@ -25,17 +25,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+from responder.cluster.client import JSON_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_OK, ApiError, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab import processes
 from responder.lab.apply import bind_cluster_admin
+from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
 from responder.lab.incident import delete_tenant_crd
 from responder.lab.seed import seed
-from responder.names import HOLD_PARAM_KIND, HOLD_POLICY
+from responder.names import ARMED_HOLD_POLICY, HOLD_PARAM_KIND, HOLD_POLICY
 from responder.ops.protect import arm_hold
 from responder.response.session import Session, SessionOptions, resolve_runbook
 
@@ -76,7 +78,8 @@ def cmd_bench_hold(args: argparse.Namespace) -> int:
     dry-run DELETE of a tenant namespace (by the lab's admin, whom the hold does not exempt): creating the
     policy and binding (what the breaker does where the hold is not armed), creating only the binding of
     a policy installed beforehand, and marking the armed hold's parameter (`responder protect`; what the
-    breaker does where it is armed)."""
+    breaker does where it is armed). And the self-arming hold, which needs no responder at all: measured from
+    the Tenant CRD's DELETE being sent (self_arming_trials)."""
     if args.trials < 1:
         raise ConfigError(f"bad --trials {args.trials}", fix="--trials 1 or more")
     lab = Lab(args.state_dir or (Lab().dir.parent / "bench-lab"))
@@ -101,20 +104,20 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
         seeded = await seed(admin, tenants=1, namespaces_per_tenant=1, with_content=False)
         probe = f"/api/v1/namespaces/{seeded.namespaces[0]}"
 
-        async def refused_after(started: float, held: bool) -> float:
-            """ms from `started` until a dry-run DELETE is refused by the hold (held) or admitted (not held)."""
+        async def refused_after(started: float, held: bool, probe: str = probe, policy: str = HOLD_POLICY) -> float:
+            """ms from `started` until a dry-run DELETE is refused by `policy` (held) or not (not held)."""
             while time.perf_counter() - started < 30:
                 try:
                     await admin.delete(probe, dry_run=True)
                     if not held:
                         return round((time.perf_counter() - started) * 1000, 1)
                 except ApiError as exc:
-                    if held and HOLD_POLICY in exc.api_message:
+                    if held == (f"'{policy}'" in exc.api_message):
                         return round((time.perf_counter() - started) * 1000, 1)
             raise RuntimeError(f"the hold was still {'not ' if held else ''}refusing after 30 s")
 
         out: dict[str, list[float]] = {"create_policy_and_binding": [], "bind_installed_policy": [],
-                                       "mark_armed_hold": []}
+                                       "mark_armed_hold": []}  # and self_arming_crd_delete, last
         for trial in range(trials):
             objects = namespace_hold_objects("responder", f"bench-{trial}")
             for obj in objects:
@@ -140,11 +143,65 @@ async def hold_trials(lab: Lab, trials: int) -> dict[str, list[float]]:
             mark = {"metadata": {"annotations": {HOLD_INCIDENT_ANNOTATION: f"bench-{trial}",
                                                  HOLD_IDENTITY_ANNOTATION: "responder"}}}
             await admin.patch(HOLD_PARAM_PATH, mark)
-            out["mark_armed_hold"].append(await refused_after(time.perf_counter(), True))
+            out["mark_armed_hold"].append(await refused_after(time.perf_counter(), True, policy=ARMED_HOLD_POLICY))
             param = await admin.get(HOLD_PARAM_PATH)
             method, path, body, content_type = release_request(HOLD_PARAM_KIND, param)
             await admin.request(method, path, body=body, content_type=content_type)
-            await refused_after(time.perf_counter(), False)
+            await refused_after(time.perf_counter(), False, policy=ARMED_HOLD_POLICY)
+        out["self_arming_crd_delete"] = await self_arming_trials(admin, trials, refused_after)
+    return out
+
+
+async def self_arming_trials(admin: KubeClient, trials: int, refused_after: Callable[..., Awaitable[float]]) -> list[float]:
+    """The self-arming hold (`responder protect --only self-hold`): ms from the Tenant CRD's DELETE being sent to
+    the first refused dry-run DELETE of a tenant namespace; then the CRD is recreated and the hold re-keyed to it,
+    as recovery does. Capsule is stopped and its webhooks removed first (the lab is wiped afterwards): its
+    webhooks refuse a namespace with its tenant label and no Tenant owner, the probe here (an owned one would
+    be deleted by the garbage collector once the hold is re-keyed, its Tenant gone with the CRD)."""
+    from responder.actions.self_hold import SELF_HOLD_PATHS, TENANT_CRD_PATH, rekey_request
+    from responder.cluster.discovery import wait_crd_established
+    from responder.incident import triage
+    from responder.incident.observe import TENANTS_PATH, WEBHOOK_STREAMS, capsule_webhooks_in
+    from responder.names import SELF_HOLD_POLICY, TENANT_CRD
+    from responder.ops.protect import ALLOW_DELETE_ANNOTATION, install_self_hold
+    from responder.recovery.decisions import crd_for_create
+
+    await admin.patch(f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}/scale",
+                      {"spec": {"replicas": 0}})
+    listings = {name: (await admin.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
+    for kind, obj in capsule_webhooks_in(lambda name: listings[name]):
+        prefix = "validating" if kind.startswith("Validating") else "mutating"
+        await admin.delete(f"/apis/admissionregistration.k8s.io/v1/{prefix}webhookconfigurations/"
+                           f"{obj['metadata']['name']}")
+    # No Tenants left to finalize (Capsule >= 0.13's finalizer would keep the CRD's deletion waiting).
+    for tenant in (await admin.get(TENANTS_PATH)).get("items") or []:
+        path = f"{TENANTS_PATH}/{tenant['metadata']['name']}"
+        await admin.patch(path, {"metadata": {"finalizers": None}})
+        await admin.delete(path)
+    probe = "/api/v1/namespaces/bench-self-arming-probe"
+    await admin.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": probe.rsplit("/", 1)[-1], "labels": {triage.TENANT_LABEL: "bench"}}})
+    body = crd_for_create(await admin.get(TENANT_CRD_PATH))
+    await install_self_hold(admin, ["responder"])
+    await asyncio.sleep(3)  # compiled and loaded, dormant
+    await refused_after(time.perf_counter(), False, probe, SELF_HOLD_POLICY)
+    out = []
+    for _ in range(trials):
+        await admin.patch(TENANT_CRD_PATH, {"metadata": {"annotations": {ALLOW_DELETE_ANNOTATION: "true"}}})
+        started = time.perf_counter()
+        await admin.delete(TENANT_CRD_PATH)
+        out.append(await refused_after(started, True, probe, SELF_HOLD_POLICY))
+        deadline = time.monotonic() + 60
+        while await admin.get_or_none(TENANT_CRD_PATH) is not None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Tenant CRD was still being deleted after 60 s")
+            await asyncio.sleep(0.1)
+        await admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
+        await wait_crd_established(admin, TENANT_CRD, 30)
+        policy_path = SELF_HOLD_PATHS["ValidatingAdmissionPolicy"]
+        uid = (await admin.get(TENANT_CRD_PATH))["metadata"]["uid"]
+        await admin.patch(policy_path, rekey_request(await admin.get(policy_path), uid), patch_type=JSON_PATCH)
+        await refused_after(time.perf_counter(), False, probe, SELF_HOLD_POLICY)
     return out
 
 

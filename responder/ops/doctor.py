@@ -12,6 +12,9 @@ Checks (each a CheckResult: ok, finding or info):
   tenant-crd-protection   responder protect's ValidatingAdmissionPolicy refuses deleting the Tenant CRD
   namespace-hold the breaker's namespace hold is armed (`responder protect`): it then holds within
                  milliseconds of the breaker's first write instead of after the API server's policy refresh
+  self-arming-hold        the self-arming hold (`responder protect`) is installed and dormant: the API server
+                 refuses tenant namespace deletes by itself once the Tenant CRD is deleted (a finding when it is
+                 missing, or in force: an incident not recovered yet)
   crd-keep       `helm.sh/resource-policy: keep` on Capsule's CRDs (else `helm uninstall` deletes them)
   prevent-deletion        Tenants' spec.preventDeletion, and why it does not help against CRD deletion
 
@@ -35,6 +38,7 @@ import yaml
 
 from responder.incident import triage
 from responder.actions.breaker import fails_closed, guards_namespace_delete, read_armed_hold
+from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.response.console import positive_number
 from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
@@ -228,6 +232,23 @@ def protection_result(status: ProtectionStatus, crds: list[str]) -> CheckResult:
     return CheckResult("tenant-crd-protection", OK, f"deletion refused by responder protect: {', '.join(crds)}")
 
 
+def self_hold_result(state: SelfHoldState) -> CheckResult:
+    """The self-arming hold: installed and dormant is the healthy state; in force means an incident is on."""
+    if not state.installed:
+        return CheckResult("self-arming-hold", FINDING, f"self-arming hold not installed ({state.why}): with no "
+                           "responder process running, nothing refuses the garbage collector's and Capsule's "
+                           "namespace deletes once the Tenant CRD is deleted",
+                           fix="run `responder protect --only self-hold` as a cluster admin (with --responder-user for "
+                               "the username responder runs as, if not the guard's ServiceAccount)",
+                           data=state.to_json())
+    if state.in_force:
+        return CheckResult("self-arming-hold", FINDING, f"self-arming hold IN FORCE: {state.why}; tenant namespaces "
+                           "cannot be deleted", fix="run `responder run` to recover (it lifts the hold once the "
+                                                    "namespaces are re-adopted)", data=state.to_json())
+    return CheckResult("self-arming-hold", OK, "installed, dormant: the API server refuses tenant namespace deletes "
+                                               "by itself once the Tenant CRD is deleted", data=state.to_json())
+
+
 def hold_result(why_not: str | None) -> CheckResult:
     if why_not is None:
         return CheckResult("namespace-hold", OK, "armed: the breaker's first write makes the API server refuse every "
@@ -333,7 +354,7 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
         crds = (await client.list_all(CRDS_PATH))["items"]
         status = await read_protection(client)
         return [protection_result(status, protected_crds(options.protect_crds)), crd_keep_result(crds),
-                hold_result(await read_armed_hold(client))]
+                hold_result(await read_armed_hold(client)), self_hold_result(await read_self_hold(client))]
 
     async def tenants() -> list[CheckResult]:
         listing = await client.get_or_none(TENANTS_PATH)

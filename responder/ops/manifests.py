@@ -31,7 +31,7 @@ import yaml
 from responder.errors import ConfigError
 from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
                              HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
-                             PROTECT_POLICY, RESPONDER_NAMESPACE)
+                             PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY)
 
 RBAC_API = "rbac.authorization.k8s.io"
 # Placeholders in the table, replaced by the real names when rules or checks are made.
@@ -173,6 +173,12 @@ PERMISSIONS: tuple[Permission, ...] = (
                "take over a namespace hold already in place (a crash before its creation was journaled, or an earlier "
                "incident's); remove it once Capsule is back (or on undo); only those two names",
                resource_names=tuple(sorted({HOLD_POLICY, HOLD_BINDING}))),
+    Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies",), ("patch",),
+               ("restore-capsule",),
+               "lift the self-arming hold (`responder protect`) once recovery has re-adopted every namespace: record "
+               "the Tenant CRD present then as the adopted one in its policy (journal action release-hold); only "
+               "that name",
+               resource_names=(SELF_HOLD_POLICY,)),
     Permission("admissionregistration.k8s.io", ("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
                ("update", "patch", "delete"),
                ("protect",),

@@ -16,6 +16,12 @@ installed first). They refuse nothing until the breaker marks the parameter with
 tenant namespace DELETE but responder's is refused within milliseconds, where a policy created during the
 incident waits for the API server's next policy refresh (up to ~1 s). Installing them needs create on
 CRDs, which responder's own role does not grant: run it as a cluster admin.
+
+The self-arming hold (responder.actions.self_hold, `--only self-hold`): a policy whose parameter
+is the Tenant CRD itself, so the API server refuses tenant namespace deletes from the moment that CRD is
+deleted, with no responder process running, until responder has recovered and re-adopted the namespaces.
+It records the Tenant CRD's UID at install, so the Tenant CRD must exist; installing it again while it is in
+force keeps the recorded UID (it never lifts a hold in force).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from typing import Any
 
 from responder.cluster.client import APPLY_PATCH, KubeClient
 from responder.actions.breaker import ARMED_HOLD_PATHS, armed_hold_objects, hold_param_crd, read_armed_hold
+from responder.actions.self_hold import (ADOPTED_CRD_ANNOTATION, GUARD_IDENTITY, SELF_HOLD_PATHS, TENANT_CRD_PATH,
+                                        read_self_hold, self_hold_objects)
 from responder.cluster.discovery import CRD_PATH, wait_crd_established
 from responder.errors import EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, ApiError, ConfigError, Forbidden
 from responder.names import HOLD_PARAM_CRD, HOLD_PARAM_KIND, PROTECT_BINDING, PROTECT_POLICY, TENANT_CRD
@@ -166,6 +174,44 @@ async def arm_hold(client: KubeClient) -> list[str]:
     return done
 
 
+def self_hold_exemptions(users: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The identities the self-arming hold lets through while the Tenant CRD exists: the guard's ServiceAccount
+    and the users named with --responder-user, without repeats."""
+    out = [GUARD_IDENTITY]
+    for user in users:
+        if not user.strip():
+            raise ConfigError("--responder-user is empty", fix="name the username responder runs as (`kubectl auth "
+                                                               "whoami` with its kubeconfig)")
+        if user.strip() not in out:
+            out.append(user.strip())
+    return out
+
+
+async def install_self_hold(client: KubeClient, exempt: list[str]) -> list[str]:
+    """Server-side apply of the self-arming hold: the policy first, then its bindings (a binding without its
+    policy refuses nothing). Records the Tenant CRD's UID, or keeps the one recorded while the hold is in force."""
+    crd = await client.get_or_none(TENANT_CRD_PATH)
+    if crd is None or crd["metadata"].get("deletionTimestamp"):
+        raise ConfigError(f"the Tenant CRD {TENANT_CRD} is {'absent' if crd is None else 'being deleted'}: the "
+                          "self-arming hold records the UID of the CRD it protects",
+                          fix="recover first (`responder run`), then run `responder protect --only self-hold` again")
+    uid = crd["metadata"]["uid"]
+    state = await read_self_hold(client)
+    if state.installed and state.in_force and state.adopted_uid:
+        uid = state.adopted_uid  # never lift a hold in force by installing again
+    done = []
+    for obj, path in zip(self_hold_objects(uid, exempt), SELF_HOLD_PATHS.values()):
+        await client.patch(path, obj, patch_type=APPLY_PATCH)
+        done.append(f"{obj['kind']} {obj['metadata']['name']}: applied")
+    return done
+
+
+async def remove_self_hold(client: KubeClient) -> list[str]:
+    """Delete the self-arming hold's bindings, then its policy."""
+    paths = list(SELF_HOLD_PATHS.items())
+    return await _delete_each(client, [(key.split("/")[0], path) for key, path in paths[1:] + paths[:1]])
+
+
 async def _delete_each(client: KubeClient, objects: list[tuple[str, str]]) -> list[str]:
     """DELETE each (kind, path) in order; absent ones are fine. One line each for the operator."""
     done = []
@@ -249,8 +295,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="send the writes with dryRun=All: nothing persists")
     p.add_argument("--remove", action="store_true", help="delete responder's policies, bindings, the hold's "
                                                           "parameter and its CRD")
-    p.add_argument("--only", choices=("crds", "hold"),
-                   help="only the CRD protection, or only the armed namespace hold (default: both)")
+    p.add_argument("--only", choices=("crds", "hold", "self-hold"),
+                   help="only the CRD protection, only the armed namespace hold, or only the self-arming hold "
+                        "(default: all three)")
+    p.add_argument("--responder-user", action="append", default=[], metavar="USERNAME",
+                   help=f"the self-arming hold lets this username through too (repeatable; {GUARD_IDENTITY}, the "
+                        "guard's ServiceAccount, always)")
     p.set_defaults(handler=cmd_protect)
 
 
@@ -258,9 +308,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from responder.cluster.kubeconfig import load_cluster_access
 
     crds = protected_crds(args.crd)
+    exempt = self_hold_exemptions(args.responder_user)
     access = load_cluster_access(args.kubeconfig, args.context)
 
-    do_crds, do_hold = args.only in (None, "crds"), args.only in (None, "hold")
+    do_crds, do_hold, do_self_hold = (args.only in (None, "crds"), args.only in (None, "hold"),
+                                      args.only in (None, "self-hold"))
 
     async def go() -> int:
         # Fail fast when the cluster is unreachable instead of retrying for the incident write deadline.
@@ -291,10 +343,40 @@ def cmd_protect(args: argparse.Namespace) -> int:
                     print("namespace hold armed: dormant until the breaker marks it" if why is None
                           else f"namespace hold NOT armed: {why}")
                     rc = rc or (EXIT_OK if why is None else EXIT_NOT_CONTAINED)
+            if do_self_hold:
+                rc = rc or await _self_hold_command(client, args, exempt, suffix)
             return rc
 
     return asyncio.run(go())
 
 
-__all__ = ["ALLOW_DELETE_ANNOTATION", "policy_objects", "protected_crds", "protection_from", "read_protection",
+async def _self_hold_command(client: KubeClient, args: argparse.Namespace, exempt: list[str], suffix: str) -> int:
+    """Install or remove the self-arming hold and say what is in the cluster afterwards."""
+    try:
+        lines = await (remove_self_hold(client) if args.remove else install_self_hold(client, exempt))
+    except ConfigError as exc:
+        print(f"self-arming hold NOT installed: {exc.message}; fix: {exc.fix}")
+        return EXIT_NOT_CONTAINED
+    except Forbidden as exc:
+        print(f"self-arming hold NOT installed: {exc.api_message[:200]}. Run `responder protect --only self-hold` "
+              "once as a cluster admin")
+        return EXIT_FORBIDDEN
+    for line in lines:
+        print(line + suffix)
+    if args.dry_run:
+        return EXIT_OK
+    if args.remove:
+        left = [path.rsplit("/", 1)[-1] for path in SELF_HOLD_PATHS.values() if await client.get_or_none(path) is not None]
+        print(f"self-arming hold NOT removed: still there: {', '.join(left)}" if left
+              else "self-arming hold removed: none of its objects is left")
+        return EXIT_NOT_CONTAINED if left else EXIT_OK
+    state = await read_self_hold(client)
+    print(f"self-arming hold {state.summary()}; lets through: {', '.join(exempt)}")
+    if state.installed and state.in_force:
+        print(f"the recorded Tenant CRD UID ({ADOPTED_CRD_ANNOTATION}) was kept: the hold stays in force until "
+              "`responder run` recovers and re-adopts the namespaces")
+    return EXIT_OK if state.installed else EXIT_NOT_CONTAINED
+
+
+__all__ = ["install_self_hold", "remove_self_hold", "self_hold_exemptions", "ALLOW_DELETE_ANNOTATION", "policy_objects", "protected_crds", "protection_from", "read_protection",
            "install", "remove", "verify", "arm_hold", "disarm_hold", "add_parser", "ProtectionStatus"]

@@ -42,6 +42,7 @@ def build_plan(session: Session) -> dict[str, Any]:
         "tenant_crd": "deleting" if view.crd_deleting else ("present" if view.crd_present else "absent"),
         "tenants": len(view.tenants), "capsule_replicas": replicas, "breaker_webhooks": guarding,
         "hold_armed": session.hold_not_armed is None,
+        "self_hold": session.self_hold.to_json() | {"summary": session.self_hold.summary()},
         "counts": triage.count_by_state(rows),
         "namespaces": [{"name": r.name, "tenant": r.tenant, "state": r.state.value, "reason": r.reason}
                        for r in rows if r.state != triage.NsState.SAFE or r.tenant],
@@ -53,6 +54,8 @@ def print_plan_table(plan: dict[str, Any]) -> None:
     print(f"context {plan['context']}  identity {plan['identity']}  Tenant CRD {plan['tenant_crd']}  "
           f"Tenants {plan['tenants']}  Capsule replicas {plan['capsule_replicas']}  "
           f"hold {'armed' if plan.get('hold_armed') else 'not armed'}")
+    if plan.get("self_hold"):
+        print(f"self-arming hold {plan['self_hold']['summary']}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in plan["counts"].items() if v))
     rows = plan["namespaces"]
     if rows:

@@ -17,6 +17,7 @@ from typing import Any
 from responder.incident import triage
 from responder.actions import ACTIONS, action_specs
 from responder.actions.breaker import read_armed_hold
+from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.incident.detect import Detector, Trigger, late_start_trigger
@@ -128,6 +129,7 @@ class Session:
         self.confirmer = confirmer
         self.identity = ""
         self.hold_not_armed: str | None = "not read"  # why the armed namespace hold would not hold (None: armed)
+        self.self_hold = SelfHoldState(False, why="not read")  # the self-arming hold, as last read
         self.journal: Journal | None = None
         self.trigger: Trigger | None = None
         self.engine: Engine | None = None
@@ -174,6 +176,7 @@ class Session:
             raise ResponderError("the API server did not say who responder is", fix="check the credentials")
         # Read once, before any incident: the breaker marks the armed hold only where it is installed.
         self.hold_not_armed = await read_armed_hold(self.client)
+        self.self_hold = await read_self_hold(self.client)
         check_journal_dir(self.options.journal_dir)
 
     async def start(self) -> None:
@@ -295,6 +298,7 @@ class Session:
             stop.set()  # a containment pass under way finishes first: no write is cut in half
             await guard
         self.results.update(results)
+        self.self_hold = await read_self_hold(self.client)  # lifted by restore-capsule, or still in force
         return results
 
     async def guard_escalation(self, engine: Engine, stop: asyncio.Event, *, every: float = 0.5) -> None:
@@ -346,13 +350,26 @@ class Session:
     async def contain(self) -> dict[str, StepOutcome]:
         self.observer.yield_each_event = False
         engine = self.make_engine()
+        # Beside the breaker, not before it: what the self-arming hold was doing is part of the incident.
+        self_hold = asyncio.create_task(self.journal_self_hold())
         try:
             self.results = await engine.run(("contain",))
         finally:
             self.journal_snapshot()  # if no write went out
+            await asyncio.gather(self_hold, return_exceptions=True)
         await self.contain_escalation(engine, settle=0.0, passes=1)
         self.observer.save_shadow()
         return self.results
+
+    async def journal_self_hold(self) -> None:
+        """Read the self-arming hold (`responder protect`) and journal it: in force, it has been refusing tenant
+        namespace deletes in the API server since the Tenant CRD's deletion, before any responder ran."""
+        assert self.journal is not None
+        self.self_hold = await read_self_hold(self.client)
+        self.journal.record("self-hold", **self.self_hold.to_json())
+        if self.self_hold.in_force:
+            log.warning("self-arming hold in force: %s; recovery lifts it once the namespaces are re-adopted",
+                        self.self_hold.why)
 
     def contained(self) -> bool:
         if not self.results or any(r.status == "failed" for sid, r in self.results.items()
@@ -375,6 +392,7 @@ def summarize(session: Session) -> dict[str, Any]:
         "dry_run": session.options.dry_run,
         "identity": session.identity,
         "hold_armed": session.hold_not_armed is None,
+        "self_hold": session.self_hold.to_json(),
         "steps": {sid: {"status": r.status, "summary": r.summary, **{k: v for k, v in r.data.items()
                                                                        if k in ("seconds", "detached", "breaker",
                                                                                 "released", "per_second")}}

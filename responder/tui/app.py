@@ -261,6 +261,9 @@ class ResponderApp(App[int]):
             return
         before = self.model.hold()
         self.model.set_hold(self.session.hold_not_armed)
+        self_hold = getattr(self.session, "self_hold", None)
+        if self_hold is not None:
+            self.model.set_self_hold("" if not self_hold.installed else ("in force" if self_hold.in_force else "dormant"))
         state, why = self.model.hold()
         if state == "not armed" and (state, why) != before:
             self.model.add_note(f"namespace hold NOT ARMED ({why}): in an incident the breaker's hold takes ~1 s "
@@ -295,6 +298,7 @@ class ResponderApp(App[int]):
             finally:
                 self.containing = False
             self.contain_done = True
+            self._read_hold()  # the incident read the self-arming hold again
             self.contained = bool(session.contained())
             if model.dry_run:
                 model.set_phase("dry-run-done", "dry run finished: nothing was changed; quit and rerun live")

@@ -23,6 +23,7 @@ from typing import Any, Union
 
 from responder.incident import triage
 from responder.actions import action_specs
+from responder.actions.self_hold import SelfHoldState
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, WatchEvent
 from responder.incident.detect import Trigger
 from responder.incident.engine import ConfirmationRequest, EngineEvent
@@ -260,6 +261,7 @@ class ReplaySession:
         self.client = SimpleNamespace(dry_run=scenario.dry_run)
         self.identity = scenario.identity
         self.hold_not_armed: str | None = None  # the demo cluster is set up as doctor recommends
+        self.self_hold = SelfHoldState(False, why="not installed on the demo cluster")
         self.protected = scenario.protected
         self.runbook: Runbook = load_runbook(resolve_runbook(None), action_specs())
         self.observer = ReplayObserver()

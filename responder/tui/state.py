@@ -269,6 +269,7 @@ class TuiState:
         # Is the namespace hold armed ahead of the incident (the session's preflight read)? None: not known.
         self.hold_armed: bool | None = None
         self.hold_not_armed = ""  # why not, when it is not
+        self.self_hold = ""  # the self-arming hold: in force | dormant | "" (not installed)
         # Watch streams that stopped after their first list and are being restarted: name -> why. While any
         # is, detection or triage may not see what happens to that resource.
         self.blind: dict[str, str] = {}
@@ -455,6 +456,12 @@ class TuiState:
         armed, why = not_armed is None, "" if not_armed is None else str(not_armed)
         if (armed, why) != (self.hold_armed, self.hold_not_armed):
             self.hold_armed, self.hold_not_armed = armed, why
+            self.header_version += 1
+
+    def set_self_hold(self, state: str) -> None:
+        """The self-arming hold: "in force", "dormant" or "" (not installed: not shown; doctor says so)."""
+        if state != self.self_hold:
+            self.self_hold = state
             self.header_version += 1
 
     def set_blind(self, stream_errors: Mapping[str, str]) -> None:

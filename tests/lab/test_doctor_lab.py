@@ -108,6 +108,7 @@ async def test_doctor_ready_with_velero_backup_and_protect_then_findings(lab_man
             assert protection["status"] == "finding" and protection["summary"].startswith("Tenant CRD not protected")
             assert "responder protect" in protection["fix"]
             assert sorted(n for n, s in statuses(report).items() if s == "finding") == ["namespace-hold",
+                                                                                    "self-arming-hold",
                                                                                     "tenant-crd-protection"]
         finally:
             # The lab is shared with later tests, which delete the Tenant CRD: leave it deletable.

@@ -107,3 +107,26 @@ async def test_a_watch_stream_that_stopped_shows_first_as_blind_until_it_is_back
         assert styles_of(app, "BLIND: namespaces") == {"bold reverse"}
         session.observer.stream_errors = {}
         await wait_until(pilot, lambda: "BLIND" not in status_line(app), what="BLIND gone")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_header_says_the_self_arming_hold_is_in_force_and_drops_it_dormant_when_narrow(make_app, size):
+    from responder.actions.self_hold import SelfHoldState
+
+    app, session = make_app(idle_scenario())
+    assert app.model.self_hold == ""  # the replay's demo cluster has none installed: not shown (doctor says so)
+    session.self_hold = SelfHoldState(True, in_force=True, why="the Tenant CRD tenants.capsule.clastix.io is absent")
+    async with app.run_test(size=size) as pilot:
+        await idle(app, pilot)
+        app._read_hold()
+        await app.settle()
+        await pilot.pause()
+        line = status_line(app)
+        assert "hold ARMED  self-hold IN FORCE" in line, line  # kept even at 80 columns
+        assert "bold reverse" in styles_of(app, "IN FORCE")
+        session.self_hold = SelfHoldState(True)  # lifted: dormant
+        app._read_hold()
+        await app.settle()
+        await pilot.pause()
+        line = status_line(app)
+        assert ("self-hold DORMANT" in line) == (size[0] >= 120), line  # a narrow terminal drops it first

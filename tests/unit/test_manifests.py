@@ -21,7 +21,10 @@ SELF_REVIEWS = {("authentication.k8s.io", "selfsubjectreviews"), ("authorization
 HOLD_RELEASE_NEEDS = [("admissionregistration.k8s.io", res, verb, "responder-namespace-hold")
                       for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
                       for verb in ("get", "delete")] + [("responder.dev", "namespaceholds", verb, "responder-namespace-hold")
-                                                        for verb in ("get", "patch")]
+                                                        for verb in ("get", "patch")] + [
+    # The self-arming hold: its policy re-keyed to the Tenant CRD present once recovery is done.
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", verb, "responder-namespace-hold-self")
+    for verb in ("get", "patch")]
 # What each journaled write needs: (apiGroup, resource[/subresource], verb, object name or None for any).
 # A new journal action name in responder/actions/*.py fails test_every_journal_action_is_in_the_table
 # until it is added here, and then test_rules_cover_every_action checks the ClusterRole allows it.
@@ -180,6 +183,10 @@ def test_nothing_beyond_what_is_needed():
                  ("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete", "someone-elses-policy"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "patch", "someone-elses"),
                  ("admissionregistration.k8s.io", "validatingadmissionpolicies", "update", "someone-elses-policy"),
+                 ("admissionregistration.k8s.io", "validatingadmissionpolicies", "delete",
+                  "responder-namespace-hold-self"),
+                 ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "patch",
+                  "responder-namespace-hold-self-owned"),
                  ("", "configmaps", "patch", "responder-namespace-hold"), ("", "configmaps", "create", None),
                  ("", "configmaps", "get", "responder-namespace-hold"),
                  ("responder.dev", "namespaceholds", "patch", "someone-elses"),

@@ -355,3 +355,22 @@ def test_the_report_says_whether_the_namespace_hold_was_armed_ahead(tmp_path, ar
                    request={"method": "PATCH", "path": "/x"}, undo={"op": "release-hold", "path": "/x"})
     j.outcome(seq, "ok")
     assert said in render_markdown(build_report(j.records()))
+
+
+def test_the_report_says_the_self_arming_hold_was_in_force_and_whether_recovery_lifted_it(tmp_path):
+    j = Journal.create(tmp_path, incident_id="inc-self", meta={"trigger": _trigger(time.time()), "dry_run": False})
+    j.record("trigger", trigger=_trigger(time.time()), journaled_after_s=0.001)
+    why = "the Tenant CRD tenants.capsule.clastix.io is absent"
+    j.record("self-hold", installed=True, in_force=True, why=why, adopted_crd_uid="u1", tenant_crd_uid=None)
+    j.record("breaker-verified", step="verify-breaker", probe="tenant-a-ns-01", by="self-arming hold",
+             refusal="ValidatingAdmissionPolicy 'responder-namespace-hold-self' ...")
+    text = render_markdown(build_report(j.records()))
+    assert f"Self-arming hold (`responder protect`) in force when the run began: {why}" in text
+    assert "**still in force**" in text
+    assert "was refused by self-arming hold" in text and "refused by Capsule's webhook" not in text
+    lift = j.intent("restore-capsule", "release-hold", "ValidatingAdmissionPolicy/responder-namespace-hold-self",
+                    request={"method": "PATCH", "path": "/x"})
+    j.outcome(lift, "ok")
+    text = render_markdown(build_report(j.records()))
+    assert "lifted by recovery once every namespace was re-adopted" in text and "still in force" not in text
+    assert build_report(j.records())["actions"]["self_arming_hold"]["lifted"] is True

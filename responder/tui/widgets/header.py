@@ -17,6 +17,9 @@ BREAKER_STYLE = {"armed": "bold", "tripped": "bold", "verified": "bold reverse",
 # milliseconds (the feed says why, and the fix: `responder protect --only hold`).
 HOLD_STYLE = {"armed": "bold", "not armed": "bold underline", "unknown": "dim"}
 HOLD_LABEL = {"armed": "ARMED", "not armed": "NOT ARMED", "unknown": "?"}
+# The self-arming hold (`responder protect`), shown once installed: IN FORCE while the API server refuses tenant
+# namespace deletes by itself (the Tenant CRD deleted, absent, or recreated and not re-adopted yet).
+SELF_HOLD_STYLE = {"in force": "bold reverse", "dormant": ""}
 # The backup storage location's phase; anything but Available once there is one is a problem for recovery.
 VELERO_STYLE = {"Available": "", "none": "dim", "?": "dim"}
 PHASES = {
@@ -103,7 +106,10 @@ class HeaderBar(Vertical):
             ((f"mode {model.mode()}", "bold" if model.dry_run else ""), 0),
             ((f"velero: {velero}", VELERO_STYLE.get(velero, "bold underline")), 2),
             (_labelled("breaker", breaker.upper(), BREAKER_STYLE.get(breaker, "")), 0),
-            (_labelled("hold", HOLD_LABEL.get(hold, hold.upper()), HOLD_STYLE.get(hold, "")), 0)],
+            (_labelled("hold", HOLD_LABEL.get(hold, hold.upper()), HOLD_STYLE.get(hold, "")), 0),
+            # In force it is the incident's news (kept); dormant, the first thing a narrow terminal drops.
+            *([(_labelled("self-hold", model.self_hold.upper(), SELF_HOLD_STYLE.get(model.self_hold, "")),
+                0 if model.self_hold == "in force" else 0.5)] if model.self_hold else [])],
             [(why, "dim"), (waiting, "bold reverse")]))
         label, cls = PHASES.get(model.phase, (model.phase.upper(), "-watching"))
         banner = self.query_one("#banner", Static)
