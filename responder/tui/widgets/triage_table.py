@@ -334,7 +334,9 @@ class TriagePanel(Vertical):
         yield Static(id="row-detail")
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.show_detail(event.row_key.value or "")
+        # The row under the cursor now, not the event's: rows added and re-sorted since the event was
+        # posted move another row under an unmoved cursor, and a stale key would word the wrong row.
+        self.show_detail()
 
     def show_detail(self, row_key: str | None = None) -> None:
         table = self.table
