@@ -31,7 +31,7 @@ import yaml
 from responder.errors import ConfigError
 from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
                              HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
-                             PROTECT_POLICY, RESPONDER_NAMESPACE)
+                             PROTECT_POLICY, RESPONDER_NAMESPACE, WRITER_LEASE)
 
 RBAC_API = "rbac.authorization.k8s.io"
 # Placeholders in the table, replaced by the real names when rules or checks are made.
@@ -178,6 +178,16 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("protect",),
                "responder protect: update its own policy and binding, and `--remove` them; only those two names",
                resource_names=tuple(sorted({PROTECT_POLICY, PROTECT_BINDING}))),
+    Permission("coordination.k8s.io", ("leases",), ("get", "update"),
+               ("preflight", "guard"),
+               "one writer per cluster: every responder that writes (a guard replica, the TUI, a headless run) "
+               "reads and renews the writer Lease before its first write; a standby guard reads it to take over; "
+               "only that name",
+               resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
+    Permission("coordination.k8s.io", ("leases",), ("create",),
+               ("preflight", "guard"),
+               "the first responder on a cluster creates the writer Lease (create cannot be limited by name)",
+               namespace=RESPONDER_NAMESPACE),
     # ---- the one wildcard -----------------------------------------------------------------------------------
     Permission("*", ("*",), ("list",),
                ("handle-terminating",),
