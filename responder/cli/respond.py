@@ -18,6 +18,7 @@ from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ConfigError
 from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
 from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
+from responder.response.leadership import take_writer_lease
 from responder.response.plan import build_plan, print_plan_table
 from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 from responder.response.undo import undo_journal
@@ -229,7 +230,11 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 await client.get("/version")
             finally:
                 client.retry_deadline = deadline
-            return await undo_journal(client, journal)
+            lease = await take_writer_lease(client)  # one writer per cluster: undo writes too
+            try:
+                return await undo_journal(client, journal)
+            finally:
+                await lease.close()
 
     try:
         result = asyncio.run(go())

@@ -117,12 +117,6 @@ def holder_live(observation: Observation, now: float) -> bool:
     return bool(observation.record.holder) and now < observation.since + observation.record.duration
 
 
-def renewed_recently(record: LeaseRecord, wall_now: float) -> bool:
-    """By the holder's own timestamps: its last renewal is within the Lease's duration. Used only to
-    refuse at once (a live holder); taking over always waits for `holder_live` to say no."""
-    return bool(record.holder) and record.renewed_at is not None and wall_now < record.renewed_at + record.duration
-
-
 def decide(observation: Observation | None, me: str, now: float) -> str:
     """What to do with the Lease now: "create" (none exists), "renew" (ours), "acquire" (free or its
     holder's record has expired: take it over), or "wait" (another live holder)."""
@@ -305,11 +299,12 @@ class LeaseElector:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
-    async def acquire_or_refuse(self, *, wait: float | None = None) -> None:
-        """For a one-shot writer (`run`, `watch`): hold the Lease now, or raise LeaseHeld naming the holder.
-        A holder whose own renewal time is recent is live: refused at once. A record that looks stale is
-        taken over only after it stayed unchanged for its duration (`holder_live`), up to `wait` seconds."""
-        deadline = time.monotonic() + (self.duration + self.retry_period if wait is None else wait)
+    async def acquire_or_refuse(self, *, poll: float = 0.5) -> None:
+        """For a one-shot writer (`run`, `watch`, the TUI): hold the Lease now, or raise LeaseHeld naming the
+        holder. A holder seen renewing (the record changes while we look) is live: refused within one of
+        its renewals. A record that stays unchanged is taken over once its duration has passed on our clock
+        (`holder_live`): a crashed responder's Lease delays the next one by at most that long."""
+        seen_version: str | None = None
         announced = False
         while True:
             previous = self.leader
@@ -317,13 +312,16 @@ class LeaseElector:
                 self._set_leading(True, "acquired", previous if previous != self.me else "")
                 return
             record = self.observation.record if self.observation else LeaseRecord()
-            if renewed_recently(record, time.time()) or time.monotonic() >= deadline:
-                raise self.held_error(record)
+            if seen_version is None:
+                seen_version = record.resource_version
+            elif record.resource_version != seen_version:
+                raise self.held_error(record)  # renewed (or taken) while we waited: a live holder
             if not announced:
-                log.warning("the Lease %s/%s names %s, last renewed %s: waiting up to %.0fs for it to expire",
-                            self.namespace, self.name, record.holder, _ago(record.renewed_at), self.duration)
+                log.warning("the Lease %s/%s names %s (renewed %s): taking it over if it is not renewed within "
+                            "%.0fs", self.namespace, self.name, record.holder, _ago(record.renewed_at),
+                            record.duration)
                 announced = True
-            await asyncio.sleep(self.retry_period)
+            await asyncio.sleep(poll)
 
     def held_error(self, record: LeaseRecord) -> LeaseHeld:
         return LeaseHeld(f"another responder holds this cluster's Lease {self.namespace}/{self.name}: "

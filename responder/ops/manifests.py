@@ -419,6 +419,17 @@ def render_yaml(docs: list[dict[str, Any]], *, read_only: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def chart_rules_yaml() -> str:
+    """The Helm chart's ClusterRole rules (charts/responder/files/rules.yaml), from the same table, with the
+    Capsule Deployment's name left to the chart's values. Regenerate the file with
+    `python -c 'from responder.ops.manifests import chart_rules_yaml as r; print(r(), end="")' > charts/responder/files/rules.yaml`."""
+    placeholder = "capsule-deployment-placeholder"
+    rules = _dump(rbac_rules(False, capsule_deployment=placeholder))
+    return ("# Generated from `responder manifests rbac`'s table (responder/ops/manifests.py, PERMISSIONS): do not "
+            "edit;\n# regenerate with responder.ops.manifests.chart_rules_yaml().\n"
+            + rules.replace(placeholder, "'{{ .Values.capsule.deployment }}'"))
+
+
 # ---- command line ---------------------------------------------------------------------------------------------
 
 
@@ -450,4 +461,4 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
-           "permissions", "add_parser", "WRITE_VERBS", "AccessCheck", "access_checks", "missing_rules", "missing_role"]
+           "permissions", "add_parser", "WRITE_VERBS", "chart_rules_yaml", "AccessCheck", "access_checks", "missing_rules", "missing_role"]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from responder.cluster.client import KubeClient
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 
@@ -71,9 +72,17 @@ async def hold_writer_lease(session: Any) -> WriterLease | None:
         return session.leadership
     if session.options.dry_run:
         return None
-    elector = LeaseElector(lease_client(session.client), namespace=RESPONDER_NAMESPACE, name=WRITER_LEASE,
+    return await take_writer_lease(session.client, listener=journal_leadership(session))
+
+
+async def take_writer_lease(client: KubeClient, *,
+                            listener: Callable[[LeadershipChange], None] | None = None) -> WriterLease:
+    """A one-shot writer's Lease (a session, `undo`): held when this returns (LeaseHeld otherwise), renewed
+    until its close()."""
+    elector = LeaseElector(lease_client(client), namespace=RESPONDER_NAMESPACE, name=WRITER_LEASE,
                            me=holder_identity("responder"))
-    elector.listeners.append(journal_leadership(session))
+    if listener is not None:
+        elector.listeners.append(listener)
     lease = WriterLease(elector, owned=True)
     await lease.take()
     return lease

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from responder.cluster.lease import (LEASE_DURATION, LeaseRecord, Observation, decide, holder_live, lease_object,
-                                     micro_time, next_record, observe, parse_time, record_from, released_record,
-                                     renewed_recently)
+                                     micro_time, next_record, observe, parse_time, record_from, released_record)
 
 ME, OTHER = "guard/pod-a/1-aaaaaa", "guard/pod-b/1-bbbbbb"
 
@@ -57,13 +56,6 @@ def test_a_released_lease_is_taken_at_once_without_counting_a_transition():
     seen = Observation(released, since=100.0)
     assert not holder_live(seen, now=100.0) and decide(seen, OTHER, now=100.0) == "acquire"
     assert next_record(released, OTHER, wall_now=1501.0).transitions == 2
-
-
-def test_renewed_recently_is_by_the_holders_timestamps():
-    assert renewed_recently(held(renewed_at=1000.0), wall_now=1000.0 + LEASE_DURATION - 1)
-    assert not renewed_recently(held(renewed_at=1000.0), wall_now=1000.0 + LEASE_DURATION + 1)
-    assert not renewed_recently(held(renewed_at=None), wall_now=1000.0)
-    assert not renewed_recently(held(holder=""), wall_now=1000.0)
 
 
 def test_lease_object_round_trips():
