@@ -262,8 +262,16 @@ class LeaseElector:
         """One election round; updates `leading` and tells the listeners of a change. API errors are
         logged and count as a failed round, unless `raise_errors` (a replica's first round)."""
         previous = self.leader
+        # While leading, a round never outlasts the renew deadline (client-go bounds it the same way): a hung
+        # request must not keep this process leading after a standby may have taken over.
+        limit = None
+        if self.leading and self.last_renewed is not None:
+            limit = max(0.1, self.renew_deadline - (time.monotonic() - self.last_renewed))
         try:
-            ok = await self.try_acquire_or_renew()
+            ok = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=limit)
+        except asyncio.TimeoutError:
+            log.warning("Lease %s/%s: not renewed within %.0fs", self.namespace, self.name, self.renew_deadline)
+            ok = False
         except (ApiError, ClusterUnreachable) as exc:
             if raise_errors:
                 raise

@@ -116,6 +116,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "doctor checks the BackupStorageLocation is Available and each tenant namespace has a recent Completed "
                "Backup; recovery picks the backup, follows the Restore and reads its results",
                read_only=True, namespace=VELERO_NAMESPACE),
+    Permission("coordination.k8s.io", ("leases",), ("get",),
+               ("preflight", "guard", "undo", "doctor"),
+               "who holds the writer Lease (one writer per cluster): read before taking it; a standby guard reads it "
+               "to take over; doctor shows the holder; only that name",
+               read_only=True, resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
     # ---- writes ---------------------------------------------------------------------------------------------
     Permission("apps", ("deployments/scale",), ("patch",),
                ("trip-breaker", "undo"),
@@ -178,14 +183,14 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("protect",),
                "responder protect: update its own policy and binding, and `--remove` them; only those two names",
                resource_names=tuple(sorted({PROTECT_POLICY, PROTECT_BINDING}))),
-    Permission("coordination.k8s.io", ("leases",), ("get", "update"),
-               ("preflight", "guard"),
-               "one writer per cluster: every responder that writes (a guard replica, the TUI, a headless run) "
-               "reads and renews the writer Lease before its first write; a standby guard reads it to take over; "
-               "only that name",
+    Permission("coordination.k8s.io", ("leases",), ("update",),
+               ("preflight", "guard", "undo"),
+               "one writer per cluster: every responder that writes (a guard replica, the TUI, a headless run, "
+               "undo) takes and renews the writer Lease before its first write, and releases it at the end; only "
+               "that name",
                resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
     Permission("coordination.k8s.io", ("leases",), ("create",),
-               ("preflight", "guard"),
+               ("preflight", "guard", "undo"),
                "the first responder on a cluster creates the writer Lease (create cannot be limited by name)",
                namespace=RESPONDER_NAMESPACE),
     # ---- the one wildcard -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`responder guard` on the lab (Capsule 0.14): replicas as local processes, each its own ServiceAccount bound to
 `responder manifests rbac`, as a pod would run it. One leads through the writer Lease, the standby never writes
-and takes over within the Lease's duration when the leader is SIGKILLed; the leader contains the Tenant CRD's
-deletion on its own; a headless `run` refuses while a live guard holds the Lease, and writes nothing."""
+and takes over within the Lease's duration when the leader is SIGKILLed; a leader that finds another holder in the
+Lease exits (6); the leader contains the Tenant CRD's deletion on its own; a headless `run` refuses while a live
+guard holds the Lease, and writes nothing."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD
-from responder.errors import EXIT_LEASE_HELD
+from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD, micro_time
+from responder.errors import EXIT_LEASE_HELD, Conflict
 from responder.lab.apply import apply_objects
 from responder.lab.control_plane import ADMIN_USER
 from responder.lab.processes import free_port
@@ -97,6 +98,20 @@ def start_guard(name: str, kubeconfig: Path, directory: Path) -> GuardProcess:
     return GuardProcess(name, proc, port, err, out)
 
 
+async def set_lease_holder(lab, holder: str) -> None:
+    """As an operator would (kubectl edit): the Lease names `holder` ("" releases it)."""
+    async with lab.admin_client() as admin:
+        for _ in range(20):  # the leader renews every 2 s: retry on the resourceVersion conflict
+            lease = await admin.get(LEASE_PATH)
+            lease["spec"].update(holderIdentity=holder, renewTime=micro_time(time.time()))
+            try:
+                await admin.replace(LEASE_PATH, lease)
+                return
+            except Conflict:
+                await asyncio.sleep(0.1)
+    raise AssertionError("the Lease could not be updated")
+
+
 def poll(condition, timeout: float, every: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,17 +174,31 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
             lease = (await admin.get(LEASE_PATH))["spec"]
         assert lease["holderIdentity"] == b.identity() and lease["leaseTransitions"] >= 1, lease
 
-        # A new standby (the killed replica's ServiceAccount), then the incident: the leader contains alone.
+        # Another holder's name in the Lease (an operator's forced takeover): the leader stops leading and exits
+        # (6) within a renewal or two, so its pod restarts as a standby; it never writes beside the new holder.
+        await set_lease_holder(lab, "operator/forced-takeover")
+        forced = time.monotonic()
+        assert b.proc.wait(timeout=30) == EXIT_LEASE_HELD, b.stderr()[-3000:]
+        lost_s = time.monotonic() - forced
+        assert "lost the Lease to operator/forced-takeover" in b.stderr(), b.stderr()[-3000:]
+        assert lost_s <= 2 * RETRY_PERIOD + 3, lost_s
+        # Released (holder emptied): the next replica leads at once; another stands by.
+        await set_lease_holder(lab, "")
         c = start_guard("c", kubeconfigs["guard-a"], tmp_path)
         guards.append(c)
-        c.wait_for("standby")
+        c.wait_for("leading")
+        d = start_guard("d", kubeconfigs["guard-b"], tmp_path)
+        guards.append(d)
+        d.wait_for("standby")
         standby_since = time.time()
+
+        # The incident: the leader contains on its own, the standby writes nothing.
         started = await trigger(lab)
-        b.wait_for("incident handled", timeout=180)
-        summary = json.loads(b.stdout_path.read_text())
+        c.wait_for("incident handled", timeout=180)
+        summary = json.loads(c.stdout_path.read_text())
         assert summary["contained"], summary
-        assert re.search(r"^responder_incidents_total 1\.0$", b.get("/metrics").text, re.M)
-        assert 'responder_breaker{responder_breaker="tripped"} 1.0' in b.get("/metrics").text
+        assert re.search(r"^responder_incidents_total 1\.0$", c.get("/metrics").text, re.M)
+        assert 'responder_breaker{responder_breaker="tripped"} 1.0' in c.get("/metrics").text
         # Observed a while after the delete: the namespaces stay alive (polled, every poll >= 99 %).
         async with lab.admin_client() as admin:
             while True:
@@ -179,12 +208,20 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
                 if time.time() >= started + 20:
                     break
                 await asyncio.sleep(2)
-        assert persisted_writes_by(lab.audit_log, sa_user("guard-b"), since=started)
-        assert persisted_writes_by(lab.audit_log, sa_user("guard-a"), since=standby_since) == []
-        assert c.leader_metric() == 0.0
+        assert persisted_writes_by(lab.audit_log, sa_user("guard-a"), since=started)
+        assert persisted_writes_by(lab.audit_log, sa_user("guard-b"), since=standby_since) == []
+        assert d.leader_metric() == 0.0
+        # The Lease was held before the incident: the breaker's first write follows detection at once.
+        journal = [json.loads(line) for line in next((tmp_path / "journal-c").glob("inc-*.jsonl")).read_text().splitlines()]
+        detected = next(r for r in journal if r["kind"] == "trigger")["trigger"]["event_received"]
+        first_write = next(r for r in journal if r["kind"] == "intent")
+        first_write_ms = (_epoch(first_write["ts"]) - detected) * 1000
+        print(f"guard: lost the Lease {lost_s:.1f}s after another holder's name appeared; the breaker's first write "
+              f"{first_write_ms:.1f} ms after detection ({first_write['action']})")
+        assert first_write["action"] == "scale-capsule" and first_write_ms < 250, first_write_ms
         # Stopped: the standby first (it must not take over), then the leader, which releases the Lease.
-        c.stop()
-        assert b.stop() == 0, b.stderr()[-3000:]
+        d.stop()
+        assert c.stop() == 0, c.stderr()[-3000:]
         async with lab.admin_client() as admin:
             assert (await admin.get(LEASE_PATH))["spec"].get("holderIdentity", "") == ""
     finally:
@@ -192,3 +229,9 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
             if guard.proc.poll() is None:
                 guard.proc.kill()
                 guard.proc.wait()
+
+
+def _epoch(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
