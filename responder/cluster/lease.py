@@ -147,11 +147,48 @@ def released_record(current: LeaseRecord, wall_now: float) -> LeaseRecord:
     return replace(current, holder="", duration=1.0, renewed_at=wall_now, acquired_at=wall_now)
 
 
+def boot_id() -> str:
+    """This machine's boot (Linux: a random id per boot); "" where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip().replace("-", "")[:12]
+    except OSError:
+        return ""
+
+
+def process_place() -> str:
+    """Where this process runs: the pod's name (POD_NAME, set by the Downward API) or the host name."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
 def holder_identity(role: str) -> str:
-    """Unique per process: the pod's name (POD_NAME, set by the Downward API) or the host, the pid, and a
-    random suffix (a restarted process never renews its predecessor's record)."""
-    where = os.environ.get("POD_NAME") or socket.gethostname()
-    return f"{role}/{where}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """Unique per process: `ROLE/PLACE/BOOT.PID.RANDOM`. The place, boot and pid let a one-shot writer on the
+    same machine see that a crashed holder is dead (`dead_here`); the random part keeps a restarted process
+    from renewing its predecessor's record."""
+    return f"{role}/{process_place()}/{boot_id() or 'unknown'}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+def dead_here(holder: str, *, place: str, boot: str, alive: Callable[[int], bool]) -> bool:
+    """True only when the holder is a one-shot responder ("responder/...") that ran in this same place and
+    boot and whose process is gone: its Lease can be taken at once instead of after its duration. Anything
+    else (a guard, another machine or pod, an unknown boot, a pid still in use) is not known dead."""
+    role, _, rest = holder.partition("/")
+    holder_place, _, process = rest.rpartition("/")
+    holder_boot, _, tail = process.partition(".")
+    pid_text, _, _ = tail.partition(".")
+    if role != "responder" or holder_place != place or not boot or holder_boot != boot or not pid_text.isdigit():
+        return False
+    return not alive(int(pid_text))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def lease_client(client_or_access) -> KubeClient:
@@ -216,14 +253,17 @@ class LeaseElector:
         obj = await self.client.get_or_none(self.path)
         return None if obj is None else record_from(obj)
 
-    async def try_acquire_or_renew(self) -> bool:
-        """One round of client-go's tryAcquireOrRenew: True when this process holds the Lease afterwards."""
+    async def try_acquire_or_renew(self, *, dead_holder: str = "") -> bool:
+        """One round of client-go's tryAcquireOrRenew: True when this process holds the Lease afterwards.
+        `dead_holder`: a holder known dead (`dead_here`), whose Lease is taken without waiting for it to expire."""
         now = time.monotonic()
         current = await self._read()
         if current is not None:
             self.observation = observe(self.observation, current, now)
         self.state_known = True
         action = decide(self.observation if current is not None else None, self.me, now)
+        if action == "wait" and dead_holder and current is not None and current.holder == dead_holder:
+            action = "acquire"
         if action == "wait":
             return False
         wanted = next_record(current, self.me, time.time(), self.duration)
@@ -311,7 +351,9 @@ class LeaseElector:
         """For a one-shot writer (`run`, `watch`, the TUI): hold the Lease now, or raise LeaseHeld naming the
         holder. A holder seen renewing (the record changes while we look) is live: refused within one of
         its renewals. A record that stays unchanged is taken over once its duration has passed on our clock
-        (`holder_live`): a crashed responder's Lease delays the next one by at most that long."""
+        (`holder_live`): a crashed responder's Lease delays the next one by at most that long, and not at all
+        when that responder ran on this machine and its process is gone (`dead_here`: `run --resume` after a
+        crash)."""
         seen_version: str | None = None
         announced = False
         while True:
@@ -320,6 +362,15 @@ class LeaseElector:
                 self._set_leading(True, "acquired", previous if previous != self.me else "")
                 return
             record = self.observation.record if self.observation else LeaseRecord()
+            if dead_here(record.holder, place=process_place(), boot=boot_id(), alive=pid_alive):
+                # A responder that crashed on this machine (a `run --resume` after it): no need to wait.
+                log.warning("the Lease %s/%s names %s, a responder process on this machine that is gone: taking "
+                            "it over", self.namespace, self.name, record.holder)
+                if await self.try_acquire_or_renew(dead_holder=record.holder):
+                    self._set_leading(True, "acquired", record.holder)
+                    return
+                await asyncio.sleep(poll)  # another process wrote first: read who holds it now
+                continue
             if seen_version is None:
                 seen_version = record.resource_version
             elif record.resource_version != seen_version:

@@ -74,3 +74,29 @@ def test_a_lease_written_by_another_tool_with_missing_fields_reads_as_free_with_
     record = record_from({"metadata": {"resourceVersion": "3"}, "spec": {}})
     assert record.holder == "" and record.duration == LEASE_DURATION and record.transitions == 0
     assert decide(Observation(record, since=0.0), ME, now=0.0) == "acquire"
+
+
+def test_identity_names_the_role_place_boot_and_process(monkeypatch):
+    from responder.cluster.lease import boot_id, holder_identity
+
+    monkeypatch.setenv("POD_NAME", "responder-guard-7d9f-x2")
+    role, place, process = holder_identity("guard").split("/")
+    boot, pid, suffix = process.split(".")
+    assert (role, place, pid) == ("guard", "responder-guard-7d9f-x2", str(__import__("os").getpid()))
+    assert boot == (boot_id() or "unknown") and len(suffix) == 6
+    assert holder_identity("guard") != holder_identity("guard")
+
+
+def test_only_a_one_shot_responder_gone_from_this_machine_is_known_dead():
+    from responder.cluster.lease import dead_here
+
+    gone, running = (lambda pid: False), (lambda pid: True)
+    here = dict(place="laptop", boot="abc123")
+    assert dead_here("responder/laptop/abc123.4242.f00d12", **here, alive=gone)
+    assert not dead_here("responder/laptop/abc123.4242.f00d12", **here, alive=running)  # still running
+    assert not dead_here("responder/other-host/abc123.4242.f00d12", **here, alive=gone)  # another machine
+    assert not dead_here("responder/laptop/def456.4242.f00d12", **here, alive=gone)  # before a reboot: unknown
+    assert not dead_here("guard/laptop/abc123.4242.f00d12", **here, alive=gone)  # guards: only by expiry
+    assert not dead_here("responder/laptop/unknown.4242.f00d12", place="laptop", boot="", alive=gone)
+    for odd in ("", "responder", "responder/laptop", "responder/laptop/abc123.x.y", "kube-controller-manager_0a1b"):
+        assert not dead_here(odd, **here, alive=gone), odd
