@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
-from responder.errors import EXIT_LEASE_HELD
+from responder.errors import EXIT_LEASE_HELD, ConfigError
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
@@ -125,7 +125,11 @@ class Guard:
         try:
             # The first round raises what a replica cannot run without (the namespace, the permission).
             await self.elector.round(raise_errors=True)
-            port = await self.server.start(self.bind, self.port)
+            try:
+                port = await self.server.start(self.bind, self.port)
+            except OSError as exc:
+                raise ConfigError(f"the guard cannot serve health and metrics on {self.bind}:{self.port}: "
+                                  f"{exc.strerror or exc}", fix="pick another --port (or --bind)") from None
             print(f"guard {self.elector.me}: health and metrics on http://{self.bind}:{port} "
                   "(/healthz /readyz /metrics)", file=sys.stderr, flush=True)
             election = asyncio.create_task(self.elector.run(), name="guard-election")

@@ -95,3 +95,11 @@ def test_leadership_changes_are_journaled_once_an_incident_journal_exists(tmp_pa
         session.journal.close()
     assert [(r["event"], r["holder"], r["previous_holder"], r["transitions"]) for r in records] == [
         ("acquired", "guard/b/2", "guard/a/1", 1), ("lost", "guard/c/3", "", 2)]
+
+
+def test_a_port_that_is_not_a_port_is_bad_input_before_any_cluster_access(capsys):
+    from responder.cli import main
+
+    assert main(["guard", "--port", "70000", "--kubeconfig", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "--port 70000 is not a TCP port" in err and "fix:" in err
