@@ -131,15 +131,14 @@ def decide(observation: Observation | None, me: str, now: float) -> str:
 
 def next_record(current: LeaseRecord | None, me: str, wall_now: float, duration: float = LEASE_DURATION) -> LeaseRecord:
     """The record to write to hold the Lease: a renewal keeps acquireTime and transitions; a change of
-    holder sets acquireTime and counts a transition (client-go counts none when taking a free Lease
-    that was last ours, nor when creating it)."""
+    holder (a released Lease's empty one included, as client-go counts) sets acquireTime and counts a
+    transition; a new Lease starts at 0."""
     if current is None:
         return LeaseRecord(me, duration, wall_now, wall_now, 0, "")
     if current.holder == me:
         return replace(current, duration=duration, renewed_at=wall_now)
-    transitions = current.transitions + (1 if current.holder else 0)
     return replace(current, holder=me, duration=duration, acquired_at=wall_now, renewed_at=wall_now,
-                   transitions=transitions)
+                   transitions=current.transitions + 1)
 
 
 def released_record(current: LeaseRecord, wall_now: float) -> LeaseRecord:

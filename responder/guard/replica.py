@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
-from responder.errors import EXIT_LEASE_HELD, ConfigError
+from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
@@ -140,6 +140,11 @@ class Guard:
                   "acts on this cluster until the guard is stopped", file=sys.stderr, flush=True)
             await self._until_stopped()
             return code
+        except KeyboardInterrupt:  # SIGTERM (the pod stopped), as run_headless reports it
+            if self.session is not None and self.session.incident_opened.is_set():
+                raise  # an incident open: "interrupted" (5), its journal to resume
+            print(f"guard {self.elector.me}: stopped, no incident open", file=sys.stderr, flush=True)
+            return EXIT_OK
         except asyncio.CancelledError:
             if not self.lost:
                 raise

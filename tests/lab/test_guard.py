@@ -1,7 +1,7 @@
 """`responder guard` on the lab (Capsule 0.14): replicas as local processes, each its own ServiceAccount bound to
 `responder manifests rbac`, as a pod would run it. One leads through the writer Lease, the standby never writes
 and takes over within the Lease's duration when the leader is SIGKILLed; a leader that finds another holder in the
-Lease exits (6); the leader contains the Tenant CRD's deletion on its own; a headless `run` refuses while a live
+Lease exits (6); a leader stopped with SIGTERM hands over at once; the leader contains the Tenant CRD's deletion on its own; a headless `run` refuses while a live
 guard holds the Lease, and writes nothing."""
 
 from __future__ import annotations
@@ -162,25 +162,35 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         async with lab.admin_client() as admin:
             assert (await admin.get(LEASE_PATH))["spec"]["holderIdentity"] == a.identity()
 
+        # SIGTERM (a rolling update): the leader releases the Lease, exits 0, and the standby leads at once.
+        stopped = time.monotonic()
+        assert a.stop() == 0, a.stderr()[-3000:]
+        assert poll(lambda: b.leader_metric() == 1.0, 2 * RETRY_PERIOD + 10, every=0.1), b.stderr()
+        handover_s = time.monotonic() - stopped
+        assert handover_s <= 2 * RETRY_PERIOD + 3, handover_s
+        a2 = start_guard("a2", kubeconfigs["guard-a"], tmp_path)
+        guards.append(a2)
+        a2.wait_for("standby")
+
         # SIGKILL the idle leader: the standby leads once the Lease has gone unrenewed for its duration.
         killed = time.monotonic()
-        a.stop(signal.SIGKILL)
-        assert poll(lambda: b.leader_metric() == 1.0, LEASE_DURATION + 4 * RETRY_PERIOD + 10, every=0.2), b.stderr()
+        b.stop(signal.SIGKILL)
+        assert poll(lambda: a2.leader_metric() == 1.0, LEASE_DURATION + 4 * RETRY_PERIOD + 10, every=0.2), a2.stderr()
         takeover_s = time.monotonic() - killed
-        print(f"\nguard failover: the standby led {takeover_s:.1f}s after the leader's SIGKILL "
-              f"(Lease {LEASE_DURATION:.0f}s, retry {RETRY_PERIOD:.0f}s)")
+        print(f"\nguard: the standby led {handover_s:.1f}s after the leader's SIGTERM, {takeover_s:.1f}s after the "
+              f"leader's SIGKILL (Lease {LEASE_DURATION:.0f}s, retry {RETRY_PERIOD:.0f}s)")
         assert takeover_s <= LEASE_DURATION + 2 * RETRY_PERIOD + 3, takeover_s  # 3 s for a loaded machine
         async with lab.admin_client() as admin:
             lease = (await admin.get(LEASE_PATH))["spec"]
-        assert lease["holderIdentity"] == b.identity() and lease["leaseTransitions"] >= 1, lease
+        assert lease["holderIdentity"] == a2.identity() and lease["leaseTransitions"] >= 2, lease
 
         # Another holder's name in the Lease (an operator's forced takeover): the leader stops leading and exits
         # (6) within a renewal or two, so its pod restarts as a standby; it never writes beside the new holder.
         await set_lease_holder(lab, "operator/forced-takeover")
         forced = time.monotonic()
-        assert b.proc.wait(timeout=30) == EXIT_LEASE_HELD, b.stderr()[-3000:]
+        assert a2.proc.wait(timeout=30) == EXIT_LEASE_HELD, a2.stderr()[-3000:]
         lost_s = time.monotonic() - forced
-        assert "lost the Lease to operator/forced-takeover" in b.stderr(), b.stderr()[-3000:]
+        assert "lost the Lease to operator/forced-takeover" in a2.stderr(), a2.stderr()[-3000:]
         assert lost_s <= 2 * RETRY_PERIOD + 3, lost_s
         # Released (holder emptied): the next replica leads at once; another stands by.
         await set_lease_holder(lab, "")

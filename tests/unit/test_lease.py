@@ -50,12 +50,12 @@ def test_takeover_counts_a_transition_and_sets_acquire_time():
     assert taken.resource_version == "10"
 
 
-def test_a_released_lease_is_taken_at_once_without_counting_a_transition():
+def test_a_released_lease_is_taken_at_once_and_counts_a_transition():
     released = released_record(held(ME, transitions=2), wall_now=1500.0)
     assert released.holder == "" and released.duration == 1.0
     seen = Observation(released, since=100.0)
     assert not holder_live(seen, now=100.0) and decide(seen, OTHER, now=100.0) == "acquire"
-    assert next_record(released, OTHER, wall_now=1501.0).transitions == 2
+    assert next_record(released, OTHER, wall_now=1501.0).transitions == 3  # client-go: the holder changed
 
 
 def test_lease_object_round_trips():
