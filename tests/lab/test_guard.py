@@ -167,7 +167,7 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         assert a.stop() == 0, a.stderr()[-3000:]
         assert poll(lambda: b.leader_metric() == 1.0, 2 * RETRY_PERIOD + 10, every=0.1), b.stderr()
         handover_s = time.monotonic() - stopped
-        assert handover_s <= 2 * RETRY_PERIOD + 3, handover_s
+        assert handover_s <= 2 * RETRY_PERIOD + 5, handover_s  # the standby's next round
         a2 = start_guard("a2", kubeconfigs["guard-a"], tmp_path)
         guards.append(a2)
         a2.wait_for("standby")
@@ -179,7 +179,10 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         takeover_s = time.monotonic() - killed
         print(f"\nguard: the standby led {handover_s:.1f}s after the leader's SIGTERM, {takeover_s:.1f}s after the "
               f"leader's SIGKILL (Lease {LEASE_DURATION:.0f}s, retry {RETRY_PERIOD:.0f}s)")
-        assert takeover_s <= LEASE_DURATION + 2 * RETRY_PERIOD + 3, takeover_s  # 3 s for a loaded machine
+        # The standby times the record itself (no clock comparison): it saw the last renewal up to one retry
+        # period late and looks once per retry period, so the bound is the duration plus two of them (and
+        # a few seconds for a loaded machine).
+        assert takeover_s <= LEASE_DURATION + 2 * RETRY_PERIOD + 5, takeover_s
         async with lab.admin_client() as admin:
             lease = (await admin.get(LEASE_PATH))["spec"]
         assert lease["holderIdentity"] == a2.identity() and lease["leaseTransitions"] >= 2, lease
@@ -191,7 +194,7 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         assert a2.proc.wait(timeout=30) == EXIT_LEASE_HELD, a2.stderr()[-3000:]
         lost_s = time.monotonic() - forced
         assert "lost the Lease to operator/forced-takeover" in a2.stderr(), a2.stderr()[-3000:]
-        assert lost_s <= 2 * RETRY_PERIOD + 3, lost_s
+        assert lost_s <= 2 * RETRY_PERIOD + 6, lost_s  # seen at its next round, then the process ends
         # Released (holder emptied): the next replica leads at once; another stands by.
         await set_lease_holder(lab, "")
         c = start_guard("c", kubeconfigs["guard-a"], tmp_path)
@@ -228,7 +231,8 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         first_write_ms = (_epoch(first_write["ts"]) - detected) * 1000
         print(f"guard: lost the Lease {lost_s:.1f}s after another holder's name appeared; the breaker's first write "
               f"{first_write_ms:.1f} ms after detection ({first_write['action']})")
-        assert first_write["action"] == "scale-capsule" and first_write_ms < 250, first_write_ms
+        # Measured 4-11 ms here; the bound only catches a gross regression on a loaded CI machine.
+        assert first_write["action"] == "scale-capsule" and first_write_ms < 1000, first_write_ms
         # Stopped: the standby first (it must not take over), then the leader, which releases the Lease.
         d.stop()
         assert c.stop() == 0, c.stderr()[-3000:]
