@@ -191,11 +191,13 @@ def pid_alive(pid: int) -> bool:
 
 
 def lease_client(client_or_access) -> KubeClient:
-    """A small client of its own for the Lease: never dry-run, short deadlines, and renewals that do not
-    queue behind containment's bulk writes."""
+    """A small client of its own for the Lease: never dry-run, and renewals that do not queue behind
+    containment's bulk writes. Throttled (429) or unavailable answers are retried for up to the renew
+    deadline, as the preflight's own requests are: an API server under load must not keep responder from
+    starting. While leading, a round never outlasts the renew deadline anyway (`LeaseElector.round`)."""
     access = client_or_access.access if isinstance(client_or_access, KubeClient) else client_or_access
     return KubeClient(access, http2=False, max_connections=2, bulk_connections=0, timeout=5.0,
-                      retry_deadline=RETRY_PERIOD)
+                      retry_deadline=RENEW_DEADLINE)
 
 
 @dataclass(frozen=True)
