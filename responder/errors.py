@@ -7,6 +7,7 @@ Exit codes (documented in README):
   3  cluster unreachable
   4  forbidden: the identity lacks a permission the step needs
   5  interrupted (the journal can be resumed)
+  6  another responder holds the cluster's Lease (one writer per cluster): nothing was written
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 EXIT_FORBIDDEN = 4
 EXIT_INTERRUPTED = 5
+EXIT_LEASE_HELD = 6
 
 
 class ResponderError(Exception):

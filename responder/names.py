@@ -6,6 +6,8 @@ DEFAULT_CAPSULE_DEPLOYMENT = "capsule-controller-manager"
 DEFAULT_CAPSULE_NAMESPACE = "capsule-system"
 DEFAULT_VELERO_NAMESPACE = "velero"
 RESPONDER_NAMESPACE = "responder-system"
+# One writer per cluster: the coordination.k8s.io/v1 Lease every writing responder holds (in RESPONDER_NAMESPACE).
+WRITER_LEASE = "responder"
 # `responder protect`'s objects.
 PROTECT_POLICY = "responder-protect-crds"
 PROTECT_BINDING = "responder-protect-crds"

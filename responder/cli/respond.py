@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ConfigError
 from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
 from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
+from responder.response.leadership import take_writer_lease
 from responder.response.plan import build_plan, print_plan_table
 from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 from responder.response.undo import undo_journal
@@ -109,10 +111,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return asyncio.run(run_headless(access, options, watch_then_contain, args.output))
 
 
-async def run_headless(access, options: SessionOptions, open_incident, output: str | None) -> int:
-    """The headless lifecycle shared by watch and run: preflight, observe, open the incident
-    (`open_incident` may return an exit code to stop early), contain, print the summary."""
+async def run_headless(access, options: SessionOptions, open_incident, output: str | None, *,
+                       on_session: Callable[[Session], None] | None = None) -> int:
+    """The headless lifecycle shared by watch, run and guard: preflight, observe, open the incident
+    (`open_incident` may return an exit code to stop early), contain, print the summary. `on_session`
+    sees the session before its preflight (the guard gives it its Lease elector)."""
     session = Session(access, options, confirmer=_headless_confirm)
+    if on_session is not None:
+        on_session(session)
     session.engine_listeners.append(HeadlessPrinter())
     # Automation stops a headless run with SIGTERM (systemd, a pod's deletion, a CI timeout): treated as
     # Ctrl-C, so it ends as "interrupted" (exit 5) with the journal to resume, not a silent 143.
@@ -224,7 +230,11 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 await client.get("/version")
             finally:
                 client.retry_deadline = deadline
-            return await undo_journal(client, journal)
+            lease = await take_writer_lease(client)  # one writer per cluster: undo writes too
+            try:
+                return await undo_journal(client, journal)
+            finally:
+                await lease.close()
 
     try:
         result = asyncio.run(go())

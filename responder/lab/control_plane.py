@@ -29,6 +29,7 @@ from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, 
 from responder.lab.capsule import (CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE, CAPSULE_SERVICE_ACCOUNT, controller_args,
                                    objects_to_apply, render_chart)
 from responder.lab.pki import LabPKI
+from responder.names import RESPONDER_NAMESPACE
 from responder.lab.processes import ProcessRecord
 
 LAB_CONTEXT = "responder-lab"
@@ -355,8 +356,9 @@ class Lab:
         state["capsule_args"] = controller_args(rendered)
         self._save(state)
         async with self.admin_client() as client:
-            await apply_objects(client, [{"apiVersion": "v1", "kind": "Namespace",
-                                          "metadata": {"name": CAPSULE_NAMESPACE}}])
+            # responder's own namespace too, as where responder is installed: its writer Lease lives there.
+            await apply_objects(client, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+                                         for name in (CAPSULE_NAMESPACE, RESPONDER_NAMESPACE)])
             objs = objects_to_apply(rendered)
             crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
             await apply_objects(client, crds)

@@ -43,7 +43,8 @@ from responder.cluster.client import KubeClient
 from responder.response.console import positive_number
 from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
                              ResponderError)
-from responder.names import DEFAULT_VELERO_NAMESPACE
+from responder.cluster.lease import LEASE_API, record_from
+from responder.names import DEFAULT_VELERO_NAMESPACE, RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.ops.manifests import AccessCheck, access_checks, missing_role, missing_rules
 from responder.incident.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
 from responder.ops.protect import ProtectionStatus, protected_crds, read_protection
@@ -304,6 +305,23 @@ async def review_access(client: KubeClient, checks: list[AccessCheck]) -> list[b
     return list(await asyncio.gather(*(one(c) for c in checks)))
 
 
+def writer_lease_result(namespace: dict[str, Any] | None, lease: dict[str, Any] | None, now: float) -> CheckResult:
+    """The writer Lease every writing responder holds first (responder.cluster.lease): its namespace must
+    exist, or every writing command refuses at its preflight; who holds it now is for information."""
+    if namespace is None:
+        return CheckResult("writer-lease", FINDING, f"the namespace {RESPONDER_NAMESPACE} does not exist: responder "
+                           f"keeps its writer Lease ({WRITER_LEASE}) there, so `watch`, `run` and `undo` would refuse "
+                           "to start during an incident", fix=f"kubectl create namespace {RESPONDER_NAMESPACE}")
+    record = record_from(lease) if lease is not None else None
+    if record is None or not record.holder:
+        return CheckResult("writer-lease", OK, f"{RESPONDER_NAMESPACE}/{WRITER_LEASE} free: the first responder to "
+                                               "write takes it")
+    age = "never" if record.renewed_at is None else f"{max(0.0, now - record.renewed_at):.0f}s ago"
+    return CheckResult("writer-lease", INFO, f"held by {record.holder} (renewed {age}): while it renews, other "
+                       "responders refuse to write (exit 6); a holder that stopped renewing is taken over after "
+                       f"{record.duration:.0f}s", data={"holder": record.holder, "transitions": record.transitions})
+
+
 async def _guarded(name: str, results: list[CheckResult], coro) -> None:
     """A refused or failed read is a finding about that check, not the end of the doctor."""
     try:
@@ -360,10 +378,16 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
         listing = await client.get_or_none(TENANTS_PATH)
         return [prevent_deletion_result(None if listing is None else listing.get("items") or [])]
 
+    async def writer_lease() -> list[CheckResult]:
+        namespace = await client.get_or_none(f"/api/v1/namespaces/{RESPONDER_NAMESPACE}")
+        lease = await client.get_or_none(f"{LEASE_API}/namespaces/{RESPONDER_NAMESPACE}/leases/{WRITER_LEASE}")
+        return [writer_lease_result(namespace, lease, time.time())]
+
     await _guarded("capsule", results, capsule())
     await _guarded("velero", results, velero())
     await _guarded("tenant-crd-protection", results, protection())
     await _guarded("prevent-deletion", results, tenants())
+    await _guarded("writer-lease", results, writer_lease())
     code = exit_code(results)
     return {"context": client.access.context, "server": client.access.display_server, "identity": identity,
             "ready": code == EXIT_READY, "checks": [asdict(r) for r in results], "missing_permissions": fragment}

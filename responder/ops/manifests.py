@@ -31,7 +31,7 @@ import yaml
 from responder.errors import ConfigError
 from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
                              HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
-                             PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY)
+                             PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY, WRITER_LEASE)
 
 RBAC_API = "rbac.authorization.k8s.io"
 # Placeholders in the table, replaced by the real names when rules or checks are made.
@@ -116,6 +116,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "doctor checks the BackupStorageLocation is Available and each tenant namespace has a recent Completed "
                "Backup; recovery picks the backup, follows the Restore and reads its results",
                read_only=True, namespace=VELERO_NAMESPACE),
+    Permission("coordination.k8s.io", ("leases",), ("get",),
+               ("preflight", "guard", "undo", "doctor"),
+               "who holds the writer Lease (one writer per cluster): read before taking it; a standby guard reads it "
+               "to take over; doctor shows the holder; only that name",
+               read_only=True, resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
     # ---- writes ---------------------------------------------------------------------------------------------
     Permission("apps", ("deployments/scale",), ("patch",),
                ("trip-breaker", "undo"),
@@ -184,6 +189,16 @@ PERMISSIONS: tuple[Permission, ...] = (
                ("protect",),
                "responder protect: update its own policy and binding, and `--remove` them; only those two names",
                resource_names=tuple(sorted({PROTECT_POLICY, PROTECT_BINDING}))),
+    Permission("coordination.k8s.io", ("leases",), ("update",),
+               ("preflight", "guard", "undo"),
+               "one writer per cluster: every responder that writes (a guard replica, the TUI, a headless run, "
+               "undo) takes and renews the writer Lease before its first write, and releases it at the end; only "
+               "that name",
+               resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
+    Permission("coordination.k8s.io", ("leases",), ("create",),
+               ("preflight", "guard", "undo"),
+               "the first responder on a cluster creates the writer Lease (create cannot be limited by name)",
+               namespace=RESPONDER_NAMESPACE),
     # ---- the one wildcard -----------------------------------------------------------------------------------
     Permission("*", ("*",), ("list",),
                ("handle-terminating",),
@@ -415,6 +430,17 @@ def render_yaml(docs: list[dict[str, Any]], *, read_only: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+def chart_rules_yaml() -> str:
+    """The Helm chart's ClusterRole rules (charts/responder/files/rules.yaml), from the same table, with the
+    Capsule Deployment's name left to the chart's values. Regenerate the file with
+    `python -c 'from responder.ops.manifests import chart_rules_yaml as r; print(r(), end="")' > charts/responder/files/rules.yaml`."""
+    placeholder = "capsule-deployment-placeholder"
+    rules = _dump(rbac_rules(False, capsule_deployment=placeholder))
+    return ("# Generated from `responder manifests rbac`'s table (responder/ops/manifests.py, PERMISSIONS): do not "
+            "edit;\n# regenerate with responder.ops.manifests.chart_rules_yaml().\n"
+            + rules.replace(placeholder, "'{{ .Values.capsule.deployment }}'"))
+
+
 # ---- command line ---------------------------------------------------------------------------------------------
 
 
@@ -446,4 +472,4 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
-           "permissions", "add_parser", "WRITE_VERBS", "AccessCheck", "access_checks", "missing_rules", "missing_role"]
+           "permissions", "add_parser", "WRITE_VERBS", "chart_rules_yaml", "AccessCheck", "access_checks", "missing_rules", "missing_role"]

@@ -27,6 +27,7 @@ from responder.incident.journal import Journal
 from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
 from responder.incident.shadow import Shadow
+from responder.response.leadership import WriterLease, hold_writer_lease
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class Session:
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
         self._snapshot: dict[str, Any] | None = None  # taken at the incident's opening, not yet journaled
+        self.leadership: WriterLease | None = None  # the cluster's writer Lease (a guard sets its own before preflight)
 
     def set_dry_run(self, dry_run: bool) -> None:
         """Switch dry-run before an incident opens (the TUI's toggle): options and client together,
@@ -178,6 +180,8 @@ class Session:
         self.hold_not_armed = await read_armed_hold(self.client)
         self.self_hold = await read_self_hold(self.client)
         check_journal_dir(self.options.journal_dir)
+        # One writer per cluster: the Lease is held from here, before the first write (or LeaseHeld, exit 6).
+        self.leadership = await hold_writer_lease(self)
 
     async def start(self) -> None:
         self.observer.subscribe(self._on_event)
@@ -186,6 +190,8 @@ class Session:
     async def close(self) -> None:
         await self.observer.stop()
         await self.client.aclose()
+        if self.leadership is not None:
+            await self.leadership.close()
         if self.journal is not None:
             self.journal_snapshot()  # an incident opened and never contained still gets its snapshot
             self.journal.close()

@@ -320,6 +320,9 @@ CASES: list[Case] = [
 ]
 
 FORBIDDEN_CASES = {c.id for c in CASES if "forbidden-identity" in c.id}  # an identity bound to nothing
+# Refused at a read (undo: the writer Lease's, before its first write); the lab's audit policy logs no reads,
+# so only the server's 403 message in the output shows it reached the API server.
+REFUSED_AT_A_READ = {"forbidden-identity-undo"}
 
 
 def check_message(stderr: str, says: tuple[str, ...]) -> None:
@@ -411,7 +414,7 @@ def test_bad_input_on_the_lab(case: Case, bad_input_lab: Lab, tmp_path: Path) ->
     if case.refused_writes_ok:
         writes = [e for e in writes if (e.get("responseStatus") or {}).get("code", 0) < 400]
     assert writes == [], _summary(writes)
-    if case.id in FORBIDDEN_CASES:
+    if case.id in FORBIDDEN_CASES - REFUSED_AT_A_READ:
         events = [e for e in read_audit(bad_input_lab.audit_log, since=since)
                   if (e.get("user") or {}).get("username") == user]
         assert events, "the forbidden identity should have reached the API server"

@@ -44,9 +44,8 @@ async def service_account_kubeconfig(lab, admin, path) -> tuple[Path, str]:
     assert proc.returncode == 0, proc.stderr
     docs = json.loads(proc.stdout)["items"]
     assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
-    await admin.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                              "metadata": {"name": SA_NAMESPACE}})
-    await apply_objects(admin, docs)
+    # The namespace exists on the lab (the writer Lease lives there): applied, not created.
+    await apply_objects(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NAMESPACE}}, *docs])
     review = await admin.create(f"/api/v1/namespaces/{SA_NAMESPACE}/serviceaccounts/{SA_NAME}/token", {
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
     token = review["status"]["token"]

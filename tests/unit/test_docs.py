@@ -23,7 +23,7 @@ REPO_PATH = re.compile(r"`((?:responder|tests|runbooks|docs)/[\w./-]*)(?:::\w+)?
 HISTORY = re.compile(
     r"\bsessions? \d+\b"
     r"|\bearlier this (?:session|round|run)\b"
-    r"|\b(?:previous|last|earlier|next) (?:session|round)s?\b"
+    r"|\b(?:previous|last|earlier) sessions?\b"
     r"|\brounds? of development\b",
     re.IGNORECASE)
 

@@ -254,3 +254,19 @@ def test_table_shows_findings_fixes_and_the_missing_fragment():
     assert "FINDING  tenant-crd-protection  Tenant CRD not protected" in text and "fix: run `responder protect`" in text
     tail = text.split("merge into responder's role:\n", 1)[1]
     assert yaml.safe_load(tail) == fragment
+
+
+def test_writer_lease_namespace_missing_is_a_finding_and_its_holder_is_information():
+    from responder.cluster.lease import LeaseRecord, lease_object
+    from responder.ops.doctor import writer_lease_result
+
+    missing = writer_lease_result(None, None, now=1000.0)
+    assert missing.status == FINDING and "kubectl create namespace responder-system" in missing.fix
+    namespace = {"metadata": {"name": "responder-system"}}
+    assert writer_lease_result(namespace, None, now=1000.0).status == OK
+    released = lease_object("responder-system", "responder", LeaseRecord("", 1.0, 900.0, 900.0, 3, "7"))
+    assert writer_lease_result(namespace, released, now=1000.0).status == OK
+    held = lease_object("responder-system", "responder", LeaseRecord("guard/pod-a/1-abc", 15.0, 900.0, 990.0, 3, "8"))
+    result = writer_lease_result(namespace, held, now=1000.0)
+    assert result.status == INFO and "guard/pod-a/1-abc" in result.summary and "10s ago" in result.summary
+    assert result.data == {"holder": "guard/pod-a/1-abc", "transitions": 3}

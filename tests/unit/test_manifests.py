@@ -107,6 +107,9 @@ RECOVERY_NEEDS = [("velero.io", res, verb, None) for res in ("backups", "restore
 PROTECT_NEEDS = [("admissionregistration.k8s.io", res, verb, "responder-protect-crds")
                  for res in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
                  for verb in ("get", "list", "create", "patch", "delete")]
+# One writer per cluster (responder/cluster/lease.py): read, create, renew and release the writer Lease.
+LEASE_NEEDS = [("coordination.k8s.io", "leases", verb, name) for verb, name in (("get", "responder"), ("create", None),
+                                                                              ("update", "responder"))]
 CONTENT_NEEDS = [("", "configmaps", "list", None), ("", "secrets", "list", None), ("apps", "deployments", "list", None),
                  ("example.com", "widgets", "list", None)]
 
@@ -160,7 +163,7 @@ def test_rules_cover_every_undo_op(op):
 
 def test_rules_cover_watches_probe_and_content_counting():
     rules = rbac_rules(False)
-    for need in WATCH_NEEDS + PROBE_NEEDS + CONTENT_NEEDS + RECOVERY_NEEDS + PROTECT_NEEDS:
+    for need in WATCH_NEEDS + PROBE_NEEDS + CONTENT_NEEDS + RECOVERY_NEEDS + PROTECT_NEEDS + LEASE_NEEDS:
         assert covers(rules, *need), need
 
 
@@ -195,7 +198,10 @@ def test_nothing_beyond_what_is_needed():
                  ("apiextensions.k8s.io", "customresourcedefinitions", "patch", "namespaceholds.responder.dev"),
                  ("velero.io", "backups", "delete", "b"), ("velero.io", "restores", "patch", "r"),
                  ("rbac.authorization.k8s.io", "clusterrolebindings", "create", None),
-                 ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None)]:
+                 ("", "pods", "delete", "p"), ("", "namespaces", "deletecollection", None),
+                 ("coordination.k8s.io", "leases", "update", "kube-controller-manager"),
+                 ("coordination.k8s.io", "leases", "delete", "responder"),
+                 ("coordination.k8s.io", "leases", "patch", "responder")]:
         assert not covers(rules, *need), need
 
 
@@ -283,3 +289,12 @@ def test_bad_names_are_bad_input(capsys):
     assert main(["manifests", "rbac", "--name", "Not_Valid"]) == 2
     assert "not a valid ServiceAccount name" in capsys.readouterr().err
     assert main(["manifests", "rbac", "--namespace", "UPPER"]) == 2
+
+
+def test_lease_writes_are_in_the_table():
+    """The Lease protocol's requests (responder/cluster/lease.py) are the LEASE_NEEDS verbs, nothing else."""
+    source = (REPO / "responder" / "cluster" / "lease.py").read_text()
+    sent = set(re.findall(r"self\.client\.(get_or_none|get|create|replace|patch|delete)\(", source))
+    verbs = {"get_or_none": "get", "get": "get", "create": "create", "replace": "update", "patch": "patch",
+             "delete": "delete"}
+    assert {verbs[m] for m in sent} == {verb for _, _, verb, _ in LEASE_NEEDS}

@@ -1,0 +1,1 @@
+"""`responder guard`: always on, one leader among replicas (the writer Lease), health and metrics."""
