@@ -18,13 +18,14 @@ from typing import Any
 import httpx
 
 from responder.recovery import decisions as recovery
-from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of, release_hold,
+from responder.actions.breaker import (HOLD_POLICY, breaker_tripped, hold_left_in_place, holds_of, release_hold,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery, wait_crd_established
 from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
+from responder.incident import triage
 from responder.incident.observe import TENANTS_PATH
 from responder.runbook.schema import ActionSpec, ParamSpec
 
@@ -48,9 +49,36 @@ def _snapshot(ctx: StepContext) -> dict[str, Any]:
     return latest_record(ctx, "snapshot") or {}
 
 
-def known_namespaces(ctx: StepContext) -> dict[str, str]:
+def witnessed_namespaces(ctx: StepContext) -> dict[str, str]:
+    """Tenant namespaces responder itself saw before the incident: its journal's snapshot, else its shadow copy."""
     snap = _snapshot(ctx).get("namespaces") or ctx.observer.shadow.namespace_tenants()
     return {ns: tenant for ns, tenant in snap.items() if ns not in ctx.options.protected}
+
+
+def known_namespaces(ctx: StepContext) -> dict[str, str]:
+    """What existed before the incident (namespace -> Tenant): what responder witnessed, then what the
+    chosen backup adds (choose-backup records it)."""
+    plan = latest_record(ctx, "recovery-plan") or {}
+    known, _ = recovery.merge_known(witnessed_namespaces(ctx), plan.get("known_from_backup") or {},
+                                    ctx.options.protected)
+    return known
+
+
+def owner_templates(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    """Per namespace, its Tenant ownerReference from before the incident (less the UID)."""
+    plan = latest_record(ctx, "recovery-plan") or {}
+    return (plan.get("owners_from_backup") or {}) | (_snapshot(ctx).get("owners") or {})
+
+
+async def live_tenants(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    """The Tenants in the cluster by name; none while the Tenant CRD is not served."""
+    try:
+        items = (await ctx.client.get(TENANTS_PATH)).get("items") or []
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return {}
+    return {t["metadata"]["name"]: t for t in items}
 
 
 async def _all_namespaces(ctx: StepContext) -> dict[str, dict[str, Any]]:
@@ -96,14 +124,13 @@ class ChooseBackup:
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
-        known = known_namespaces(ctx)
+        witnessed = witnessed_namespaces(ctx)
         live = await _all_namespaces(ctx)
-        lost = recovery.lost_namespaces(known, live)
-        plan: dict[str, Any] = {"known": len(known), "lost": lost, "backup": None, "rejected": [],
-                                "counts": {}, "tenants_from": "shadow"}
-        if not lost:
-            ctx.journal.record("recovery-plan", step=ctx.step.id, **plan, reason="no namespace was lost")
-            return StepOutcome("finished", f"no namespace lost ({len(known)} known): nothing to restore", plan)
+        lost = recovery.lost_namespaces(witnessed, live)
+        source = "journal" if _snapshot(ctx).get("namespaces") else "shadow"
+        plan: dict[str, Any] = {"known": len(witnessed), "lost": lost, "backup": None, "rejected": [],
+                                "counts": {}, "tenants_from": "shadow", "known_from": source,
+                                "known_from_backup": {}, "owners_from_backup": {}}
         try:
             backups = (await ctx.client.get(_velero(ctx, "backups"))).get("items") or []
             locations = (await ctx.client.get(_velero(ctx, "backupstoragelocations"))).get("items") or []
@@ -117,6 +144,8 @@ class ChooseBackup:
         refused: list[dict[str, str]] = []
         pool = list(backups)
         while pool:
+            # The backup must hold every namespace responder saw lost; what else it says existed is read
+            # from it (responder may not have been running when they went).
             choice = recovery.choose_backup(pool, lost, now=now, storage_phases=phases,
                                             schedule=str(ctx.params.get("schedule") or "") or None,
                                             name=str(ctx.params.get("backup") or "") or None,
@@ -128,15 +157,25 @@ class ChooseBackup:
             if ctx.dry_run:  # a dry-run DownloadRequest is never served: judge by the spec alone
                 plan["backup"] = choice.backup
                 break
+            chosen = next(b for b in pool if b["metadata"]["name"] == choice.backup)
+            pool = [b for b in pool if b["metadata"]["name"] != choice.backup]
             contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", choice.backup))
             absent = [ns for ns in lost if ns not in contents.namespaces]
-            if absent:
-                refused.append({"name": choice.backup, "reason": f"holds no objects of {len(absent)} lost namespaces "
-                                                                   f"(e.g. {', '.join(absent[:3])}): taken before them"})
-                pool = [b for b in pool if b["metadata"]["name"] != choice.backup]
+            why = recovery.evidence_refusal(chosen, contents) or (
+                f"holds no objects of {len(absent)} lost namespaces (e.g. {', '.join(absent[:3])}): taken before them"
+                if absent else None)
+            if why:
+                refused.append({"name": choice.backup, "reason": why})
                 continue
-            plan["backup"] = choice.backup
-            plan["counts"] = {ns: recovery.restorable_counts(contents, ns) for ns in known}
+            known, added = recovery.merge_known(witnessed, recovery.tenant_namespaces_in(contents),
+                                                ctx.options.protected)
+            lost = recovery.lost_namespaces(known, live)
+            templates = recovery.owner_templates_in(contents)
+            plan.update(backup=choice.backup, known=len(known), lost=lost, known_from_backup=added,
+                        owners_from_backup={ns: templates[ns] for ns in added if ns in templates},
+                        counts={ns: recovery.restorable_counts(contents, ns) for ns in known})
+            if added:
+                plan["known_from"] = f"{source} and backup {choice.backup}" if witnessed else f"backup {choice.backup}"
             if contents.tenants:
                 plan["tenants_from"] = "backup"
                 plan["tenants"] = {n: recovery.tenant_for_create(t) for n, t in contents.tenants.items()}
@@ -146,14 +185,20 @@ class ChooseBackup:
         plan["rejected"] = refused
         for r in refused:
             ctx.log(f"backup {r['name']} refused: {r['reason']}", level="warning")
+        if not lost:
+            plan["reason"] = "no namespace was lost"
         ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
-        summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from")} | {"lost": len(lost)}
+        summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from", "known_from")} | {"lost": len(lost)}
+        if not lost:
+            return StepOutcome("finished", f"no namespace lost ({plan['known']} known, from the {plan['known_from']}): "
+                                           "nothing to restore", summary)
         if plan["backup"] is None:
             reason = plan.get("reason") or "no backup holds every lost namespace"
             ctx.log(f"NO USABLE BACKUP ({reason}): lost namespaces can only come back from a rescue backup; "
                     "Tenants come from responder's shadow copy", level="warning")
             return StepOutcome("finished", f"no usable backup: {reason}", summary)
-        return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces", summary)
+        return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces "
+                                       f"(what existed: from the {plan['known_from']})", summary)
 
 
 def recovery_plan(ctx: StepContext) -> dict[str, Any]:
@@ -345,6 +390,8 @@ class RecreateTenants:
         tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
                                           for n, t in ctx.observer.shadow.tenants.items()}
         wanted = set(known_namespaces(ctx).values())
+        if plan.get("known_from_backup") and plan.get("tenants_from") == "backup":
+            wanted |= set(tenants)  # the backup is the record of what existed: every Tenant in it
         return {n: t for n, t in tenants.items() if n in wanted}
 
     @staticmethod
@@ -546,9 +593,9 @@ class ReadoptNamespaces:
     async def planned(ctx: StepContext) -> tuple[list[WriteRequest], list[str], list[str]]:
         """The re-adoption patches to send, the known namespaces absent, those whose Tenant is missing."""
         known = known_namespaces(ctx)
-        templates = _snapshot(ctx).get("owners") or {}
+        templates = owner_templates(ctx)
         live = await _all_namespaces(ctx)
-        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        tenants = await live_tenants(ctx)
         requests, missing_tenant, absent = [], [], []
         for ns, tenant_name in sorted(known.items()):
             obj, tenant = live.get(ns), tenants.get(tenant_name)
@@ -625,7 +672,7 @@ class RestoreCapsule:
         target = capsule_target(ctx)
         lines = [f"put the matchConditions of {key} back as recorded before the incident"
                  for key, _, _ in await self.webhook_patches(ctx) if not ctx.done_before("restore-webhooks", key)]
-        if not ctx.done_before("restore-replicas", target.deployment):
+        if breaker_tripped(ctx.journal.records()) and not ctx.done_before("restore-replicas", target.deployment):
             lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
                          f"(as before the incident)")
         if await self.own_hold(ctx):
@@ -639,7 +686,9 @@ class RestoreCapsule:
             if not ctx.done_before("restore-webhooks", key):
                 await ctx.write("restore-webhooks", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH)
         replicas = self.original_replicas(ctx)
-        if not ctx.done_before("restore-replicas", target.deployment):
+        # Not tripped (nothing was alive to save): Capsule was never scaled down, nothing to put back.
+        tripped = breaker_tripped(ctx.journal.records())
+        if tripped and not ctx.done_before("restore-replicas", target.deployment):
             await ctx.write("restore-replicas", target.deployment, "PATCH", f"{target.deployment_path}/scale",
                             body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
         if ctx.dry_run:
@@ -670,7 +719,7 @@ class RestoreCapsule:
         pending: list[str] = []
         while time.monotonic() < deadline:
             live = await _all_namespaces(ctx)
-            tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+            tenants = await live_tenants(ctx)
             pending = []
             for name in sorted(set(known.values())):
                 expected = {ns for ns, t in known.items() if t == name and ns in live}
@@ -691,15 +740,39 @@ class VerifyRecovery:
         description="Every namespace known before the incident exists, belongs to its Tenant and holds its objects; "
                     "Capsule's webhooks and replicas equal the originals.",
         params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
-                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "settleSeconds": ParamSpec((int, float), default=10,
+                                           description="how long no known namespace may be deleted, with "
+                                                       "Capsule back and the hold lifted")},
     )
+
+    async def settle(self, ctx: StepContext, watched: set[str], seconds: float) -> list[str]:
+        """The watched namespaces deleted (gone or Terminating) within `seconds`: the garbage collector
+        or Capsule, free again, finishing what the incident began."""
+        deleted: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while not ctx.dry_run and watched - deleted and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            live = await _all_namespaces(ctx)
+            deleted |= {ns for ns in watched if ns not in live or live[ns]["metadata"].get("deletionTimestamp")}
+        return sorted(deleted)
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         known = known_namespaces(ctx)
         plan = recovery_plan(ctx)
         restored = set((latest_record(ctx, "recovery-restore") or {}).get("restored") or [])
+        before = await _all_namespaces(ctx)
+        # Protected namespaces with a Tenant ownerReference: responder never writes them, the garbage
+        # collector may still delete them.
+        protected_owned = sorted(ns for ns, obj in before.items() if ns in ctx.options.protected
+                                 and triage.tenant_refs(obj) and not obj["metadata"].get("deletionTimestamp"))
+        watched = {ns for ns in known if ns in before and not before[ns]["metadata"].get("deletionTimestamp")}
+        deleted_after = await self.settle(ctx, watched | set(protected_owned),
+                                          float(ctx.params.get("settleSeconds", 10)))
         live = await _all_namespaces(ctx)
-        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        tenants = await live_tenants(ctx)
+        dangling = recovery.dangling_tenant_references(
+            [o for o in live.values() if not o["metadata"].get("deletionTimestamp")], tenants)
         missing = sorted(ns for ns in known if ns not in live or live[ns]["metadata"].get("deletionTimestamp"))
         not_adopted = sorted(ns for ns, t in known.items() if ns in live and ns not in missing
                              and not (t in tenants and recovery.adopted_by(live[ns], tenants[t])))
@@ -725,7 +798,9 @@ class VerifyRecovery:
             "restored": sorted(restored), "unrestorable": sorted(lost - restored),
             "content_missing": content_missing, "webhook_differences": webhook_diffs,
             "capsule_replicas": replicas, "capsule_replicas_expected": expected_replicas,
-            "backup": plan.get("backup"), "hold_left": hold_left,
+            "backup": plan.get("backup"), "hold_left": hold_left, "known_from": plan.get("known_from"),
+            "dangling": dangling, "deleted_after_recovery": deleted_after,
+            "protected_lost": [ns for ns in protected_owned if ns in deleted_after],
         }
         ctx.journal.record("recovery-verify", step=ctx.step.id, **result)
         problems = []
@@ -742,13 +817,19 @@ class VerifyRecovery:
             problems.append(f"Capsule at {replicas} replicas, expected {expected_replicas}")
         if hold_left:
             problems.append("the namespace hold is still in place: " + ", ".join(hold_left))
+        if dangling:
+            problems.append(f"{len(dangling)} namespaces carry a Tenant reference no live Tenant matches (the garbage "
+                            f"collector will delete them): {', '.join(list(dangling)[:5])}")
+        if deleted_after:
+            problems.append(f"{len(deleted_after)} namespaces deleted after recovery: {', '.join(deleted_after[:5])}")
         data = {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in result.items()}
         if problems:
             for p in problems:
                 ctx.log(f"VERIFY: {p}", level="warning")
             return StepOutcome("failed", "; ".join(problems), data)
         return StepOutcome("finished", f"all {len(known)} namespaces present, owned by their Tenants, content intact; "
-                                       "Capsule as before", data)
+                                       "Capsule as before; no Tenant reference dangles cluster-wide and none was "
+                                       f"deleted within {float(ctx.params.get('settleSeconds', 10)):.0f}s", data)
 
     async def missing_objects(self, ctx: StepContext, plan: dict[str, Any], namespaces: list[str]) -> dict[str, list[str]]:
         """Objects the backup holds for a namespace that are not there now (one LIST per kind)."""

@@ -132,12 +132,16 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
             # Recovery writes (Tenants, Restore, re-adoption) are confirmed steps: --yes, or they are skipped.
             await session.recover()
         summary = summarize(session)
+        if summary.get("warning"):
+            print(summary["warning"], file=sys.stderr, flush=True)
         emit(summary, output)
         ended = True  # the summary names the journal
         if options.dry_run:
             return EXIT_OK
         recovered = summary.get("recovery") is None or summary["recovery"]["verified"]
-        return EXIT_OK if summary["contained"] and recovered else EXIT_NOT_CONTAINED
+        # Capsule left at 0 by a run that was to recover is a failure, whatever else went well.
+        left_down = bool(summary.get("warning")) and not options.contain_only
+        return EXIT_OK if summary["contained"] and recovered and not left_down else EXIT_NOT_CONTAINED
     except asyncio.CancelledError:
         if terminated:
             raise KeyboardInterrupt from None  # cli: "interrupted", exit 5
