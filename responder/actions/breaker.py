@@ -501,6 +501,12 @@ class TripBreaker:
                         "with its Tenant gone; Capsule keeps running", level="warning")
                 return StepOutcome("finished", "breaker not tripped: nothing alive to save",
                                    {"breaker": NOT_NEEDED})
+        return await self.trip(ctx)
+
+    async def trip(self, ctx: StepContext) -> StepOutcome:
+        """Scale Capsule to 0, hold tenant namespaces, exempt responder: whatever is at stake (recovery
+        trips it to restore while Capsule's webhooks would refuse the restore)."""
+        target = capsule_target(ctx)
         hooks = ctx.observer.capsule_webhooks()
         guarding = [(kind, obj, h) for kind, obj in hooks for h in obj.get("webhooks") or []
                     if guards_namespace_delete(h) and fails_closed(h)]

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from responder.recovery import decisions as recovery
-from responder.actions.breaker import (HOLD_POLICY, breaker_tripped, hold_left_in_place, holds_of, release_hold,
+from responder.actions.breaker import (HOLD_POLICY, TripBreaker, breaker_tripped, hold_left_in_place, holds_of, release_hold,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
@@ -354,6 +354,14 @@ class WaitLostGone:
                 ctx.log(f"could not nudge {r.target}: {res.status} {res.api_message[:200]}", level="warning")
 
 
+async def fresh_capsule_hooks(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
+    """Capsule's webhook configurations read now (not from the watch)."""
+    from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+
+    listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
+    return capsule_webhooks_in(lambda name: listings[name])
+
+
 async def widen_exemption(ctx: StepContext, identities: list[str]) -> None:
     """The breaker's exemption, for exactly these identities (Capsule stays at 0 meanwhile)."""
     for key, undo in breaker_originals(ctx).items():
@@ -464,7 +472,13 @@ class RestoreNamespaces:
     spec = ActionSpec(
         name="velero-restore",
         description="Restore the lost namespaces with Velero (never overwriting), following its progress and warnings.",
-        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900)},
+        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900),
+                "veleroIdentity": ParamSpec(str, default="system:serviceaccount:velero:velero",
+                                            description="the username Velero's server writes as"),
+                "capsuleNamespace": ParamSpec(str, default="capsule-system"),
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "capsuleStopTimeout": ParamSpec((int, float), default=60,
+                                                description="how long to wait for Capsule to stop before restoring")},
     )
 
     @staticmethod
@@ -482,7 +496,13 @@ class RestoreNamespaces:
 
     async def preview(self, ctx: StepContext) -> list[str]:
         groups, unrestorable = self.restore_groups(ctx)
-        lines = [group.describe() for group in groups]
+        lines = []
+        if groups and not breaker_tripped(ctx.journal.records()):
+            target = capsule_target(ctx)
+            lines.append(f"scale {target.namespace}/{target.deployment} to 0 and exempt responder and Velero "
+                         f"({ctx.params['veleroIdentity']}) in Capsule's webhooks for the restore (Capsule refuses "
+                         "tenant namespaces created by anyone but their owners); restore-capsule brings it back")
+        lines += [group.describe() for group in groups]
         if unrestorable:
             lines.append(f"(no backup holds {len(unrestorable)} lost namespaces: they cannot be restored)")
         return lines
@@ -497,6 +517,8 @@ class RestoreNamespaces:
                 return StepOutcome("skipped", "nothing to restore", {})
             return StepOutcome("skipped", f"no backup: {len(unrestorable)} lost namespaces cannot be restored",
                                {"unrestorable": len(unrestorable)})
+        if not breaker_tripped(ctx.journal.records()):
+            await self.hold_capsule_for_restore(ctx)
         records = [await self.restore_from(ctx, g.name, g.backup, g.namespaces) for g in groups]
         if ctx.dry_run:
             return StepOutcome("finished", f"dry run: {len(groups)} Restore(s) validated", {})
@@ -518,6 +540,28 @@ class RestoreNamespaces:
                             for r in records)
         data = {k: record[k] for k in ("restore", "phase", "items_restored", "total_items")}
         return StepOutcome("finished" if ok else "failed", summary, data)
+
+    async def hold_capsule_for_restore(self, ctx: StepContext) -> None:
+        """Capsule running (nothing was alive to save, so the breaker stayed off) refuses tenant namespaces
+        created by anyone but their Tenant's owners: Velero's restore and responder's re-adoption. So the
+        breaker trips now, for the restore only: Capsule at 0, responder and Velero exempted, the namespace
+        hold in place; restore-capsule (or, whatever fails, the session) brings it back."""
+        outcome = await TripBreaker().trip(ctx)
+        if outcome.data.get("breaker") not in ("tripped", "dry-run"):
+            ctx.log(f"Capsule could not be held for the restore: {outcome.summary}", level="warning")
+            return
+        if ctx.dry_run:
+            return
+        target = capsule_target(ctx)
+        deadline = time.monotonic() + float(ctx.params.get("capsuleStopTimeout", 60))
+        while time.monotonic() < deadline:  # until no Capsule process can revert the exemption
+            deployment = await ctx.client.get_or_none(target.deployment_path)
+            if not ((deployment or {}).get("status") or {}).get("replicas"):
+                break
+            await asyncio.sleep(0.5)
+        # Capsule >= 0.13 may have rewritten its webhook configurations on its way down: exempt again.
+        await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx))
+        await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])])
 
     async def restore_from(self, ctx: StepContext, name: str, backup: str, targets: list[str]) -> dict[str, Any]:
         body = {"apiVersion": "velero.io/v1", "kind": "Restore",

@@ -17,7 +17,7 @@ from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ConfigError
 from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
 from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
-from responder.response.plan import build_plan, print_plan_table
+from responder.response.plan import build_plan, print_plan_table, recovery_evidence
 from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 from responder.response.undo import undo_journal
 
@@ -199,7 +199,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         try:
             await session.preflight()
             await session.start()
-            return build_plan(session)
+            return build_plan(session) | {"recovery": await recovery_evidence(session)}
         finally:
             await session.close()
 

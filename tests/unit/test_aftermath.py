@@ -172,3 +172,17 @@ def test_the_report_says_so_in_its_first_line():
     md = render_markdown(build_report(records, journal_path="/j/inc-x.jsonl"))
     assert md.splitlines()[0].startswith("> **CAPSULE IS AT 0 REPLICAS (it had 1)")
     assert "`responder undo /j/inc-x.jsonl`" in md.splitlines()[0]
+
+
+# -- protected namespaces owned by a Tenant: a conflict doctor and plan name ---------------------------
+
+def test_doctor_and_plan_name_a_protected_namespace_owned_by_a_tenant():
+    from responder.ops.doctor import protected_conflict_result
+    from responder.response.plan import protected_conflicts
+
+    namespaces = SYSTEM + [ns("keep", ref("t1", "u1")), ns("t1-a", ref("t1", "u1")), ns("other")]
+    result = protected_conflict_result(namespaces, PROTECTED)
+    assert result.status == "finding" and result.details == ["keep"]
+    assert protected_conflict_result(SYSTEM + [ns("keep")], PROTECTED).status == "ok"
+    conflicts = protected_conflicts(view(namespaces, [tenant("t1", "u1")]))
+    assert [c["namespace"] for c in conflicts] == ["keep"] and conflicts[0]["tenants"] == "t1"
