@@ -455,7 +455,10 @@ def _render_recovery(rec: dict[str, Any]) -> list[str]:
         out.append(f"- Rescue backup {_code(rec['rescue_backup'])}: {len(rec.get('rescued') or [])} lost namespaces "
                    "the breaker had frozen while Terminating (content intact), backed up during the incident and "
                    "restored from it.")
-    if rec.get("known_from"):
+    if str(rec.get("known_from") or "").startswith("nothing"):
+        out.append(f"- **What existed before the incident is unknown**: {_cell(rec['known_from'])}; nothing could "
+                   "be restored.")
+    elif rec.get("known_from"):
         out.append(f"- What existed before the incident: from the {_cell(rec['known_from'])}.")
     out.append(f"- Tenants recreated from the {rec.get('tenants_source') or '?'}: {len(rec.get('tenants_created') or [])}.")
     out.append(f"- Namespaces lost in the incident: {len(rec['lost'])}; restored by Velero: {len(rec['restored'])}.")

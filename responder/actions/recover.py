@@ -182,13 +182,23 @@ class ChooseBackup:
             if contents.tenant_crd:
                 plan["tenant_crd"] = recovery.crd_for_create(contents.tenant_crd)
             break
+        if plan["backup"] is None and not witnessed and backups and not ctx.dry_run:
+            await self.evidence_only(ctx, plan, backups, refused, live)
+            lost = plan["lost"]
         plan["rejected"] = refused
         for r in refused:
             ctx.log(f"backup {r['name']} refused: {r['reason']}", level="warning")
+        if not plan["known"]:
+            plan["known_from"] = ("nothing: responder's journal and shadow copy hold no tenant namespace and no usable "
+                                  "backup says what existed")
         if not lost:
-            plan["reason"] = "no namespace was lost"
+            plan["reason"] = plan.get("reason") or "no namespace was lost"
         ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
         summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from", "known_from")} | {"lost": len(lost)}
+        if not plan["known"]:
+            ctx.log(f"WHAT EXISTED IS UNKNOWN: {plan['known_from']}"
+                    + (f" ({plan['reason']})" if plan.get("reason") else ""), level="warning")
+            return StepOutcome("finished", f"nothing known to restore: {plan['known_from']}", summary)
         if not lost:
             return StepOutcome("finished", f"no namespace lost ({plan['known']} known, from the {plan['known_from']}): "
                                            "nothing to restore", summary)
@@ -199,6 +209,31 @@ class ChooseBackup:
             return StepOutcome("finished", f"no usable backup: {reason}", summary)
         return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces "
                                        f"(what existed: from the {plan['known_from']})", summary)
+
+
+    @staticmethod
+    async def evidence_only(ctx: StepContext, plan: dict[str, Any], backups: list[dict[str, Any]],
+                            refused: list[dict[str, str]], live: dict[str, Any]) -> None:
+        """No backup may be restored from and responder saw nothing: the newest refused backup whose
+        contents can still be read says what existed, so the report can list what could not come back
+        and why. Nothing is restored or recreated from it."""
+        reasons = {r["name"]: r["reason"] for r in refused}
+        for backup in recovery.candidate_backups(backups):
+            name = backup["metadata"]["name"]
+            if (backup.get("status") or {}).get("phase") not in ("Completed", "PartiallyFailed"):
+                continue
+            try:
+                contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", name, timeout=20))
+            except Exception as exc:  # unreadable (its storage location is unavailable, ...): the next one
+                ctx.log(f"backup {name} could not be read for what existed: {exc}", level="warning")
+                continue
+            if recovery.evidence_refusal(backup, contents):
+                continue
+            known, added = recovery.merge_known({}, recovery.tenant_namespaces_in(contents), ctx.options.protected)
+            plan.update(known=len(known), known_from_backup=added, lost=recovery.lost_namespaces(known, live),
+                        known_from=f"backup {name}, read for what existed only: it may not be restored from "
+                                   f"({reasons.get(name, 'refused')})")
+            return
 
 
 def recovery_plan(ctx: StepContext) -> dict[str, Any]:
@@ -455,7 +490,9 @@ class RecreateTenants:
         body = plan.get("tenant_crd") or (recovery.crd_for_create(ctx.observer.shadow.tenant_crd)
                                           if ctx.observer.shadow.tenant_crd else None)
         if body is None:
-            raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither the backup nor the shadow holds it")
+            raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither a usable backup nor responder's shadow "
+                                            "copy holds it: re-apply Capsule's CRDs (its Helm chart) and the Tenants, "
+                                            "then run `responder run` again to restore and re-adopt")
         if not ctx.done_before("create-crd", CRD_NAME):
             await ctx.write("create-crd", CRD_NAME, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                             body=body)

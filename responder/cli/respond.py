@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if journal is not None:
             session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)
             journal.record("resumed", pending=[p["seq"] for p in journal.pending()])
-        else:
+        elif not session.incident_opened.is_set():  # the watches may have opened it already (one journal)
             session.open_incident(Trigger("manual", "started by `responder run`", time.time()))
 
     return asyncio.run(run_headless(access, options, open_manual_incident, args.output))
