@@ -25,14 +25,15 @@ def build_plan(session: Session) -> dict[str, Any]:
     held = [t["metadata"]["name"] for t in view.tenants.values() if t["metadata"].get("deletionTimestamp")]
     steps = []
     for step in session.runbook.steps:
-        if step.action == "trip-breaker" and something_to_save(view) is None:
-            what = "none: nothing alive to save (no live namespace at risk, none Terminating with its Tenant gone)"
-        elif step.action == "trip-breaker":
+        if step.action == "trip-breaker":
             what = (f"scale {session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} "
                     f"to 0; exempt {session.identity} in {len(hooks)} Capsule webhook configurations"
                     if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
             what += ("; mark the armed namespace hold" if session.hold_not_armed is None
                      else f"; create the namespace hold (not armed: {session.hold_not_armed})")
+            if something_to_save(view) is None:
+                what = ("none: nothing alive to save (no live namespace at risk, none Terminating with its Tenant "
+                        f"gone); once something is: {what}")
         elif step.action == "detach-namespaces":
             what = f"detach {len(at_risk)} at-risk namespaces"
         elif step.action == "release-tenant-finalizers":
