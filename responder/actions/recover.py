@@ -154,6 +154,8 @@ class ChooseBackup:
             if choice.backup is None:
                 plan["reason"] = choice.reason
                 break
+            named = {r["name"] for r in refused}  # refused once is said once
+            pool = [b for b in pool if b["metadata"]["name"] not in named]
             if ctx.dry_run:  # a dry-run DownloadRequest is never served: judge by the spec alone
                 plan["backup"] = choice.backup
                 break
@@ -188,13 +190,18 @@ class ChooseBackup:
         plan["rejected"] = refused
         for r in refused:
             ctx.log(f"backup {r['name']} refused: {r['reason']}", level="warning")
-        if not plan["known"]:
+        if not plan["known"] and ctx.dry_run and plan["backup"]:
+            plan["known_from"] = (f"backup {plan['backup']}, whose contents only a real run reads (a DownloadRequest "
+                                  "is a write)")
+        elif not plan["known"]:
             plan["known_from"] = ("nothing: responder's journal and shadow copy hold no tenant namespace and no usable "
                                   "backup says what existed")
         if not lost:
             plan["reason"] = plan.get("reason") or "no namespace was lost"
         ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
         summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from", "known_from")} | {"lost": len(lost)}
+        if not plan["known"] and ctx.dry_run and plan["backup"]:
+            return StepOutcome("finished", f"dry run: what existed is in {plan['known_from']}", summary)
         if not plan["known"]:
             ctx.log(f"WHAT EXISTED IS UNKNOWN: {plan['known_from']}"
                     + (f" ({plan['reason']})" if plan.get("reason") else ""), level="warning")
@@ -295,14 +302,22 @@ class WaitLostGone:
         # Let the namespace controller finish only where a backup holds the content (the chosen one holds
         # every lost namespace); otherwise they stay frozen, content intact, and the report says so.
         releasable = set(frozen) if (rescue or plan.get("backup")) else set()
+        finishers = [ctx.options.identity, str(ctx.params["namespaceControllerIdentity"])]
+        tripped = breaker_tripped(ctx.journal.records())
         if releasable:
-            await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["namespaceControllerIdentity"])])
+            await widen_exemption(ctx, finishers)
             await self.nudge(ctx, sorted(releasable))
         wait_for = (lost - set(frozen)) | releasable
         deadline = time.monotonic() + float(ctx.params.get("waitSeconds", 180))
         pending = {ns for ns in wait_for if ns in live}
         crd_deleting = True
         while not ctx.dry_run and time.monotonic() < deadline:
+            if releasable and not tripped and breaker_tripped(ctx.journal.records()):
+                # The incident grew meanwhile and the breaker tripped, exempting responder alone: the
+                # namespace controller must still be let through to finish these.
+                tripped = True
+                await widen_exemption(ctx, finishers)
+                await self.nudge(ctx, sorted(ns for ns in releasable if ns in live), again=True)
             live = await _all_namespaces(ctx)
             pending = {ns for ns in wait_for if ns in live}
             crd = await ctx.client.get_or_none(CRD_PATH)
@@ -376,13 +391,14 @@ class WaitLostGone:
             return {}
         return {ns: recovery.restorable_counts(contents, ns) for ns in namespaces}
 
-    async def nudge(self, ctx: StepContext, namespaces: list[str]) -> None:
-        """Touch each frozen namespace so the namespace controller retries now, not after its back-off."""
-        stamp = f"{ctx.journal.incident_id}"
+    async def nudge(self, ctx: StepContext, namespaces: list[str], *, again: bool = False) -> None:
+        """Touch each frozen namespace so the namespace controller retries now, not after its back-off
+        (`again`: once more, with another stamp, after the exemption changed)."""
+        stamp = f"{ctx.journal.incident_id}{'-again' if again else ''}"
         requests = [WriteRequest("nudge-namespace", ns, "PATCH", f"/api/v1/namespaces/{ns}",
                                  body={"metadata": {"annotations": {"responder.dev/finish-deletion": stamp}}},
                                  content_type=MERGE_PATCH)
-                    for ns in namespaces if not ctx.done_before("nudge-namespace", ns)]
+                    for ns in namespaces if again or not ctx.done_before("nudge-namespace", ns)]
         results = await ctx.write_many(requests, in_flight=16)
         for r, res in zip(requests, results):
             if isinstance(res, ApiError) and res.status != 404:
@@ -556,6 +572,8 @@ class RestoreNamespaces:
                                {"unrestorable": len(unrestorable)})
         if not breaker_tripped(ctx.journal.records()):
             await self.hold_capsule_for_restore(ctx)
+        else:  # tripped after recreate-tenants widened it (the incident grew): Velero must write too
+            await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])])
         records = [await self.restore_from(ctx, g.name, g.backup, g.namespaces) for g in groups]
         if ctx.dry_run:
             return StepOutcome("finished", f"dry run: {len(groups)} Restore(s) validated", {})

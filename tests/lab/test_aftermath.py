@@ -44,7 +44,11 @@ async def _wait_crd_gone(client, timeout: float = 180) -> None:
 
 
 async def test_aftermath_total_loss_comes_back_from_the_backup(lab_manager, tmp_path):
-    lab = await lab_manager.get("0.14", fresh=True, velero=True)
+    await _total_loss(lab_manager, tmp_path, "0.14")
+
+
+async def _total_loss(lab_manager, tmp_path, line: str) -> None:
+    lab = await lab_manager.get(line, fresh=True, velero=True)
     kubeconfig = lab.mint_user("responder")
     async with lab.admin_client() as admin:
         await bind_cluster_admin(admin, "responder")
@@ -202,3 +206,8 @@ async def test_aftermath_with_no_usable_backup_changes_nothing_and_says_what_is_
     assert "No backup used" in report.stdout and "refused: phase PartiallyFailed" in report.stdout, report.stdout
     assert f"Could not be restored ({len(doomed)})" in report.stdout, report.stdout
     assert all(ns in report.stdout for ns in seeded.namespaces)
+
+
+async def test_aftermath_total_loss_on_capsule_0_12(lab_manager, tmp_path):
+    """The same on Capsule 0.12 (Tenants without finalizers: the garbage collector alone deletes the namespaces)."""
+    await _total_loss(lab_manager, tmp_path, "0.12")
