@@ -469,6 +469,15 @@ def something_to_save(view: triage.ClusterView) -> str | None:
     return None
 
 
+async def fresh_capsule_hooks(client: KubeClient) -> list[tuple[str, dict[str, Any]]]:
+    """Capsule's webhook configurations read now, not from the watch: the controller may have just
+    rewritten them."""
+    from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+
+    listings = {name: (await client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
+    return capsule_webhooks_in(lambda name: listings[name])
+
+
 def breaker_tripped(records: list[dict[str, Any]]) -> bool:
     """This incident's journal holds a (not dry-run) scale of Capsule to 0: Capsule must come back."""
     return any(r.get("kind") == "intent" and r.get("action") == "scale-capsule" and not r.get("dry_run")
@@ -620,17 +629,10 @@ class VerifyBreaker:
             except ApiError as exc:
                 if "failed calling webhook" in exc.api_message:
                     # The controller (0.13+) may have rewritten its configuration before it stopped.
-                    await TripBreaker().ensure_exemption(ctx, await self._fresh_hooks(ctx))
+                    await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx.client))
                     ctx.journal.record("breaker-verified", step=ctx.step.id, probe=probe,
                                        refusal=exc.api_message[:300])
                     return "verified"
                 last = f"{exc.status} {exc.api_message[:200]}"
             await asyncio.sleep(0.1)
         return f"not refused within {timeout:.0f}s: {last}"
-
-    async def _fresh_hooks(self, ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-        """Read the configurations again (not from the watch): the controller may have just rewritten them."""
-        from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
-
-        listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
-        return capsule_webhooks_in(lambda name: listings[name])

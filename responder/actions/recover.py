@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 
 from responder.recovery import decisions as recovery
-from responder.actions.breaker import (HOLD_POLICY, TripBreaker, breaker_tripped, hold_left_in_place, holds_of, release_hold,
-                                       restore_match_conditions_patch, widen_exemption_patch)
+from responder.actions.breaker import (HOLD_POLICY, TripBreaker, breaker_tripped, fresh_capsule_hooks,
+                                       hold_left_in_place, holds_of, release_hold, restore_match_conditions_patch,
+                                       widen_exemption_patch)
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery, wait_crd_established
@@ -217,7 +218,6 @@ class ChooseBackup:
         return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces "
                                        f"(what existed: from the {plan['known_from']})", summary)
 
-
     @staticmethod
     async def evidence_only(ctx: StepContext, plan: dict[str, Any], backups: list[dict[str, Any]],
                             refused: list[dict[str, str]], live: dict[str, Any]) -> None:
@@ -403,14 +403,6 @@ class WaitLostGone:
         for r, res in zip(requests, results):
             if isinstance(res, ApiError) and res.status != 404:
                 ctx.log(f"could not nudge {r.target}: {res.status} {res.api_message[:200]}", level="warning")
-
-
-async def fresh_capsule_hooks(ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-    """Capsule's webhook configurations read now (not from the watch)."""
-    from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
-
-    listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
-    return capsule_webhooks_in(lambda name: listings[name])
 
 
 async def widen_exemption(ctx: StepContext, identities: list[str]) -> None:
@@ -615,7 +607,7 @@ class RestoreNamespaces:
                 break
             await asyncio.sleep(0.5)
         # Capsule >= 0.13 may have rewritten its webhook configurations on its way down: exempt again.
-        await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx))
+        await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx.client))
         await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])])
 
     async def restore_from(self, ctx: StepContext, name: str, backup: str, targets: list[str]) -> dict[str, Any]:
