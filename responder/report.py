@@ -83,6 +83,28 @@ def _is_undo_write(intent: dict[str, Any]) -> bool:
     return intent.get("step") == UNDO_STEP or str(intent.get("action") or "").startswith("undo-")
 
 
+# ---- Capsule left at 0 -----------------------------------------------------------------------------------------
+
+def capsule_left_down(records: list[dict[str, Any]]) -> int | None:
+    """The replicas Capsule had before the breaker scaled it to 0, when it has not been brought back
+    since (neither by recovery's restore-replicas nor by `responder undo`); None when it is not down."""
+    ok = {r["intent"] for r in records if r.get("kind") == "outcome" and r.get("status") == "ok"}
+    undone = {r["intent"] for r in records if r.get("kind") == "undone"}
+    intents = [r for r in records if r.get("kind") == "intent" and not r.get("dry_run") and r["seq"] in ok]
+    scaled = [r for r in intents if r.get("action") == "scale-capsule" and r["seq"] not in undone]
+    if not scaled or any(r.get("action") == "restore-replicas" for r in intents):
+        return None
+    return int((scaled[0].get("undo") or {}).get("replicas") or 1)
+
+
+def capsule_down_warning(replicas: int, journal_path: str | None) -> str:
+    """The first line of every output while Capsule is left at 0: what that means and how to undo it."""
+    journal = journal_path or "JOURNAL"
+    return (f"CAPSULE IS AT 0 REPLICAS (it had {replicas}): its fail-closed webhooks refuse every namespace "
+            f"create, update and delete in the cluster. Bring it back with `responder undo {journal}` "
+            f"(or finish recovery with `responder run --resume {journal} --yes`)")
+
+
 # ---- the report -------------------------------------------------------------------------------------------------
 
 
@@ -355,7 +377,10 @@ def build_report(records: list[dict], *, journal_path: str | None = None) -> dic
         "undo_failures": [entry(i) for i in undo_writes if status(i) == "failed"],
     }
 
+    down = None if dry_run else capsule_left_down(records)
     return {
+        # First: Capsule left at 0 is what the reader must act on before anything else.
+        **({"capsule_down": capsule_down_warning(down, path)} if down is not None else {}),
         "incident": incident,
         "journal": path,
         "cluster": {"context": meta.get("context"), "server": meta.get("server")},
@@ -422,9 +447,11 @@ def recovery_section(records: list[dict]) -> dict[str, Any] | None:
         "rescue_backup": gone.get("rescue_backup"), "rescued": sorted(gone.get("rescued") or []),
         "kept_terminating": sorted(gone.get("kept_terminating") or []),
         "tenants_source": tenants.get("source"), "tenants_created": tenants.get("created") or [],
+        "known_from": plan.get("known_from"),
         "verify": {k: verify.get(k) for k in ("known", "present", "adopted", "missing", "not_adopted",
                                                "content_missing", "webhook_differences", "capsule_replicas",
-                                               "capsule_replicas_expected")} if verify else None,
+                                               "capsule_replicas_expected", "dangling", "deleted_after_recovery",
+                                               "protected_lost")} if verify else None,
     }
 
 
@@ -440,6 +467,11 @@ def _render_recovery(rec: dict[str, Any]) -> list[str]:
         out.append(f"- Rescue backup {_code(rec['rescue_backup'])}: {len(rec.get('rescued') or [])} lost namespaces "
                    "the breaker had frozen while Terminating (content intact), backed up during the incident and "
                    "restored from it.")
+    if str(rec.get("known_from") or "").startswith("nothing"):
+        out.append(f"- **What existed before the incident is unknown**: {_cell(rec['known_from'])}; nothing could "
+                   "be restored.")
+    elif rec.get("known_from"):
+        out.append(f"- What existed before the incident: from the {_cell(rec['known_from'])}.")
     out.append(f"- Tenants recreated from the {rec.get('tenants_source') or '?'}: {len(rec.get('tenants_created') or [])}.")
     out.append(f"- Namespaces lost in the incident: {len(rec['lost'])}; restored by Velero: {len(rec['restored'])}.")
     if rec["not_restored"]:
@@ -469,6 +501,16 @@ def _render_recovery(rec: dict[str, Any]) -> list[str]:
                     f"webhook configurations {'equal the originals' if not verify.get('webhook_differences') else 'DIFFER: ' + '; '.join(verify['webhook_differences'])}."]
         if verify.get("content_missing"):
             out.append(f"Objects missing against the backup: {_cell(verify['content_missing'])}")
+        if verify.get("dangling"):
+            out.append(f"**Tenant references no live Tenant matches ({len(verify['dangling'])})**, the garbage "
+                       f"collector deletes these namespaces: {', '.join(_code(n) for n in list(verify['dangling'])[:50])}")
+        if verify.get("protected_lost"):
+            out.append(f"**Protected namespaces lost after recovery ({len(verify['protected_lost'])})**: "
+                       f"{', '.join(_code(n) for n in verify['protected_lost'])} (a Tenant ownerReference left on a "
+                       "namespace responder may not write: protected from responder, not from the garbage collector)")
+        elif verify.get("deleted_after_recovery"):
+            out.append(f"**Deleted after recovery ({len(verify['deleted_after_recovery'])})**: "
+                       + ", ".join(_code(n) for n in verify["deleted_after_recovery"][:50]))
     out.append("")
     return out
 
@@ -507,7 +549,8 @@ def _name_list(names: list[str]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     r = report
     dry = r.get("dry_run")
-    out: list[str] = [f"# Incident {r.get('incident') or '(unknown id)'}: postmortem", ""]
+    out: list[str] = [f"> **{r['capsule_down']}**", ""] if r.get("capsule_down") else []
+    out += [f"# Incident {r.get('incident') or '(unknown id)'}: postmortem", ""]
     if dry:
         out += ["> **DRY RUN**: every write was sent with dryRun=All; nothing in the cluster changed.", ""]
     trig = r.get("trigger") or {}

@@ -33,6 +33,7 @@ from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING
 from responder.runbook.schema import ActionSpec, ParamSpec
 
 EXEMPTION_NAME = "responder-breaker-exemption"
+NOT_NEEDED = "not-needed"  # the breaker step's verdict when nothing alive was at risk
 ADMISSION_PREFIX = {"ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
                     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
 
@@ -442,6 +443,53 @@ def restore_match_conditions_patch(current: dict[str, Any], originals: dict[str,
     return ops
 
 
+def something_to_save(view: triage.ClusterView) -> str | None:
+    """What the breaker would save, in words (the first found), or None when nothing alive is at risk.
+
+    Worth an outage only for: a live namespace with a dying or dangling Tenant reference (the garbage
+    collector or Capsule deletes it), a protected one too (responder leaves it alone, the garbage
+    collector does not), or a tenant namespace Terminating while its Tenant is dying or gone (its
+    content is still there; frozen, it can be backed up first). Found after the fact, with every tenant
+    namespace gone, the breaker saves nothing and would only refuse every namespace write in the cluster.
+    Stops at the first find: this runs before the breaker's first write."""
+    for name, ns in view.namespaces.items():
+        refs = triage.tenant_refs(ns)
+        meta = ns.get("metadata") or {}
+        if name in view.protected:
+            if not meta.get("deletionTimestamp") and any(triage.owner_status(r, view) != triage.ALIVE for r in refs):
+                return f"protected namespace {name} carries a dying or dangling Tenant reference"
+            continue
+        if meta.get("deletionTimestamp"):
+            tenant = (refs[0].get("name") if refs else None) or (meta.get("labels") or {}).get(triage.TENANT_LABEL)
+            if tenant and not _tenant_alive(tenant, view):
+                return f"tenant namespace {name} is Terminating while its Tenant {tenant} is dying or gone"
+            continue
+        if any(triage.owner_status(r, view) != triage.ALIVE for r in refs):
+            return f"namespace {name} carries a dying or dangling Tenant reference"
+    return None
+
+
+async def fresh_capsule_hooks(client: KubeClient) -> list[tuple[str, dict[str, Any]]]:
+    """Capsule's webhook configurations read now, not from the watch: the controller may have just
+    rewritten them."""
+    from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
+
+    listings = {name: (await client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
+    return capsule_webhooks_in(lambda name: listings[name])
+
+
+def breaker_tripped(records: list[dict[str, Any]]) -> bool:
+    """This incident's journal holds a (not dry-run) scale of Capsule to 0: Capsule must come back."""
+    return any(r.get("kind") == "intent" and r.get("action") == "scale-capsule" and not r.get("dry_run")
+               for r in records)
+
+
+def _tenant_alive(name: str, view: triage.ClusterView) -> bool:
+    tenant = view.tenants.get(name)
+    return (tenant is not None and not (tenant.get("metadata") or {}).get("deletionTimestamp")
+            and view.crd_present and not view.crd_deleting)
+
+
 class TripBreaker:
     spec = ActionSpec(
         name="trip-breaker",
@@ -454,6 +502,19 @@ class TripBreaker:
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
+        target = capsule_target(ctx)
+        if ctx.earlier_intent("scale-capsule", target.deployment) is None:
+            at_stake = something_to_save(ctx.observer.view(protected=ctx.options.protected))
+            if at_stake is None:
+                ctx.log("breaker not tripped: no live namespace is at risk and no tenant namespace is Terminating "
+                        "with its Tenant gone; Capsule keeps running", level="warning")
+                return StepOutcome("finished", "breaker not tripped: nothing alive to save",
+                                   {"breaker": NOT_NEEDED})
+        return await self.trip(ctx)
+
+    async def trip(self, ctx: StepContext) -> StepOutcome:
+        """Scale Capsule to 0, hold tenant namespaces, exempt responder: whatever is at stake (recovery
+        trips it to restore while Capsule's webhooks would refuse the restore)."""
         target = capsule_target(ctx)
         hooks = ctx.observer.capsule_webhooks()
         guarding = [(kind, obj, h) for kind, obj in hooks for h in obj.get("webhooks") or []
@@ -544,6 +605,8 @@ class VerifyBreaker:
             return StepOutcome("finished", "breaker unavailable: nothing to verify", {"breaker": "unavailable"})
         if ctx.dry_run:
             return StepOutcome("finished", "dry run: the breaker was not tripped", {"breaker": "dry-run"})
+        if not breaker_tripped(ctx.journal.records()):
+            return StepOutcome("finished", "breaker not tripped: nothing to verify", {"breaker": NOT_NEEDED})
         verdict = await self.verify(ctx, float(ctx.params.get("verifyTimeout", 30)))
         if verdict != "verified":
             ctx.log(f"BREAKER NOT VERIFIED: {verdict}. Containment relies on speed.", level="warning")
@@ -572,17 +635,10 @@ class VerifyBreaker:
                     return "verified"
                 if "failed calling webhook" in exc.api_message:
                     # The controller (0.13+) may have rewritten its configuration before it stopped.
-                    await TripBreaker().ensure_exemption(ctx, await self._fresh_hooks(ctx))
+                    await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx.client))
                     ctx.journal.record("breaker-verified", step=ctx.step.id, probe=probe,
                                        refusal=exc.api_message[:300])
                     return "verified"
                 last = f"{exc.status} {exc.api_message[:200]}"
             await asyncio.sleep(0.1)
         return f"not refused within {timeout:.0f}s: {last}"
-
-    async def _fresh_hooks(self, ctx: StepContext) -> list[tuple[str, dict[str, Any]]]:
-        """Read the configurations again (not from the watch): the controller may have just rewritten them."""
-        from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
-
-        listings = {name: (await ctx.client.get(path)).get("items") or [] for name, _, path in WEBHOOK_STREAMS}
-        return capsule_webhooks_in(lambda name: listings[name])

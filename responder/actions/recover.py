@@ -18,14 +18,16 @@ from typing import Any
 import httpx
 
 from responder.recovery import decisions as recovery
-from responder.actions.breaker import (HOLD_POLICY, hold_left_in_place, holds_of, release_hold,
-                                       restore_match_conditions_patch, widen_exemption_patch)
+from responder.actions.breaker import (HOLD_POLICY, TripBreaker, breaker_tripped, fresh_capsule_hooks,
+                                       hold_left_in_place, holds_of, release_hold, restore_match_conditions_patch,
+                                       widen_exemption_patch)
 from responder.actions.self_hold import lift_self_hold, read_self_hold
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH
 from responder.cluster.discovery import Discovery, wait_crd_established
 from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
+from responder.incident import triage
 from responder.incident.observe import TENANTS_PATH
 from responder.names import SELF_HOLD_POLICY
 from responder.runbook.schema import ActionSpec, ParamSpec
@@ -50,9 +52,36 @@ def _snapshot(ctx: StepContext) -> dict[str, Any]:
     return latest_record(ctx, "snapshot") or {}
 
 
-def known_namespaces(ctx: StepContext) -> dict[str, str]:
+def witnessed_namespaces(ctx: StepContext) -> dict[str, str]:
+    """Tenant namespaces responder itself saw before the incident: its journal's snapshot, else its shadow copy."""
     snap = _snapshot(ctx).get("namespaces") or ctx.observer.shadow.namespace_tenants()
     return {ns: tenant for ns, tenant in snap.items() if ns not in ctx.options.protected}
+
+
+def known_namespaces(ctx: StepContext) -> dict[str, str]:
+    """What existed before the incident (namespace -> Tenant): what responder witnessed, then what the
+    chosen backup adds (choose-backup records it)."""
+    plan = latest_record(ctx, "recovery-plan") or {}
+    known, _ = recovery.merge_known(witnessed_namespaces(ctx), plan.get("known_from_backup") or {},
+                                    ctx.options.protected)
+    return known
+
+
+def owner_templates(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    """Per namespace, its Tenant ownerReference from before the incident (less the UID)."""
+    plan = latest_record(ctx, "recovery-plan") or {}
+    return (plan.get("owners_from_backup") or {}) | (_snapshot(ctx).get("owners") or {})
+
+
+async def live_tenants(ctx: StepContext) -> dict[str, dict[str, Any]]:
+    """The Tenants in the cluster by name; none while the Tenant CRD is not served."""
+    try:
+        items = (await ctx.client.get(TENANTS_PATH)).get("items") or []
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return {}
+    return {t["metadata"]["name"]: t for t in items}
 
 
 async def _all_namespaces(ctx: StepContext) -> dict[str, dict[str, Any]]:
@@ -98,14 +127,13 @@ class ChooseBackup:
     )
 
     async def run(self, ctx: StepContext) -> StepOutcome:
-        known = known_namespaces(ctx)
+        witnessed = witnessed_namespaces(ctx)
         live = await _all_namespaces(ctx)
-        lost = recovery.lost_namespaces(known, live)
-        plan: dict[str, Any] = {"known": len(known), "lost": lost, "backup": None, "rejected": [],
-                                "counts": {}, "tenants_from": "shadow"}
-        if not lost:
-            ctx.journal.record("recovery-plan", step=ctx.step.id, **plan, reason="no namespace was lost")
-            return StepOutcome("finished", f"no namespace lost ({len(known)} known): nothing to restore", plan)
+        lost = recovery.lost_namespaces(witnessed, live)
+        source = "journal" if _snapshot(ctx).get("namespaces") else "shadow"
+        plan: dict[str, Any] = {"known": len(witnessed), "lost": lost, "backup": None, "rejected": [],
+                                "counts": {}, "tenants_from": "shadow", "known_from": source,
+                                "known_from_backup": {}, "owners_from_backup": {}}
         try:
             backups = (await ctx.client.get(_velero(ctx, "backups"))).get("items") or []
             locations = (await ctx.client.get(_velero(ctx, "backupstoragelocations"))).get("items") or []
@@ -119,6 +147,8 @@ class ChooseBackup:
         refused: list[dict[str, str]] = []
         pool = list(backups)
         while pool:
+            # The backup must hold every namespace responder saw lost; what else it says existed is read
+            # from it (responder may not have been running when they went).
             choice = recovery.choose_backup(pool, lost, now=now, storage_phases=phases,
                                             schedule=str(ctx.params.get("schedule") or "") or None,
                                             name=str(ctx.params.get("backup") or "") or None,
@@ -127,35 +157,92 @@ class ChooseBackup:
             if choice.backup is None:
                 plan["reason"] = choice.reason
                 break
+            named = {r["name"] for r in refused}  # refused once is said once
+            pool = [b for b in pool if b["metadata"]["name"] not in named]
             if ctx.dry_run:  # a dry-run DownloadRequest is never served: judge by the spec alone
                 plan["backup"] = choice.backup
                 break
+            chosen = next(b for b in pool if b["metadata"]["name"] == choice.backup)
+            pool = [b for b in pool if b["metadata"]["name"] != choice.backup]
             contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", choice.backup))
             absent = [ns for ns in lost if ns not in contents.namespaces]
-            if absent:
-                refused.append({"name": choice.backup, "reason": f"holds no objects of {len(absent)} lost namespaces "
-                                                                   f"(e.g. {', '.join(absent[:3])}): taken before them"})
-                pool = [b for b in pool if b["metadata"]["name"] != choice.backup]
+            why = recovery.evidence_refusal(chosen, contents) or (
+                f"holds no objects of {len(absent)} lost namespaces (e.g. {', '.join(absent[:3])}): taken before them"
+                if absent else None)
+            if why:
+                refused.append({"name": choice.backup, "reason": why})
                 continue
-            plan["backup"] = choice.backup
-            plan["counts"] = {ns: recovery.restorable_counts(contents, ns) for ns in known}
+            known, added = recovery.merge_known(witnessed, recovery.tenant_namespaces_in(contents),
+                                                ctx.options.protected)
+            lost = recovery.lost_namespaces(known, live)
+            templates = recovery.owner_templates_in(contents)
+            plan.update(backup=choice.backup, known=len(known), lost=lost, known_from_backup=added,
+                        owners_from_backup={ns: templates[ns] for ns in added if ns in templates},
+                        counts={ns: recovery.restorable_counts(contents, ns) for ns in known})
+            if added:
+                plan["known_from"] = f"{source} and backup {choice.backup}" if witnessed else f"backup {choice.backup}"
             if contents.tenants:
                 plan["tenants_from"] = "backup"
                 plan["tenants"] = {n: recovery.tenant_for_create(t) for n, t in contents.tenants.items()}
             if contents.tenant_crd:
                 plan["tenant_crd"] = recovery.crd_for_create(contents.tenant_crd)
             break
+        if plan["backup"] is None and not witnessed and backups and not ctx.dry_run:
+            await self.evidence_only(ctx, plan, backups, refused, live)
+            lost = plan["lost"]
         plan["rejected"] = refused
         for r in refused:
             ctx.log(f"backup {r['name']} refused: {r['reason']}", level="warning")
+        if not plan["known"] and ctx.dry_run and plan["backup"]:
+            plan["known_from"] = (f"backup {plan['backup']}, whose contents only a real run reads (a DownloadRequest "
+                                  "is a write)")
+        elif not plan["known"]:
+            plan["known_from"] = ("nothing: responder's journal and shadow copy hold no tenant namespace and no usable "
+                                  "backup says what existed")
+        if not lost:
+            plan["reason"] = plan.get("reason") or "no namespace was lost"
         ctx.journal.record("recovery-plan", step=ctx.step.id, **plan)
-        summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from")} | {"lost": len(lost)}
+        summary = {k: plan[k] for k in ("backup", "rejected", "tenants_from", "known_from")} | {"lost": len(lost)}
+        if not plan["known"] and ctx.dry_run and plan["backup"]:
+            return StepOutcome("finished", f"dry run: what existed is in {plan['known_from']}", summary)
+        if not plan["known"]:
+            ctx.log(f"WHAT EXISTED IS UNKNOWN: {plan['known_from']}"
+                    + (f" ({plan['reason']})" if plan.get("reason") else ""), level="warning")
+            return StepOutcome("finished", f"nothing known to restore: {plan['known_from']}", summary)
+        if not lost:
+            return StepOutcome("finished", f"no namespace lost ({plan['known']} known, from the {plan['known_from']}): "
+                                           "nothing to restore", summary)
         if plan["backup"] is None:
             reason = plan.get("reason") or "no backup holds every lost namespace"
             ctx.log(f"NO USABLE BACKUP ({reason}): lost namespaces can only come back from a rescue backup; "
                     "Tenants come from responder's shadow copy", level="warning")
             return StepOutcome("finished", f"no usable backup: {reason}", summary)
-        return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces", summary)
+        return StepOutcome("finished", f"backup {plan['backup']} holds all {len(lost)} lost namespaces "
+                                       f"(what existed: from the {plan['known_from']})", summary)
+
+    @staticmethod
+    async def evidence_only(ctx: StepContext, plan: dict[str, Any], backups: list[dict[str, Any]],
+                            refused: list[dict[str, str]], live: dict[str, Any]) -> None:
+        """No backup may be restored from and responder saw nothing: the newest refused backup whose
+        contents can still be read says what existed, so the report can list what could not come back
+        and why. Nothing is restored or recreated from it."""
+        reasons = {r["name"]: r["reason"] for r in refused}
+        for backup in recovery.candidate_backups(backups):
+            name = backup["metadata"]["name"]
+            if (backup.get("status") or {}).get("phase") not in ("Completed", "PartiallyFailed"):
+                continue
+            try:
+                contents = recovery.parse_backup_tarball(await download(ctx, "BackupContents", name, timeout=20))
+            except Exception as exc:  # unreadable (its storage location is unavailable, ...): the next one
+                ctx.log(f"backup {name} could not be read for what existed: {exc}", level="warning")
+                continue
+            if recovery.evidence_refusal(backup, contents):
+                continue
+            known, added = recovery.merge_known({}, recovery.tenant_namespaces_in(contents), ctx.options.protected)
+            plan.update(known=len(known), known_from_backup=added, lost=recovery.lost_namespaces(known, live),
+                        known_from=f"backup {name}, read for what existed only: it may not be restored from "
+                                   f"({reasons.get(name, 'refused')})")
+            return
 
 
 def recovery_plan(ctx: StepContext) -> dict[str, Any]:
@@ -217,14 +304,22 @@ class WaitLostGone:
         # Let the namespace controller finish only where a backup holds the content (the chosen one holds
         # every lost namespace); otherwise they stay frozen, content intact, and the report says so.
         releasable = set(frozen) if (rescue or plan.get("backup")) else set()
+        finishers = [ctx.options.identity, str(ctx.params["namespaceControllerIdentity"])]
+        tripped = breaker_tripped(ctx.journal.records())
         if releasable:
-            await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["namespaceControllerIdentity"])])
+            await widen_exemption(ctx, finishers)
             await self.nudge(ctx, sorted(releasable))
         wait_for = (lost - set(frozen)) | releasable
         deadline = time.monotonic() + float(ctx.params.get("waitSeconds", 180))
         pending = {ns for ns in wait_for if ns in live}
         crd_deleting = True
         while not ctx.dry_run and time.monotonic() < deadline:
+            if releasable and not tripped and breaker_tripped(ctx.journal.records()):
+                # The incident grew meanwhile and the breaker tripped, exempting responder alone: the
+                # namespace controller must still be let through to finish these.
+                tripped = True
+                await widen_exemption(ctx, finishers)
+                await self.nudge(ctx, sorted(ns for ns in releasable if ns in live), again=True)
             live = await _all_namespaces(ctx)
             pending = {ns for ns in wait_for if ns in live}
             crd = await ctx.client.get_or_none(CRD_PATH)
@@ -298,13 +393,14 @@ class WaitLostGone:
             return {}
         return {ns: recovery.restorable_counts(contents, ns) for ns in namespaces}
 
-    async def nudge(self, ctx: StepContext, namespaces: list[str]) -> None:
-        """Touch each frozen namespace so the namespace controller retries now, not after its back-off."""
-        stamp = f"{ctx.journal.incident_id}"
+    async def nudge(self, ctx: StepContext, namespaces: list[str], *, again: bool = False) -> None:
+        """Touch each frozen namespace so the namespace controller retries now, not after its back-off
+        (`again`: once more, with another stamp, after the exemption changed)."""
+        stamp = f"{ctx.journal.incident_id}{'-again' if again else ''}"
         requests = [WriteRequest("nudge-namespace", ns, "PATCH", f"/api/v1/namespaces/{ns}",
                                  body={"metadata": {"annotations": {"responder.dev/finish-deletion": stamp}}},
                                  content_type=MERGE_PATCH)
-                    for ns in namespaces if not ctx.done_before("nudge-namespace", ns)]
+                    for ns in namespaces if again or not ctx.done_before("nudge-namespace", ns)]
         results = await ctx.write_many(requests, in_flight=16)
         for r, res in zip(requests, results):
             if isinstance(res, ApiError) and res.status != 404:
@@ -347,6 +443,8 @@ class RecreateTenants:
         tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
                                           for n, t in ctx.observer.shadow.tenants.items()}
         wanted = set(known_namespaces(ctx).values())
+        if plan.get("known_from_backup") and plan.get("tenants_from") == "backup":
+            wanted |= set(tenants)  # the backup is the record of what existed: every Tenant in it
         return {n: t for n, t in tenants.items() if n in wanted}
 
     @staticmethod
@@ -402,7 +500,9 @@ class RecreateTenants:
         body = plan.get("tenant_crd") or (recovery.crd_for_create(ctx.observer.shadow.tenant_crd)
                                           if ctx.observer.shadow.tenant_crd else None)
         if body is None:
-            raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither the backup nor the shadow holds it")
+            raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither a usable backup nor responder's shadow "
+                                            "copy holds it: re-apply Capsule's CRDs (its Helm chart) and the Tenants, "
+                                            "then run `responder run` again to restore and re-adopt")
         if not ctx.done_before("create-crd", CRD_NAME):
             await ctx.write("create-crd", CRD_NAME, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                             body=body)
@@ -419,7 +519,13 @@ class RestoreNamespaces:
     spec = ActionSpec(
         name="velero-restore",
         description="Restore the lost namespaces with Velero (never overwriting), following its progress and warnings.",
-        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900)},
+        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900),
+                "veleroIdentity": ParamSpec(str, default="system:serviceaccount:velero:velero",
+                                            description="the username Velero's server writes as"),
+                "capsuleNamespace": ParamSpec(str, default="capsule-system"),
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "capsuleStopTimeout": ParamSpec((int, float), default=60,
+                                                description="how long to wait for Capsule to stop before restoring")},
     )
 
     @staticmethod
@@ -437,7 +543,13 @@ class RestoreNamespaces:
 
     async def preview(self, ctx: StepContext) -> list[str]:
         groups, unrestorable = self.restore_groups(ctx)
-        lines = [group.describe() for group in groups]
+        lines = []
+        if groups and not breaker_tripped(ctx.journal.records()):
+            target = capsule_target(ctx)
+            lines.append(f"scale {target.namespace}/{target.deployment} to 0 and exempt responder and Velero "
+                         f"({ctx.params['veleroIdentity']}) in Capsule's webhooks for the restore (Capsule refuses "
+                         "tenant namespaces created by anyone but their owners); restore-capsule brings it back")
+        lines += [group.describe() for group in groups]
         if unrestorable:
             lines.append(f"(no backup holds {len(unrestorable)} lost namespaces: they cannot be restored)")
         return lines
@@ -452,6 +564,10 @@ class RestoreNamespaces:
                 return StepOutcome("skipped", "nothing to restore", {})
             return StepOutcome("skipped", f"no backup: {len(unrestorable)} lost namespaces cannot be restored",
                                {"unrestorable": len(unrestorable)})
+        if not breaker_tripped(ctx.journal.records()):
+            await self.hold_capsule_for_restore(ctx)
+        else:  # tripped after recreate-tenants widened it (the incident grew): Velero must write too
+            await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])])
         records = [await self.restore_from(ctx, g.name, g.backup, g.namespaces) for g in groups]
         if ctx.dry_run:
             return StepOutcome("finished", f"dry run: {len(groups)} Restore(s) validated", {})
@@ -473,6 +589,28 @@ class RestoreNamespaces:
                             for r in records)
         data = {k: record[k] for k in ("restore", "phase", "items_restored", "total_items")}
         return StepOutcome("finished" if ok else "failed", summary, data)
+
+    async def hold_capsule_for_restore(self, ctx: StepContext) -> None:
+        """Capsule running (nothing was alive to save, so the breaker stayed off) refuses tenant namespaces
+        created by anyone but their Tenant's owners: Velero's restore and responder's re-adoption. So the
+        breaker trips now, for the restore only: Capsule at 0, responder and Velero exempted, the namespace
+        hold in place; restore-capsule (or, whatever fails, the session) brings it back."""
+        outcome = await TripBreaker().trip(ctx)
+        if outcome.data.get("breaker") not in ("tripped", "dry-run"):
+            ctx.log(f"Capsule could not be held for the restore: {outcome.summary}", level="warning")
+            return
+        if ctx.dry_run:
+            return
+        target = capsule_target(ctx)
+        deadline = time.monotonic() + float(ctx.params.get("capsuleStopTimeout", 60))
+        while time.monotonic() < deadline:  # until no Capsule process can revert the exemption
+            deployment = await ctx.client.get_or_none(target.deployment_path)
+            if not ((deployment or {}).get("status") or {}).get("replicas"):
+                break
+            await asyncio.sleep(0.5)
+        # Capsule >= 0.13 may have rewritten its webhook configurations on its way down: exempt again.
+        await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx.client))
+        await widen_exemption(ctx, [ctx.options.identity, str(ctx.params["veleroIdentity"])])
 
     async def restore_from(self, ctx: StepContext, name: str, backup: str, targets: list[str]) -> dict[str, Any]:
         body = {"apiVersion": "velero.io/v1", "kind": "Restore",
@@ -548,9 +686,9 @@ class ReadoptNamespaces:
     async def planned(ctx: StepContext) -> tuple[list[WriteRequest], list[str], list[str]]:
         """The re-adoption patches to send, the known namespaces absent, those whose Tenant is missing."""
         known = known_namespaces(ctx)
-        templates = _snapshot(ctx).get("owners") or {}
+        templates = owner_templates(ctx)
         live = await _all_namespaces(ctx)
-        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        tenants = await live_tenants(ctx)
         requests, missing_tenant, absent = [], [], []
         for ns, tenant_name in sorted(known.items()):
             obj, tenant = live.get(ns), tenants.get(tenant_name)
@@ -627,7 +765,7 @@ class RestoreCapsule:
         target = capsule_target(ctx)
         lines = [f"put the matchConditions of {key} back as recorded before the incident"
                  for key, _, _ in await self.webhook_patches(ctx) if not ctx.done_before("restore-webhooks", key)]
-        if not ctx.done_before("restore-replicas", target.deployment):
+        if breaker_tripped(ctx.journal.records()) and not ctx.done_before("restore-replicas", target.deployment):
             lines.append(f"scale {target.namespace}/{target.deployment} to {self.original_replicas(ctx)} replicas "
                          f"(as before the incident)")
         self_hold = await read_self_hold(ctx.client)
@@ -646,7 +784,9 @@ class RestoreCapsule:
             if not ctx.done_before("restore-webhooks", key):
                 await ctx.write("restore-webhooks", key, "PATCH", undo["path"], body=ops, content_type=JSON_PATCH)
         replicas = self.original_replicas(ctx)
-        if not ctx.done_before("restore-replicas", target.deployment):
+        # Not tripped (nothing was alive to save): Capsule was never scaled down, nothing to put back.
+        tripped = breaker_tripped(ctx.journal.records())
+        if tripped and not ctx.done_before("restore-replicas", target.deployment):
             await ctx.write("restore-replicas", target.deployment, "PATCH", f"{target.deployment_path}/scale",
                             body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
         if ctx.dry_run:
@@ -680,7 +820,7 @@ class RestoreCapsule:
         pending: list[str] = []
         while time.monotonic() < deadline:
             live = await _all_namespaces(ctx)
-            tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+            tenants = await live_tenants(ctx)
             pending = []
             for name in sorted(set(known.values())):
                 expected = {ns for ns, t in known.items() if t == name and ns in live}
@@ -701,15 +841,39 @@ class VerifyRecovery:
         description="Every namespace known before the incident exists, belongs to its Tenant and holds its objects; "
                     "Capsule's webhooks and replicas equal the originals.",
         params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
-                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager")},
+                "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
+                "settleSeconds": ParamSpec((int, float), default=10,
+                                           description="how long no known namespace may be deleted, with "
+                                                       "Capsule back and the hold lifted")},
     )
+
+    async def settle(self, ctx: StepContext, watched: set[str], seconds: float) -> list[str]:
+        """The watched namespaces deleted (gone or Terminating) within `seconds`: the garbage collector
+        or Capsule, free again, finishing what the incident began."""
+        deleted: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while not ctx.dry_run and watched - deleted and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            live = await _all_namespaces(ctx)
+            deleted |= {ns for ns in watched if ns not in live or live[ns]["metadata"].get("deletionTimestamp")}
+        return sorted(deleted)
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         known = known_namespaces(ctx)
         plan = recovery_plan(ctx)
         restored = set((latest_record(ctx, "recovery-restore") or {}).get("restored") or [])
+        before = await _all_namespaces(ctx)
+        # Protected namespaces with a Tenant ownerReference: responder never writes them, the garbage
+        # collector may still delete them.
+        protected_owned = sorted(ns for ns, obj in before.items() if ns in ctx.options.protected
+                                 and triage.tenant_refs(obj) and not obj["metadata"].get("deletionTimestamp"))
+        watched = {ns for ns in known if ns in before and not before[ns]["metadata"].get("deletionTimestamp")}
+        deleted_after = await self.settle(ctx, watched | set(protected_owned),
+                                          float(ctx.params.get("settleSeconds", 10)))
         live = await _all_namespaces(ctx)
-        tenants = {t["metadata"]["name"]: t for t in (await ctx.client.get(TENANTS_PATH)).get("items") or []}
+        tenants = await live_tenants(ctx)
+        dangling = recovery.dangling_tenant_references(
+            [o for o in live.values() if not o["metadata"].get("deletionTimestamp")], tenants)
         missing = sorted(ns for ns in known if ns not in live or live[ns]["metadata"].get("deletionTimestamp"))
         not_adopted = sorted(ns for ns, t in known.items() if ns in live and ns not in missing
                              and not (t in tenants and recovery.adopted_by(live[ns], tenants[t])))
@@ -738,7 +902,9 @@ class VerifyRecovery:
             "restored": sorted(restored), "unrestorable": sorted(lost - restored),
             "content_missing": content_missing, "webhook_differences": webhook_diffs,
             "capsule_replicas": replicas, "capsule_replicas_expected": expected_replicas,
-            "backup": plan.get("backup"), "hold_left": hold_left,
+            "backup": plan.get("backup"), "hold_left": hold_left, "known_from": plan.get("known_from"),
+            "dangling": dangling, "deleted_after_recovery": deleted_after,
+            "protected_lost": [ns for ns in protected_owned if ns in deleted_after],
         }
         ctx.journal.record("recovery-verify", step=ctx.step.id, **result)
         problems = []
@@ -755,13 +921,19 @@ class VerifyRecovery:
             problems.append(f"Capsule at {replicas} replicas, expected {expected_replicas}")
         if hold_left:
             problems.append("the namespace hold is still in place: " + ", ".join(hold_left))
+        if dangling:
+            problems.append(f"{len(dangling)} namespaces carry a Tenant reference no live Tenant matches (the garbage "
+                            f"collector will delete them): {', '.join(list(dangling)[:5])}")
+        if deleted_after:
+            problems.append(f"{len(deleted_after)} namespaces deleted after recovery: {', '.join(deleted_after[:5])}")
         data = {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in result.items()}
         if problems:
             for p in problems:
                 ctx.log(f"VERIFY: {p}", level="warning")
             return StepOutcome("failed", "; ".join(problems), data)
         return StepOutcome("finished", f"all {len(known)} namespaces present, owned by their Tenants, content intact; "
-                                       "Capsule as before", data)
+                                       "Capsule as before; no Tenant reference dangles cluster-wide and none was "
+                                       f"deleted within {float(ctx.params.get('settleSeconds', 10)):.0f}s", data)
 
     async def missing_objects(self, ctx: StepContext, plan: dict[str, Any], namespaces: list[str]) -> dict[str, list[str]]:
         """Objects the backup holds for a namespace that are not there now (one LIST per kind)."""

@@ -19,7 +19,7 @@ from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
 from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
 from responder.response.leadership import take_writer_lease
-from responder.response.plan import build_plan, print_plan_table
+from responder.response.plan import build_plan, print_plan_table, recovery_evidence
 from responder.response.session import Session, SessionOptions, default_journal_dir, resolve_runbook, summarize
 from responder.response.undo import undo_journal
 
@@ -138,12 +138,16 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
             # Recovery writes (Tenants, Restore, re-adoption) are confirmed steps: --yes, or they are skipped.
             await session.recover()
         summary = summarize(session)
+        if summary.get("warning"):
+            print(summary["warning"], file=sys.stderr, flush=True)
         emit(summary, output)
         ended = True  # the summary names the journal
         if options.dry_run:
             return EXIT_OK
         recovered = summary.get("recovery") is None or summary["recovery"]["verified"]
-        return EXIT_OK if summary["contained"] and recovered else EXIT_NOT_CONTAINED
+        # Capsule left at 0 by a run that was to recover is a failure, whatever else went well.
+        left_down = bool(summary.get("warning")) and not options.contain_only
+        return EXIT_OK if summary["contained"] and recovered and not left_down else EXIT_NOT_CONTAINED
     except asyncio.CancelledError:
         if terminated:
             raise KeyboardInterrupt from None  # cli: "interrupted", exit 5
@@ -186,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if journal is not None:
             session.open_incident(Trigger("manual", f"resumed from {args.resume.name}", time.time()), journal=journal)
             journal.record("resumed", pending=[p["seq"] for p in journal.pending()])
-        else:
+        elif not session.incident_opened.is_set():  # the watches may have opened it already (one journal)
             session.open_incident(Trigger("manual", "started by `responder run`", time.time()))
 
     return asyncio.run(run_headless(access, options, open_manual_incident, args.output))
@@ -201,7 +205,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         try:
             await session.preflight()
             await session.start()
-            return build_plan(session)
+            return build_plan(session) | {"recovery": await recovery_evidence(session)}
         finally:
             await session.close()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import fnmatch
 import json
 import sys
@@ -78,6 +79,7 @@ class DoctorOptions:
     velero_namespace: str = DEFAULT_VELERO_NAMESPACE
     max_backup_age_hours: float = 24.0
     protect_crds: tuple[str, ...] = ()
+    protected: tuple[str, ...] = ()  # --protect / $RESPONDER_PROTECTED, as the response commands take them
 
 
 class CannotCheck(ResponderError):
@@ -285,6 +287,19 @@ def prevent_deletion_result(tenants: list[dict[str, Any]] | None) -> CheckResult
                        [note], data={"tenants": on})
 
 
+def protected_conflict_result(namespaces: list[dict[str, Any]], protected: frozenset[str]) -> CheckResult:
+    """Protected namespaces that carry a Tenant ownerReference: responder never writes them, so it cannot
+    detach them during an incident, and the garbage collector deletes them with their Tenant."""
+    conflicts = sorted(n["metadata"]["name"] for n in namespaces
+                       if n["metadata"]["name"] in protected and triage.tenant_refs(n))
+    if not conflicts:
+        return CheckResult("protected-conflict", OK, "no protected namespace is owned by a Tenant")
+    return CheckResult("protected-conflict", FINDING,
+                       f"{len(conflicts)} protected namespaces carry a Tenant ownerReference: protected from "
+                       "responder, not from the garbage collector; an incident deletes them", conflicts,
+                       "remove their Tenant ownerReference by hand, or stop protecting them (--protect)")
+
+
 def tenant_namespaces(namespaces: list[dict[str, Any]]) -> list[str]:
     """Namespaces that belong to a Tenant (ownerReference or Capsule's tenant label)."""
     return sorted(n["metadata"]["name"] for n in namespaces
@@ -376,7 +391,11 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
 
     async def tenants() -> list[CheckResult]:
         listing = await client.get_or_none(TENANTS_PATH)
-        return [prevent_deletion_result(None if listing is None else listing.get("items") or [])]
+        namespaces = (await client.list_all("/api/v1/namespaces"))["items"]
+        protected = triage.protected_namespaces(options.capsule.namespace, options.velero_namespace,
+                                                options.protected)
+        return [prevent_deletion_result(None if listing is None else listing.get("items") or []),
+                protected_conflict_result(namespaces, protected)]
 
     async def writer_lease() -> list[CheckResult]:
         namespace = await client.get_or_none(f"/api/v1/namespaces/{RESPONDER_NAMESPACE}")
@@ -437,7 +456,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     access = load_cluster_access(args.kubeconfig, args.context)
     options = DoctorOptions(capsule=CapsuleTarget(args.capsule_namespace, args.capsule_deployment),
                             velero_namespace=args.velero_namespace, max_backup_age_hours=args.max_backup_age,
-                            protect_crds=tuple(args.crd))
+                            protect_crds=tuple(args.crd),
+                            protected=tuple(getattr(args, "protect", ()) or ()) + tuple(
+                                p for p in os.environ.get("RESPONDER_PROTECTED", "").split(",") if p))
 
     async def go() -> dict[str, Any]:
         # Fail fast when the cluster is unreachable instead of retrying for the write deadline.
@@ -461,4 +482,4 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 __all__ = ["CheckResult", "DoctorOptions", "run_checks", "exit_code", "permissions_result", "breaker_result",
            "velero_results", "protection_result", "crd_keep_result", "prevent_deletion_result", "backup_covers",
-           "newest_backup_ages", "capsule_version", "tenant_namespaces", "add_parser", "EXIT_CANNOT_CHECK"]
+           "newest_backup_ages", "capsule_version", "protected_conflict_result", "tenant_namespaces", "add_parser", "EXIT_CANNOT_CHECK"]

@@ -135,6 +135,7 @@ class BackupContents:
     namespaces: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
     tenant_crd: dict[str, Any] | None = None
+    namespace_objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # the Namespace objects themselves
 
     def counts(self, namespace: str) -> dict[str, int]:
         return {resource: len(items) for resource, items in sorted((self.namespaces.get(namespace) or {}).items())}
@@ -172,7 +173,55 @@ def parse_backup_tarball(data: bytes) -> BackupContents:
                     contents.tenants[name] = json.loads(fh.read())
                 elif resource == "customresourcedefinitions.apiextensions.k8s.io" and name == "tenants.capsule.clastix.io":
                     contents.tenant_crd = json.loads(fh.read())
+                elif resource == "namespaces":
+                    contents.namespace_objects[name] = json.loads(fh.read())
     return contents
+
+
+def tenant_namespaces_in(contents: BackupContents) -> dict[str, str]:
+    """What a backup says existed: each tenant namespace it holds (a Tenant ownerReference, else
+    Capsule's tenant label) -> its Tenant."""
+    out = {}
+    for name, ns in contents.namespace_objects.items():
+        refs = triage.tenant_refs(ns)
+        tenant = (refs[0].get("name") if refs else None) or \
+            ((ns.get("metadata") or {}).get("labels") or {}).get(triage.TENANT_LABEL)
+        if tenant:
+            out[name] = tenant
+    return dict(sorted(out.items()))
+
+
+def owner_templates_in(contents: BackupContents) -> dict[str, dict[str, Any]]:
+    """Per tenant namespace in a backup, its Tenant ownerReference as Capsule wrote it, less the UID:
+    re-adoption writes the same form, with the live Tenant's UID."""
+    out = {}
+    for name, ns in contents.namespace_objects.items():
+        refs = triage.tenant_refs(ns)
+        if refs:
+            out[name] = {k: v for k, v in refs[0].items() if k != "uid"}
+    return dict(sorted(out.items()))
+
+
+def merge_known(witnessed: Mapping[str, str], from_backup: Mapping[str, str],
+                protected: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """What existed before the incident: what responder witnessed (its journal and shadow copy) first,
+    then what the backup adds (namespaces responder never saw: it was not running when they went).
+    Returns (everything known, the part only the backup knows). Protected namespaces are never
+    restored by responder."""
+    skip = set(protected)
+    added = {ns: t for ns, t in from_backup.items() if ns not in witnessed and ns not in skip}
+    known = {ns: t for ns, t in witnessed.items() if ns not in skip} | added
+    return dict(sorted(known.items())), dict(sorted(added.items()))
+
+
+def evidence_refusal(backup: Mapping[str, Any], contents: BackupContents) -> str | None:
+    """Why a backup cannot tell what existed before the incident, or None."""
+    labels = (backup.get("metadata") or {}).get("labels") or {}
+    if labels.get("app.kubernetes.io/managed-by") == "responder":
+        return "responder's own rescue backup (of frozen namespaces only), not a record of the cluster"
+    if not tenant_namespaces_in(contents):
+        return "holds no tenant namespace (taken before there were any, or after they were lost)"
+    return None
 
 
 def restorable_counts(contents: BackupContents, namespace: str) -> dict[str, int]:
@@ -316,6 +365,27 @@ def readopt_patch(ns: Mapping[str, Any], tenant: Mapping[str, Any],
             ops.append({"op": "add", "path": "/metadata/labels/" + triage.TENANT_LABEL.replace("/", "~1"),
                         "value": name})
     return ops if len(ops) > 1 else []
+
+
+def dangling_tenant_references(namespaces: Iterable[Mapping[str, Any]],
+                               tenants: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per namespace, its Tenant ownerReferences that match no live Tenant by name and UID: once Capsule
+    and the garbage collector run freely, the garbage collector deletes a namespace whose only owners
+    these are. The invariant a recovery must end on is that this is empty, cluster-wide."""
+    out: dict[str, list[str]] = {}
+    for ns in namespaces:
+        meta = ns.get("metadata") or {}
+        bad = []
+        for ref in triage.tenant_refs(ns):
+            tenant = tenants.get(ref.get("name") or "")
+            live_uid = ((tenant or {}).get("metadata") or {}).get("uid")
+            if tenant is None or ((tenant.get("metadata") or {}).get("deletionTimestamp")):
+                bad.append(f"Tenant {ref.get('name')!r} (uid {ref.get('uid')}): no such live Tenant")
+            elif live_uid != ref.get("uid"):
+                bad.append(f"Tenant {ref.get('name')!r} (uid {ref.get('uid')}): the live one has uid {live_uid}")
+        if bad:
+            out[meta.get("name", "")] = bad
+    return dict(sorted(out.items()))
 
 
 def adopted_by(ns: Mapping[str, Any], tenant: Mapping[str, Any]) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from responder.actions.breaker import fails_closed, guards_namespace_delete
+from responder.actions.breaker import fails_closed, guards_namespace_delete, something_to_save
+from responder.errors import ApiError
 from responder.incident import triage
+from responder.recovery import decisions as recovery
 from responder.response.session import Session
 
 
@@ -28,6 +31,9 @@ def build_plan(session: Session) -> dict[str, Any]:
                     if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
             what += ("; mark the armed namespace hold" if session.hold_not_armed is None
                      else f"; create the namespace hold (not armed: {session.hold_not_armed})")
+            if something_to_save(view) is None:
+                what = ("none: nothing alive to save (no live namespace at risk, none Terminating with its Tenant "
+                        f"gone); once something is: {what}")
         elif step.action == "detach-namespaces":
             what = f"detach {len(at_risk)} at-risk namespaces"
         elif step.action == "release-tenant-finalizers":
@@ -44,10 +50,64 @@ def build_plan(session: Session) -> dict[str, Any]:
         "hold_armed": session.hold_not_armed is None,
         "self_hold": session.self_hold.to_json() | {"summary": session.self_hold.summary()},
         "counts": triage.count_by_state(rows),
+        "conflicts": protected_conflicts(view),
         "namespaces": [{"name": r.name, "tenant": r.tenant, "state": r.state.value, "reason": r.reason}
                        for r in rows if r.state != triage.NsState.SAFE or r.tenant],
         "steps": steps,
     }
+
+
+def protected_conflicts(view: triage.ClusterView) -> list[dict[str, str]]:
+    """Protected namespaces that carry a Tenant ownerReference: responder never writes them, so it cannot
+    detach them, and the garbage collector deletes them once that Tenant is gone or recreated."""
+    return [{"namespace": name, "tenants": ", ".join(sorted({r.get("name") or "?" for r in triage.tenant_refs(ns)})),
+             "why": "protected from responder, not from the garbage collector: remove its Tenant ownerReference "
+                    "by hand, or stop protecting it"}
+            for name, ns in sorted(view.namespaces.items()) if name in view.protected and triage.tenant_refs(ns)]
+
+
+async def recovery_evidence(session: Session) -> dict[str, Any]:
+    """Where what existed before the incident comes from, and what that says is lost. Reads only: the
+    contents of a backup take a Velero DownloadRequest (a write), so `responder run` reads them, not plan."""
+    view = session.view()
+    witnessed = {ns: t for ns, t in session.observer.shadow.namespace_tenants().items() if ns not in session.protected}
+    live = dict(view.namespaces)
+    lost = recovery.lost_namespaces(witnessed, live)
+    surviving = sorted(name for name, ns in live.items() if name not in session.protected
+                       and not ns["metadata"].get("deletionTimestamp")
+                       and (triage.tenant_refs(ns) or (ns["metadata"].get("labels") or {}).get(triage.TENANT_LABEL)))
+    base = f"/apis/velero.io/v1/namespaces/{session.options.velero_namespace}"
+    try:
+        backups = (await session.client.get(f"{base}/backups")).get("items") or []
+        locations = (await session.client.get(f"{base}/backupstoragelocations")).get("items") or []
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        backups, locations = [], []
+    # responder's own rescue backups hold frozen namespaces only: never a record of what existed.
+    backups = [b for b in backups if ((b.get("metadata") or {}).get("labels") or {}).get(
+        "app.kubernetes.io/managed-by") != "responder"]
+    choice = recovery.choose_backup(backups, lost, now=dt.datetime.now(dt.timezone.utc),
+                                    storage_phases={b["metadata"]["name"]: (b.get("status") or {}).get("phase", "")
+                                                    for b in locations})
+    out: dict[str, Any] = {"backup": choice.backup, "rejected": choice.to_json()["rejected"],
+                           "no_backup_reason": choice.reason or None, "surviving": len(surviving)}
+    if witnessed:
+        out.update(source="shadow copy" + (f", then backup {choice.backup}" if choice.backup else ""),
+                   known=len(witnessed), lost=sorted(lost),
+                   lost_percent=round(100 * len(lost) / len(witnessed), 1))
+    elif choice.backup:
+        # responder saw nothing before: the backup is the record. Every tenant namespace it holds that
+        # is not alive now is lost; with none alive, that is all of them.
+        out.update(source=f"backup {choice.backup}", known=None, lost=None,
+                   lost_percent=100.0 if not surviving else None,
+                   note=("no tenant namespace is left: every one the backup holds is lost" if not surviving else
+                         f"{len(surviving)} tenant namespaces are alive; which others the backup holds is read "
+                         "when `responder run` starts"))
+    else:
+        out.update(source=None, known=0, lost=[], lost_percent=None,
+                   note="neither responder's shadow copy nor a usable Velero backup says what existed")
+    return out
 
 
 def print_plan_table(plan: dict[str, Any]) -> None:
@@ -64,6 +124,15 @@ def print_plan_table(plan: dict[str, Any]) -> None:
         print(f"{'NAMESPACE':<{w1}}  {'TENANT':<{w2}}  {'STATE':<11}  REASON")
         for r in rows:
             print(f"{r['name']:<{w1}}  {(r['tenant'] or '-'):<{w2}}  {r['state']:<11}  {r['reason']}")
+    for c in plan.get("conflicts") or []:
+        print(f"CONFLICT: protected namespace {c['namespace']} has a Tenant ownerReference ({c['tenants']}): {c['why']}")
+    rec = plan.get("recovery")
+    if rec:
+        lost = rec.get("lost_percent")
+        print(f"what existed: from the {rec.get('source') or '(no evidence)'}; lost: "
+              + (f"{lost} %" if lost is not None else "not known yet")
+              + (f" ({len(rec['lost'])} namespaces)" if isinstance(rec.get("lost"), list) else "")
+              + (f"; {rec['note']}" if rec.get("note") else ""))
     print("plan:")
     for s in plan["steps"]:
         print(f"  {s['id']:<18} {s['would']}")

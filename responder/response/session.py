@@ -16,7 +16,7 @@ from typing import Any
 
 from responder.incident import triage
 from responder.actions import ACTIONS, action_specs
-from responder.actions.breaker import read_armed_hold
+from responder.actions.breaker import NOT_NEEDED, read_armed_hold
 from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
@@ -27,6 +27,7 @@ from responder.incident.journal import Journal
 from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
 from responder.incident.shadow import Shadow
+from responder.report import capsule_down_warning, capsule_left_down
 from responder.response.leadership import WriterLease, hold_writer_lease
 
 log = logging.getLogger(__name__)
@@ -304,8 +305,22 @@ class Session:
             stop.set()  # a containment pass under way finishes first: no write is cut in half
             await guard
         self.results.update(results)
+        await self.bring_capsule_back(engine)
         self.self_hold = await read_self_hold(self.client)  # lifted by restore-capsule, or still in force
-        return results
+        return self.results
+
+    async def bring_capsule_back(self, engine: Engine) -> None:
+        """Whatever recovery step failed, Capsule does not stay at 0: restore-capsule runs once more
+        (webhooks and replicas as recorded; the hold stays unless every Tenant lists its namespaces)."""
+        assert self.journal is not None
+        if self.options.dry_run or capsule_left_down(self.journal.records()) is None:
+            return
+        step = next((s for s in self.runbook.steps if s.phase == "recover" and s.action == "restore-capsule"), None)
+        if step is None:
+            return
+        log.warning("recovery stopped before Capsule was back: bringing Capsule back now")
+        quick = dataclasses.replace(step, params={**step.params, "reconcileTimeout": 30})
+        self.results[step.id] = await engine.run_step(quick)
 
     async def guard_escalation(self, engine: Engine, stop: asyncio.Event, *, every: float = 0.5) -> None:
         """While recovery runs, the incident can still grow (the Tenant CRD deleted while a Velero backup
@@ -338,7 +353,9 @@ class Session:
             log.warning("the incident grew after containment: %d namespaces at risk again; containing again",
                         len(at_risk))
             for step in self.runbook.steps:
-                if step.phase == "contain" and step.action != "trip-breaker":
+                # The breaker again only if it found nothing to save the first time.
+                untripped = (self.results.get(step.id) or StepOutcome("")).data.get("breaker") == NOT_NEEDED
+                if step.phase == "contain" and (step.action != "trip-breaker" or untripped):
                     self.results[step.id] = await engine.run_step(step)
 
     def make_engine(self) -> Engine:
@@ -391,7 +408,11 @@ def _safe(name: str) -> str:
 
 def summarize(session: Session) -> dict[str, Any]:
     rows = triage.triage(session.view())
+    down = capsule_left_down(session.journal.records()) if session.journal and not session.options.dry_run else None
+    warning = {"warning": capsule_down_warning(down, str(session.journal.path) if session.journal else None)} \
+        if down is not None else {}
     return {
+        **warning,  # first: what an operator must read before anything else
         "incident": session.journal.incident_id if session.journal else None,
         "journal": str(session.journal.path) if session.journal else None,
         "trigger": session.trigger.to_json() if session.trigger else None,
@@ -425,6 +446,7 @@ def recovery_summary(session: Session) -> dict[str, Any] | None:
     if verify:
         out.update({k: verify[k] for k in ("known", "present", "adopted", "missing", "not_adopted", "unrestorable",
                                            "content_missing", "webhook_differences")})
+        out.update({k: verify.get(k) for k in ("known_from", "dangling", "deleted_after_recovery", "protected_lost")})
     return out
 
 

@@ -207,7 +207,10 @@ def test_undo_follows_the_journal_rules(incident):
 def test_markdown(incident):
     path, _, report = incident
     md = render_markdown(report)
-    assert md.startswith("# Incident inc-test: postmortem")
+    # The incident was contained and never recovered: Capsule is still at 0, and the first line says so.
+    first, _, rest = md.partition("\n")
+    assert first.startswith("> **CAPSULE IS AT 0 REPLICAS (it had 3)") and f"responder undo {path}" in first
+    assert rest.lstrip("\n").startswith("# Incident inc-test: postmortem")
     assert "| Cluster | context `prod-eu-1`, server `https://k8s.example:6443` |" in md
     assert "| Mode | live |" in md
     assert "## Timeline" in md
@@ -304,7 +307,7 @@ def test_cli(incident, tmp_path, capsys):
     assert data["incident"] == "inc-test" and data["undo"]["command"] == f"responder undo {path}"
     out = tmp_path / "postmortem.md"
     assert main(["report", str(path), "--output-file", str(out)]) == 0
-    assert out.read_text().startswith("# Incident inc-test")
+    assert out.read_text().startswith("> **CAPSULE IS AT 0 REPLICAS") and "# Incident inc-test" in out.read_text()
 
 
 @pytest.mark.parametrize("make", ["missing", "directory", "empty", "corrupt"])
