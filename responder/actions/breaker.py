@@ -26,7 +26,7 @@ from responder.incident import triage
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.incident.engine import StepContext, StepOutcome
-from responder.errors import ApiError
+from responder.errors import ApiError, NotFound
 from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
                              HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
                              HOLD_POLICY)
@@ -471,14 +471,33 @@ class TripBreaker:
         # The namespace hold goes out right behind it: it refuses namespace deletes while the Capsule
         # process is still shutting down.
         hold = asyncio.create_task(hold_namespaces(ctx)) if ctx.params.get("namespaceHold", True) else None
+        # No Deployment (watched, or answered 404): Capsule was uninstalled - webhooks, Deployment and CRD
+        # deleted together, as `helm uninstall` or an Argo CD prune does. Nothing to scale, and not a failure.
+        uninstalled = deployment is None and earlier is None
         try:
-            if not ctx.done_before("scale-capsule", target.deployment):
-                await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
-                                body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
-                                undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
+            if not uninstalled and not ctx.done_before("scale-capsule", target.deployment):
+                try:
+                    await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                                    body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
+                                    undo={"op": "scale", "path": f"{target.deployment_path}/scale",
+                                          "replicas": original})
+                except NotFound:
+                    uninstalled = True
         finally:
             data["hold"] = await hold if hold is not None else "disabled"
         data["original_replicas"] = original
+        if uninstalled:
+            held = data["hold"] == "held"
+            ctx.log(f"CAPSULE UNINSTALLED: its Deployment {target.namespace}/{target.deployment} is not there "
+                    "(deleted with its webhooks and CRD, as `helm uninstall` or a prune does; or "
+                    "--capsule-deployment names another): nothing to scale. "
+                    + ("The namespace hold is what holds: it refuses deletes of tenant namespaces in the API "
+                       "server; detach races the garbage collector." if held else
+                       "No namespace hold either: containment relies on detach speed against the garbage "
+                       "collector."), level="warning")
+            data["breaker"] = "capsule-uninstalled"
+            return StepOutcome("finished", "Capsule uninstalled: nothing to scale; "
+                                           + ("the namespace hold holds" if held else "relying on detach speed"), data)
         if not guarding:
             # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself, and its
             # webhooks, failing open without it, stop refusing responder's detach patches.
