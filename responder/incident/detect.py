@@ -263,8 +263,10 @@ def _classify_tenant(event: WatchEvent, facts: Facts, settings: DetectionSetting
         return _routine(event, "listed", f"Tenant {name} listed", quiet=True)
     if _going(event):
         if uid in facts.deleting_tenants:
-            return _routine(event, "tenant-finalized", f"Tenant {name} is gone (its deletion was decided on "
-                            "when it began)")
+            if event.type == DELETED:
+                return _routine(event, "tenant-finalized", f"Tenant {name} is gone (its deletion was decided on "
+                                "when it began)")
+            return _routine(event, "tenant-deleting", f"Tenant {name} still being deleted", quiet=True)
         how = "deleted" if event.type == DELETED else "being deleted"
         if facts.crd_deleting or facts.crd_present is False:
             return _decision(INCIDENT, event, CRD_DELETING, f"Tenant {name} {how} while the Tenant CRD is "
