@@ -487,6 +487,8 @@ class TripBreaker:
             data["hold"] = await hold if hold is not None else "disabled"
         data["original_replicas"] = original
         if uninstalled:
+            if guarding:  # webhooks left behind refuse namespace writes with no backend: responder's too
+                await self.ensure_exemption(ctx, hooks)
             held = data["hold"] == "held"
             ctx.log(f"CAPSULE UNINSTALLED: its Deployment {target.namespace}/{target.deployment} is not there "
                     "(deleted with its webhooks and CRD, as `helm uninstall` or a prune does; or "
@@ -537,6 +539,8 @@ class TripBreaker:
                                 content_type=JSON_PATCH,
                                 undo={"op": "webhook-match-conditions", "kind": kind, "name": name,
                                       "path": webhook_path(kind, name), "webhooks": undo_originals})
+            except NotFound:
+                continue  # deleted meanwhile (Capsule being uninstalled): it refuses nothing any more
             except ApiError as exc:
                 if exc.status in (409, 422):  # changed under us (e.g. the controller reconciled): read again
                     fresh = await ctx.client.get(webhook_path(kind, name))
@@ -559,6 +563,9 @@ class VerifyBreaker:
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         hooks = ctx.observer.capsule_webhooks()
+        if not ctx.observer.objects("deployment"):
+            return StepOutcome("finished", "Capsule uninstalled (no Deployment): nothing to verify; the namespace "
+                               "hold is what holds", {"breaker": "capsule-uninstalled"})
         if not any(guards_namespace_delete(h) and fails_closed(h) for _, o in hooks for h in o.get("webhooks") or []):
             return StepOutcome("finished", "breaker unavailable: nothing to verify", {"breaker": "unavailable"})
         if ctx.dry_run:

@@ -221,8 +221,10 @@ def classify(event: WatchEvent, facts: Facts, settings: DetectionSettings) -> De
     if event.resource == "deployment":
         return _classify_deployment(event, facts)
     if event.resource in ("validatingwebhooks", "mutatingwebhooks") and facts.deciding and event.type != ADDED:
-        return _routine(event, "webhooks-rewritten", f"webhook configuration {event.name} {event.type.lower()} "
-                        "(Capsule reconciling or upgraded; the breaker records webhooks only when it trips)")
+        kind = event.resource.removesuffix("webhooks")
+        why = "Capsule uninstalled?" if event.type == DELETED else "Capsule reconciling or upgraded"
+        return _routine(event, "webhooks-rewritten", f"{kind} webhook configuration {event.name} {event.type.lower()} "
+                        f"({why} Not the cascade by itself)")
     return _routine(event, "update", f"{event.resource} {event.type.lower()}", quiet=True)
 
 

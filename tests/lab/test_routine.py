@@ -14,7 +14,9 @@ from responder.cluster.client import KubeClient
 from responder.errors import ApiError
 from responder.lab.apply import bind_cluster_admin
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
+from responder.lab.incident import CRD_PATH
 from responder.lab.seed import TENANT_API, seed
+from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
 from .incident_helpers import client_for, namespace_states, persisted_writes_by, start_watch
 
@@ -117,3 +119,29 @@ async def test_routine_work_opens_no_incident_and_writes_nothing(lab_manager, ca
     assert "ROUTINE owner-deleted-namespace" in stderr and "NOTICE tenant-offboarded" in stderr
     print(f"\nroutine corpus on Capsule {capsule_line}: operations {operations_s:.1f}s, "
           f"decisions {detection['counts']}")
+
+
+async def test_capsule_uninstalled_during_the_incident_the_breaker_says_so(lab_manager, tmp_path):
+    """Webhooks, Deployment and CRD deleted together (`helm uninstall`, an Argo CD prune): an incident (the CRD),
+    and the breaker says Capsule is uninstalled - nothing to scale, the hold holds - instead of failing on a 404."""
+    lab = await lab_manager.get("0.14", fresh=True)
+    kubeconfig = lab.mint_user("responder")
+    async with lab.admin_client() as admin:
+        await bind_cluster_admin(admin, "responder")
+        seeded = await seed(admin, tenants=3, namespaces_per_tenant=3, prefix="uninstall", with_content=False)
+    watch = start_watch(kubeconfig, tmp_path / "journal")
+    watch.wait_watching()
+    async with client_for(lab.kubeconfig) as admin:
+        hooks = [f"{path}/{obj['metadata']['name']}" for path in (VWC_PATH, MWC_PATH)
+                 for obj in (await admin.get(path))["items"] if is_capsule_webhook(obj)]
+        await asyncio.gather(admin.delete(DEPLOYMENT_PATH), admin.delete(CRD_PATH),
+                             *(admin.delete(hook) for hook in hooks))
+        rc, summary, stderr = watch.finish(timeout=180)
+        states = await namespace_states(admin, set(seeded.namespaces))
+    assert rc == 0, stderr[-3000:]
+    breaker = summary["steps"]["breaker"]
+    assert breaker["status"] == "finished" and breaker["breaker"] == "capsule-uninstalled", summary["steps"]
+    assert "CAPSULE UNINSTALLED" in stderr and "nothing to scale" in breaker["summary"]
+    assert summary["steps"]["verify-breaker"]["status"] == "finished"
+    assert summary["trigger"]["kind"] == "crd-deleting" and summary["contained"], summary
+    assert all(s == "alive" for s in states.values()), states
