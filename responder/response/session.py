@@ -354,9 +354,13 @@ class Session:
         from responder.actions.detach import removed_refs_from_journal, still_shows_removed_refs
 
         removed = removed_refs_from_journal(self.journal.records() if self.journal else [])
-        namespaces = self.view().namespaces
-        return [name for name in self.at_risk()
-                if not (name in namespaces and still_shows_removed_refs(namespaces[name], removed))]
+        view = self.view()
+        # A namespace restored or re-adopted since may carry those references for real (a restore brings
+        # back what the backup holds): at risk, whatever the detach removed before.
+        since = view.restored | view.restoring | set(view.readopted)
+        return [row.name for row in triage.triage(view) if row.state == triage.NsState.AT_RISK
+                and (row.name in since or row.name not in view.namespaces
+                     or not still_shows_removed_refs(view.namespaces[row.name], removed))]
 
     async def contain_escalation(self, engine: Engine, *, settle: float = 1.0, passes: int = 3) -> None:
         """The incident can grow after containment ran (a tenant namespace deleted first, the Tenant CRD
