@@ -31,7 +31,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
+from responder.cluster.watch import ADDED, DELETED, SYNCED, TYPE_GONE, WatchEvent
 from responder.incident import triage
 from responder.runbook.schema import DetectionSettings
 

@@ -15,7 +15,7 @@ from typing import Any
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.lab.control_plane import Lab
-from responder.lab.incident import delete_tenant_crd, persisted_writes_by  # noqa: F401 (the tests import it from here)
+from responder.lab.incident import delete_tenant_crd
 
 RESPONDER = [sys.executable, "-m", "responder"]
 

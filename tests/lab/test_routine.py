@@ -14,11 +14,11 @@ from responder.cluster.client import KubeClient
 from responder.errors import ApiError
 from responder.lab.apply import bind_cluster_admin
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
-from responder.lab.incident import CRD_PATH
+from responder.lab.incident import CRD_PATH, persisted_writes_by
 from responder.lab.seed import TENANT_API, seed
 from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
-from .incident_helpers import client_for, namespace_states, persisted_writes_by, start_watch
+from .incident_helpers import client_for, namespace_states, start_watch
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
