@@ -241,16 +241,17 @@ async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) 
         session = new_session(lab, kubeconfig, case)
         at_detection: set[str] = set()
 
-        def count_alive(decision: Decision) -> None:
+        def count_alive(decision: Decision | None = None) -> None:
             # The namespaces alive when the incident opened, as the watch shows them (before any write).
-            if decision.verdict == INCIDENT and not at_detection:
+            if (decision is None or decision.verdict == INCIDENT) and not at_detection \
+                    and session.observer.synced["namespaces"].is_set():
                 at_detection.update(n["metadata"]["name"] for n in session.observer.objects("namespaces")
                                     if n["metadata"]["name"] in namespaces
                                     and not n["metadata"].get("deletionTimestamp"))
 
         session.decision_listeners.append(count_alive)
         await session.preflight()
-        sent = 0.0
+        sent, deleted_on_purpose = 0.0, set()
         try:
             if case == "late-start":
                 sent = time.time()
@@ -261,12 +262,14 @@ async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) 
             else:
                 await session.start()
                 session.check_late_start()
-                sent = await INCIDENT_TRIGGERS[case](admin, seeded)
+                sent, deleted_on_purpose = await INCIDENT_TRIGGERS[case](admin, seeded)
             try:
                 await session.wait_for_incident(30)
             except TimeoutError:
                 return {"case": case, "expected": "incident", "decided": "routine",
                         "why": session.detection_summary()["notices"][:6], "namespaces": len(namespaces)}
+            count_alive()  # opened during the first lists (a late start): alive once they are all in
+            at_detection.difference_update(deleted_on_purpose)  # an owner's own delete is not a loss
             await session.contain()
         finally:
             await session.close()
@@ -286,29 +289,32 @@ async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) 
             "contained": session.contained()}
 
 
-async def delete_crd(admin: KubeClient, seeded: SeedResult) -> float:
+# Each returns when its first request was sent and the namespaces deleted on purpose (not losses).
+
+
+async def delete_crd(admin: KubeClient, seeded: SeedResult) -> tuple[float, set[str]]:
     sent = time.time()
     await admin.delete(CRD_PATH)
-    return sent
+    return sent, set()
 
 
-async def tenants_burst(admin: KubeClient, seeded: SeedResult) -> float:
+async def tenants_burst(admin: KubeClient, seeded: SeedResult) -> tuple[float, set[str]]:
     sent = time.time()
     await asyncio.gather(*(admin.delete(f"{TENANT_API}/{t}") for t in list(seeded.tenants)[:3]))
-    return sent
+    return sent, set()
 
 
-async def owner_delete_during_crd_deletion(admin: KubeClient, seeded: SeedResult) -> float:
+async def owner_delete_during_crd_deletion(admin: KubeClient, seeded: SeedResult) -> tuple[float, set[str]]:
     owner = owner_client(admin, seeded, "tenant-001")
+    deleted = seeded.tenants["tenant-001"][0]
     try:
         sent = time.time()
-        await asyncio.gather(owner.delete(f"/api/v1/namespaces/{seeded.tenants['tenant-001'][0]}"),
-                             admin.delete(CRD_PATH))
+        await asyncio.gather(owner.delete(f"/api/v1/namespaces/{deleted}"), admin.delete(CRD_PATH))
     finally:
         await owner.aclose()
-    return sent
+    return sent, {deleted}
 
 
-INCIDENT_TRIGGERS: dict[str, Callable[[KubeClient, SeedResult], Awaitable[float]]] = {
+INCIDENT_TRIGGERS: dict[str, Callable[[KubeClient, SeedResult], Awaitable[tuple[float, set[str]]]]] = {
     "crd-deleted": delete_crd, "tenants-burst": tenants_burst,
     "owner-delete-during-crd-deletion": owner_delete_during_crd_deletion}
