@@ -4,9 +4,9 @@ with the real Capsule doing its part, a confusion matrix and latencies as JSON.
 Routine corpus (one lab, one seed; each case under its own watching session, which must open no incident and
 write nothing): an owner deletes two of its namespaces; an admin offboards one Tenant; two Tenants deleted a
 window apart; Capsule restarted by someone else (replicas 1 -> 0 -> 1); namespaces created and labelled in bulk.
-Incident corpus (each case on a fresh lab; the session contains): the Tenant CRD deleted; Tenants deleted in a
-burst; an owner deleting its namespace while the CRD is deleted; a late start (the CRD deleted before responder
-starts). Measured per incident: detection latency (the triggering request sent -> its event received), the first
+Incident corpus (each case on a fresh lab, the namespace hold armed as doctor asks; the session contains): the
+Tenant CRD deleted; Tenants deleted in a burst; an owner deleting its namespace while the CRD is deleted; a late
+start (the CRD deleted before responder starts). Measured per incident: detection latency (the triggering request sent -> its event received), the first
 write after detection (journaled and sent), and the share of the namespaces alive at detection still alive
 `--settle` seconds after the trigger.
 """
@@ -34,6 +34,7 @@ from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
 from responder.lab.incident import CRD_PATH, persisted_writes_by
 from responder.lab.seed import TENANT_API, SeedResult, seed
+from responder.ops.protect import arm_hold
 from responder.response.session import Session, SessionOptions, resolve_runbook
 
 DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}"
@@ -238,6 +239,8 @@ async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) 
     async with lab.admin_client() as admin:
         kubeconfig, seeded = await prepared(lab, admin, tenants=5, per_tenant=per_tenant, prefix="tenant")
         namespaces = set(seeded.namespaces)
+        await arm_hold(admin)  # as `responder doctor` asks (`responder protect --only hold`)
+        await asyncio.sleep(3)  # compiled and loaded, dormant (the API server reads policies each ~1 s)
         session = new_session(lab, kubeconfig, case)
         at_detection: set[str] = set()
 
