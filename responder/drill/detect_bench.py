@@ -8,7 +8,8 @@ Incident corpus (each case on a fresh lab, the namespace hold armed as doctor as
 Tenant CRD deleted; Tenants deleted in a burst; an owner deleting its namespace while the CRD is deleted; a late
 start (the CRD deleted before responder starts). Measured per incident: detection latency (the triggering request sent -> its event received), the first
 write after detection (journaled and sent), and the share of the namespaces alive at detection still alive
-`--settle` seconds after the trigger.
+`--settle` seconds after the trigger (a namespace whose DELETE the API server admitted before detection, as its
+audit log says, was lost before responder could know of it, and is counted apart).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from responder.lab.apply import bind_cluster_admin
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
-from responder.lab.incident import CRD_PATH, persisted_writes_by
+from responder.lab.incident import CRD_PATH, persisted_writes_by, read_audit
 from responder.lab.seed import TENANT_API, SeedResult, seed
 from responder.ops.protect import arm_hold
 from responder.response.session import Session, SessionOptions, resolve_runbook
@@ -278,18 +279,38 @@ async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) 
             await session.close()
         await asyncio.sleep(max(0.0, sent + settle - time.time()))
         survivors = await alive(admin, namespaces)
-    records = session.journal.records() if session.journal else []
-    first = next((r for r in records if r.get("kind") == "intent"), None)
     trigger = session.trigger
     assert trigger is not None
+    # The watch shows a delete a few milliseconds after the API server admitted it: one admitted before
+    # detection was lost before responder could know, whatever the watch showed then.
+    lost_before = deleted_before(lab.audit_log, since=sent - 5, until=trigger.event_received)
+    at_detection -= lost_before
+    records = session.journal.records() if session.journal else []
+    first = next((r for r in records if r.get("kind") == "intent"), None)
+    opened = next((r for r in records if r.get("kind") == "trigger"), {})
     return {"case": case, "expected": "incident", "decided": "incident", "kind": trigger.kind,
             "why": trigger.reason, "namespaces": len(namespaces),
             "detection_latency_ms": round((trigger.event_received - sent) * 1000, 1) if case != "late-start" else None,
+            "journaled_after_detection_ms": round(opened["journaled_after_s"] * 1000, 1) if opened else None,
             "first_write_after_detection_ms": round((record_epoch(first["ts"]) - trigger.event_received) * 1000, 1)
             if first else None,
+            "deleted_before_detection": len(lost_before & namespaces),
             "alive_at_detection": len(at_detection), "alive_after_settle": len(survivors & at_detection),
             "saved_share": round(len(survivors & at_detection) / len(at_detection), 4) if at_detection else None,
             "contained": session.contained()}
+
+
+def deleted_before(audit_log: Path, *, since: float, until: float) -> set[str]:
+    """Namespaces whose DELETE the API server admitted (not a dry run) between `since` and `until`."""
+    out = set()
+    for event in read_audit(audit_log, since=since):
+        ref = event.get("objectRef") or {}
+        if (event.get("verb") == "delete" and ref.get("resource") == "namespaces" and not ref.get("subresource")
+                and (event.get("responseStatus") or {}).get("code", 0) < 300
+                and "dryRun" not in event.get("requestURI", "")
+                and record_epoch(event["requestReceivedTimestamp"]) <= until):
+            out.add(ref.get("name", ""))
+    return out
 
 
 # Each returns when its first request was sent and the namespaces deleted on purpose (not losses).

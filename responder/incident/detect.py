@@ -343,7 +343,7 @@ def _classify_namespace(event: WatchEvent, facts: Facts, settings: DetectionSett
 
 
 def _classify_deployment(event: WatchEvent, facts: Facts) -> Decision:
-    if not facts.deciding and event.type == ADDED:
+    if "deployment" not in facts.synced and event.type == ADDED:
         return _routine(event, "listed", f"Capsule's Deployment {event.name} listed", quiet=True)
     if event.type == DELETED:
         return _decision(NOTICE, event, "capsule-deleted", f"Capsule's Deployment {event.name} was deleted "

@@ -138,6 +138,15 @@ def test_capsule_restarted_or_upgraded_is_routine():
     assert updated.verdict == ROUTINE and updated.kind == "crd-updated" and "in place" in updated.reason
 
 
+def test_capsule_deployment_listed_after_the_other_streams_is_not_an_install():
+    d = Detector()
+    for stream in ("crd", "tenants", "namespaces"):
+        d.decide(WatchEvent(SYNCED, stream, {"metadata": {}}))
+    listed = d.decide(WatchEvent(ADDED, "deployment", {"metadata": {"name": "capsule-controller-manager"},
+                                                       "spec": {"replicas": 1}}))
+    assert listed.quiet and listed.kind == "listed"
+
+
 def test_capsule_deployment_deleted_alone_is_a_notice():
     c = Cluster()
     d = c.feed(DELETED, "deployment", {"metadata": {"name": "capsule-controller-manager"}, "spec": {"replicas": 1}})
