@@ -26,7 +26,7 @@ from responder.incident import triage
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
 from responder.incident.engine import StepContext, StepOutcome
-from responder.errors import ApiError
+from responder.errors import ApiError, NotFound
 from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
                              HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
                              HOLD_POLICY, SELF_HOLD_POLICY)
@@ -532,14 +532,35 @@ class TripBreaker:
         # The namespace hold goes out right behind it: it refuses namespace deletes while the Capsule
         # process is still shutting down.
         hold = asyncio.create_task(hold_namespaces(ctx)) if ctx.params.get("namespaceHold", True) else None
+        # No Deployment (watched, or answered 404): Capsule was uninstalled - webhooks, Deployment and CRD
+        # deleted together, as `helm uninstall` or an Argo CD prune does. Nothing to scale, and not a failure.
+        uninstalled = deployment is None and earlier is None
         try:
-            if not ctx.done_before("scale-capsule", target.deployment):
-                await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
-                                body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
-                                undo={"op": "scale", "path": f"{target.deployment_path}/scale", "replicas": original})
+            if not uninstalled and not ctx.done_before("scale-capsule", target.deployment):
+                try:
+                    await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                                    body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
+                                    undo={"op": "scale", "path": f"{target.deployment_path}/scale",
+                                          "replicas": original})
+                except NotFound:
+                    uninstalled = True
         finally:
             data["hold"] = await hold if hold is not None else "disabled"
         data["original_replicas"] = original
+        if uninstalled:
+            if guarding:  # webhooks left behind refuse namespace writes with no backend: responder's too
+                await self.ensure_exemption(ctx, hooks)
+            held = data["hold"] == "held"
+            ctx.log(f"CAPSULE UNINSTALLED: its Deployment {target.namespace}/{target.deployment} is not there "
+                    "(deleted with its webhooks and CRD, as `helm uninstall` or a prune does; or "
+                    "--capsule-deployment names another): nothing to scale. "
+                    + ("The namespace hold is what holds: it refuses deletes of tenant namespaces in the API "
+                       "server; detach races the garbage collector." if held else
+                       "No namespace hold either: containment relies on detach speed against the garbage "
+                       "collector."), level="warning")
+            data["breaker"] = "capsule-uninstalled"
+            return StepOutcome("finished", "Capsule uninstalled: nothing to scale; "
+                                           + ("the namespace hold holds" if held else "relying on detach speed"), data)
         if not guarding:
             # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself, and its
             # webhooks, failing open without it, stop refusing responder's detach patches.
@@ -579,6 +600,8 @@ class TripBreaker:
                                 content_type=JSON_PATCH,
                                 undo={"op": "webhook-match-conditions", "kind": kind, "name": name,
                                       "path": webhook_path(kind, name), "webhooks": undo_originals})
+            except NotFound:
+                continue  # deleted meanwhile (Capsule being uninstalled): it refuses nothing any more
             except ApiError as exc:
                 if exc.status in (409, 422):  # changed under us (e.g. the controller reconciled): read again
                     fresh = await ctx.client.get(webhook_path(kind, name))
@@ -601,6 +624,9 @@ class VerifyBreaker:
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         hooks = ctx.observer.capsule_webhooks()
+        if not ctx.observer.objects("deployment"):
+            return StepOutcome("finished", "Capsule uninstalled (no Deployment): nothing to verify; the namespace "
+                               "hold is what holds", {"breaker": "capsule-uninstalled"})
         if not any(guards_namespace_delete(h) and fails_closed(h) for _, o in hooks for h in o.get("webhooks") or []):
             return StepOutcome("finished", "breaker unavailable: nothing to verify", {"breaker": "unavailable"})
         if ctx.dry_run:

@@ -37,6 +37,26 @@ def detached_from_journal(records: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def still_shows_removed_refs(ns: dict[str, Any], removed: dict[str, frozenset[str]]) -> bool:
+    """The watch still shows a namespace with exactly the Tenant references responder's persisted detach
+    removed: a view from before that patch (its MODIFIED event is on its way), not a namespace at risk again."""
+    name = (ns.get("metadata") or {}).get("name", "")
+    uids = {r.get("uid") for r in triage.tenant_refs(ns)}
+    return name in removed and bool(uids) and uids <= removed[name]
+
+
+def removed_refs_from_journal(records: list[dict[str, Any]]) -> dict[str, frozenset[str]]:
+    """ns -> UIDs of the Tenant references this incident's persisted detach writes removed."""
+    outcomes = {r["intent"]: r["status"] for r in records if r.get("kind") == "outcome"}
+    out: dict[str, set[str]] = {}
+    for rec in records:
+        if rec.get("kind") == "intent" and rec.get("action") == "detach" and not rec.get("dry_run") \
+                and outcomes.get(rec["seq"]) == "ok":
+            refs = (rec.get("undo") or {}).get("ownerReferences") or []
+            out.setdefault(rec["target"], set()).update(r.get("uid") for r in refs if r.get("uid"))
+    return {name: frozenset(uids) for name, uids in out.items()}
+
+
 class DetachNamespaces:
     spec = ActionSpec(
         name="detach-namespaces",

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from responder.incident import triage
-from responder.actions.detach import detached_from_journal
+from responder.actions.detach import detached_from_journal, removed_refs_from_journal, still_shows_removed_refs
 from responder.cluster.client import JSON_PATCH
 from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError
@@ -58,7 +58,8 @@ class ReleaseTenantFinalizers:
         settled = await ctx.settle_pending("release-finalizer", applied)
         if settled:
             ctx.log(f"resumed: settled {settled} Tenant finalizer releases left pending by the crash")
-        detached = detached_from_journal(ctx.journal.records())
+        records = ctx.journal.records()
+        detached, removed = detached_from_journal(records), removed_refs_from_journal(records)
         # Containment can finish before the CRD's cleanup controller has marked the Tenants for deletion
         # (a small cluster detaches in milliseconds). A Tenant it marks after this step would hold the CRD
         # Terminating forever (Capsule is at 0), so wait for it to mark every finalized Tenant first.
@@ -82,7 +83,9 @@ class ReleaseTenantFinalizers:
         waiting, requests = [], []
         for tenant in held:
             name = tenant["metadata"]["name"]
-            still_attached = [r.name for r in rows if r.state == triage.NsState.AT_RISK and r.tenant == name]
+            # Not the ones the watch still shows from before responder's persisted detach (stale, not attached).
+            still_attached = [r.name for r in rows if r.state == triage.NsState.AT_RISK and r.tenant == name
+                              and not still_shows_removed_refs(view.namespaces.get(r.name) or {}, removed)]
             if still_attached:
                 waiting.append(name)
                 ctx.log(f"Tenant {name}: {len(still_attached)} namespaces still attached; not released")

@@ -56,6 +56,10 @@ def configure_logging(verbose: int) -> None:
     credentials."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from responder.incident.detect import DETECTION_LOGGER
+
+    # Detection's decisions (routine work at INFO) are what an operator reads to trust the watch.
+    logging.getLogger(DETECTION_LOGGER).setLevel(min(level, logging.INFO))
     for name, floor in QUIET_LOGGERS.items():
         # Never below the root's level either: a logger's own level overrides the root's, so INFO here
         # would switch httpx's request lines on without -v.

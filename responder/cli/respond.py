@@ -103,6 +103,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 await session.wait_for_incident(args.timeout)  # raises what kept a detected one from opening
             except TimeoutError:
                 print("no incident within the timeout", file=sys.stderr)
+                emit({"incident": None, "detection": session.detection_summary()}, args.output)
                 return EXIT_OK
         assert session.trigger is not None and session.journal is not None
         print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)

@@ -86,6 +86,11 @@ def _timestamp() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
+def record_epoch(ts: str) -> float:
+    """Epoch seconds of a record's `ts`."""
+    return _dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
 def _is_secret_key(key: object) -> bool:
     return isinstance(key, str) and _is_secret_name(key)
 

@@ -133,3 +133,20 @@ def read_audit(audit_log: Path, *, since: float = 0.0) -> list[dict[str, Any]]:
                 continue
             out.append(event)
     return out
+
+
+def persisted_writes_by(audit_log: Path, user: str, *, since: float) -> list[dict[str, Any]]:
+    """Write requests by `user` that were not dry runs (reviews, which persist nothing, left out)."""
+    out = []
+    for event in read_audit(audit_log, since=since):
+        if (event.get("user") or {}).get("username") != user:
+            continue
+        if event.get("verb") in ("get", "list", "watch"):
+            continue
+        resource = (event.get("objectRef") or {}).get("resource", "")
+        if resource in ("selfsubjectreviews", "selfsubjectaccessreviews", "selfsubjectrulesreviews"):
+            continue
+        if "dryRun=All" in event.get("requestURI", ""):
+            continue
+        out.append(event)
+    return out

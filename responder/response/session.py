@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from responder.actions.breaker import NOT_NEEDED, read_armed_hold
 from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
-from responder.incident.detect import Detector, Trigger, late_start_trigger
+from responder.incident.detect import DETECTION_LOGGER, INCIDENT, NOTICE, ROUTINE, Decision, Detector, Trigger, late_start
 from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
 from responder.incident.journal import Journal
@@ -31,6 +32,8 @@ from responder.report import capsule_down_warning, capsule_left_down
 from responder.response.leadership import WriterLease, hold_writer_lease
 
 log = logging.getLogger(__name__)
+detection_log = logging.getLogger(DETECTION_LOGGER)
+DECISIONS_KEPT = 200  # the latest notable decisions, for the summary (all are counted)
 
 REPO_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 DEFAULT_RUNBOOK = "capsule-tenant-crd-deletion.yaml"
@@ -127,7 +130,11 @@ class Session:
         shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"
         self.observer = ClusterObserver(self.client, capsule=options.capsule, shadow=Shadow.load(shadow_path),
                                         shadow_path=shadow_path)
-        self.detector = Detector()
+        self.detector = Detector(self.runbook.detection)
+        # Every decision on what the watches show: the notable ones listed (log, feed, summary), all counted.
+        self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
+        self.decision_counts: Counter[str] = Counter()
+        self.decision_listeners: list[Callable[[Decision], None]] = []
         self.confirmer = confirmer
         self.identity = ""
         self.hold_not_armed: str | None = "not read"  # why the armed namespace hold would not hold (None: armed)
@@ -200,9 +207,32 @@ class Session:
     def _on_event(self, event) -> None:
         if self.trigger is not None:
             return
-        trigger = self.detector.feed(event)
-        if trigger is not None:
-            self._open_or_fail(trigger)
+        decision = self.detector.decide(event)
+        if decision.is_incident:
+            self._open_or_fail(decision.trigger())  # first: the breaker must not wait for the log
+        self._record_decision(decision)
+
+    def _record_decision(self, decision: Decision) -> None:
+        """Count it; list, log and hand over the notable ones. Nothing here writes to the cluster."""
+        self.decision_counts[decision.verdict] += 1
+        if decision.quiet:
+            return
+        self.decisions.append(decision)
+        detection_log.log(logging.INFO if decision.verdict == ROUTINE else logging.WARNING, "%s", decision.line())
+        for listener in self.decision_listeners:
+            try:
+                listener(decision)
+            except Exception:  # a broken listener must not stop detection
+                log.exception("decision listener failed")
+
+    def detection_summary(self) -> dict[str, Any]:
+        """What detection decided and why: the incident's decision, the notices and notable routine."""
+        incident = next((d for d in self.decisions if d.verdict == INCIDENT), None)
+        return {"settings": self.runbook.detection.to_json(),
+                "counts": {v: self.decision_counts.get(v, 0) for v in (INCIDENT, NOTICE, ROUTINE)},
+                "incident": incident.to_json() if incident else None,
+                "notices": [d.to_json() for d in self.decisions if d.verdict == NOTICE],
+                "routine": [d.to_json() for d in self.decisions if d.verdict == ROUTINE]}
 
     def _open_or_fail(self, trigger: Trigger) -> None:
         try:
@@ -229,10 +259,14 @@ class Session:
         raise TimeoutError(f"no incident within {timeout}s")
 
     def check_late_start(self) -> Trigger | None:
-        trigger = late_start_trigger(self.view())
-        if trigger is not None and self.trigger is None:
-            self._open_or_fail(trigger)
-        return trigger
+        """Once every stream has listed: what was already wrong before responder looked."""
+        decision = late_start(self.view(), self.runbook.detection)
+        if decision is None:
+            return None
+        if decision.is_incident and self.trigger is None:
+            self._open_or_fail(decision.trigger())
+        self._record_decision(decision)
+        return decision.trigger() if decision.is_incident else None
 
     def view(self) -> triage.ClusterView:
         from responder.actions.detach import detached_from_journal
@@ -339,13 +373,27 @@ class Session:
     def at_risk(self) -> list[str]:
         return [r.name for r in triage.triage(self.view()) if r.state == triage.NsState.AT_RISK]
 
+    def at_risk_again(self) -> list[str]:
+        """At-risk namespaces after containment, less those the watch shows from before responder's own
+        detach (right after containment, on Capsule 0.12 above all: a stale view, not growth)."""
+        from responder.actions.detach import removed_refs_from_journal, still_shows_removed_refs
+
+        removed = removed_refs_from_journal(self.journal.records() if self.journal else [])
+        view = self.view()
+        # A namespace restored or re-adopted since may carry those references for real (a restore brings
+        # back what the backup holds): at risk, whatever the detach removed before.
+        since = view.restored | view.restoring | set(view.readopted)
+        return [row.name for row in triage.triage(view) if row.state == triage.NsState.AT_RISK
+                and (row.name in since or row.name not in view.namespaces
+                     or not still_shows_removed_refs(view.namespaces[row.name], removed))]
+
     async def contain_escalation(self, engine: Engine, *, settle: float = 1.0, passes: int = 3) -> None:
         """The incident can grow after containment ran (a tenant namespace deleted first, the Tenant CRD
         seconds later): while namespaces are at risk again, run the contain steps again (the breaker
         stays tripped, so not that one). Each pass is journaled."""
         for attempt in range(passes):
             await asyncio.sleep(settle)  # let the watches deliver what happened meanwhile
-            at_risk = self.at_risk()
+            at_risk = self.at_risk_again()
             if not at_risk or self.options.dry_run:
                 return
             assert self.journal is not None
@@ -398,8 +446,7 @@ class Session:
         if not self.results or any(r.status == "failed" for sid, r in self.results.items()
                                    if sid in ("detach",)):
             return False
-        rows = triage.triage(self.view())
-        return not any(r.state == triage.NsState.AT_RISK for r in rows)
+        return not self.at_risk_again()
 
 
 def _safe(name: str) -> str:
@@ -426,6 +473,7 @@ def summarize(session: Session) -> dict[str, Any]:
                   for sid, r in session.results.items()},
         "namespaces": triage.count_by_state(rows),
         "contained": session.contained(),
+        "detection": session.detection_summary(),
         "recovery": recovery_summary(session),
     }
 

@@ -31,7 +31,7 @@ from responder.errors import RunbookError
 
 API_VERSION = "responder.dev/v1"
 KIND = "Runbook"
-KNOWN_TRIGGERS = frozenset({"crd-deleting", "tenants-vanished", "namespace-terminating", "manual"})
+KNOWN_TRIGGERS = frozenset({"crd-deleting", "tenants-rebuilt", "tenants-vanished", "namespace-terminating", "manual"})
 PHASES = ("contain", "recover")
 MAX_BYTES = 1 << 20
 MAX_NODES = 10_000
@@ -42,7 +42,8 @@ MAX_TIMEOUT = 3600.0
 
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_KEYS = ("name", "description")
-SPEC_KEYS = ("triggers", "params", "steps")
+SPEC_KEYS = ("triggers", "detection", "params", "steps")
+DETECTION_KEYS = ("tenantBurst", "window", "orphanedNamespaces", "strict")
 STEP_KEYS = ("id", "action", "phase", "description", "confirm", "timeout", "continueOnError", "params")
 
 _T = "tag:yaml.org,2002:"
@@ -92,6 +93,22 @@ class Step:
 
 
 @dataclass(frozen=True)
+class DetectionSettings:
+    """spec.detection: what tells the cascade from routine tenant work (see responder/incident/detect.py)."""
+
+    tenant_burst: int = 3  # Tenants deleted within the window: an incident (one or two: offboarding)
+    window_seconds: float = 10.0
+    # Namespaces turning Terminating within the window because their Tenant is gone (not found, or a new
+    # UID) while responder never saw that Tenant being deleted: an incident (fewer: a notice).
+    orphaned_namespaces: int = 3
+    strict: bool = False  # every Tenant deletion is an incident (clusters where no Tenant is deleted by hand)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenantBurst": self.tenant_burst, "window": f"{self.window_seconds:g}s",
+                "orphanedNamespaces": self.orphaned_namespaces, "strict": self.strict}
+
+
+@dataclass(frozen=True)
 class Runbook:
     name: str
     description: str
@@ -99,6 +116,7 @@ class Runbook:
     params: Mapping[str, object]
     steps: tuple[Step, ...]
     path: Path
+    detection: DetectionSettings = DetectionSettings()
 
     def with_params(self, overrides: Mapping[str, object], actions: Mapping[str, ActionSpec]) -> "Runbook":
         """A copy with runbook-level params overridden (the CLI's --param); a step's own params win.
@@ -451,20 +469,58 @@ def _mapping(doc: _Doc, value: object, path: Path_, what: str) -> dict:
 def _timeout(doc: _Doc, step: dict, path: Path_) -> float:
     if "timeout" not in step:
         return DEFAULT_TIMEOUT
-    value = step["timeout"]
-    fix = "write a duration like 30s or 2m (or a number of seconds), at most 3600s"
+    return _duration(doc, step, path, "timeout", MAX_TIMEOUT)
+
+
+def _duration(doc: _Doc, mapping: dict, path: Path_, key: str, maximum: float) -> float:
+    value = mapping[key]
+    fix = f"write a duration like 30s or 2m (or a number of seconds), at most {int(maximum)}s"
     if isinstance(value, str) and (m := _DURATION.match(value.strip())):
         seconds = float(int(m.group(1)) * (60 if m.group(2) == "m" else 1))
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise doc.fail(path + ("timeout",), f"expected a duration like 30s or 2m, got {_describe(value)}",
+        raise doc.fail(path + (key,), f"expected a duration like 30s or 2m, got {_describe(value)}",
                        fix=fix)
     # NaN compares false both ways, so check it explicitly.
-    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TIMEOUT:
-        raise doc.fail(path + ("timeout",), f"timeout must be more than 0s and at most "
-                       f"{int(MAX_TIMEOUT)}s, got {_describe(value)}", fix=fix)
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > maximum:
+        raise doc.fail(path + (key,), f"{key} must be more than 0s and at most "
+                       f"{int(maximum)}s, got {_describe(value)}", fix=fix)
     return seconds
+
+
+MAX_DETECTION_WINDOW = 600.0
+MAX_DETECTION_COUNT = 10_000
+
+
+def _detection(doc: _Doc, spec: dict) -> DetectionSettings:
+    """spec.detection, every field optional (the defaults are DetectionSettings')."""
+    path: Path_ = ("spec", "detection")
+    if "detection" not in spec:
+        return DetectionSettings()
+    raw = spec["detection"]
+    if raw is None:
+        return DetectionSettings()
+    raw = _mapping(doc, raw, path, "tenantBurst, window, orphanedNamespaces, strict")
+    _check_keys(doc, raw, path, DETECTION_KEYS)
+    default = DetectionSettings()
+
+    def count(key: str, minimum: int, default_value: int, meaning: str) -> int:
+        value = _get(doc, raw, path, key, int, default=default_value,
+                     fix=f"set {key} to a whole number from {minimum} to {MAX_DETECTION_COUNT} ({meaning})")
+        if not minimum <= value <= MAX_DETECTION_COUNT:
+            raise doc.fail(path + (key,), f"expected {minimum} to {MAX_DETECTION_COUNT}, got {value}",
+                           fix=f"set {key} to a whole number from {minimum} to {MAX_DETECTION_COUNT} ({meaning}); "
+                               f"default {default_value}")
+        return value
+
+    burst = count("tenantBurst", 2, default.tenant_burst,
+                  "Tenants deleted within the window that make an incident; strict: true makes every one")
+    orphaned = count("orphanedNamespaces", 1, default.orphaned_namespaces,
+                     "namespaces turning Terminating within the window because their Tenant is gone")
+    window = _duration(doc, raw, path, "window", MAX_DETECTION_WINDOW) if "window" in raw else default.window_seconds
+    strict = _get(doc, raw, path, "strict", bool, default=default.strict, fix="strict: true or strict: false")
+    return DetectionSettings(tenant_burst=burst, window_seconds=window, orphaned_namespaces=orphaned, strict=strict)
 
 
 def _declared_params(used: Iterable[ActionSpec]) -> dict[str, list[ParamSpec]]:
@@ -514,6 +570,7 @@ def _validate(doc: _Doc, data: object, actions: Mapping[str, ActionSpec]) -> Run
         if trig in triggers:
             raise doc.fail(path, f"trigger {trig!r} is listed twice", fix="remove the duplicate")
         triggers.append(trig)
+    detection = _detection(doc, spec)
 
     runbook_params = _mapping(doc, spec.get("params", {}), ("spec", "params"), "parameter: value")
     for pname in runbook_params:
@@ -637,6 +694,7 @@ def _validate(doc: _Doc, data: object, actions: Mapping[str, ActionSpec]) -> Run
         params=MappingProxyType(dict(runbook_params)),
         steps=tuple(steps),
         path=Path(doc.source),
+        detection=detection,
     )
 
 

@@ -31,6 +31,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from responder.cluster.watch import WatchEvent
+from responder.incident.detect import DETECTION_LOGGER
 from responder.incident.engine import ConfirmationRequest, EngineEvent
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
 from responder.response.session import recovery_summary
@@ -588,11 +589,14 @@ class _FeedLogHandler(logging.Handler):
     """Log records into the event feed while the TUI owns the terminal (stderr would tear it)."""
 
     def __init__(self, app: ResponderApp) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.app = app
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Warnings and up; below that only detection's decisions (routine work, said as such).
+        if record.levelno < logging.WARNING and record.name != DETECTION_LOGGER:
+            return
         try:
             self.app.log_records.append((record.created, self.format(record).splitlines()[0], record.levelno))
         except Exception:

@@ -576,6 +576,8 @@ class TuiState:
         result = self.breaker_result
         if result == "unavailable":
             return "unavailable", "no fail-closed Capsule webhook guards namespace deletes"
+        if result == "capsule-uninstalled":
+            return "unavailable", "Capsule uninstalled: nothing to scale; the namespace hold is what holds"
         if replicas == 0:
             if result == "verified":
                 return "verified", "Capsule at 0; namespace deletes refused for all but responder"

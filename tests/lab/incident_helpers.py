@@ -15,7 +15,7 @@ from typing import Any
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.lab.control_plane import Lab
-from responder.lab.incident import delete_tenant_crd, read_audit
+from responder.lab.incident import delete_tenant_crd
 
 RESPONDER = [sys.executable, "-m", "responder"]
 
@@ -88,23 +88,6 @@ async def namespace_states(client: KubeClient, names: set[str]) -> dict[str, str
     for name in names:
         ns = live.get(name)
         out[name] = "gone" if ns is None else ("terminating" if ns["metadata"].get("deletionTimestamp") else "alive")
-    return out
-
-
-def persisted_writes_by(audit_log: Path, user: str, *, since: float) -> list[dict[str, Any]]:
-    """Write requests by `user` that were not dry runs (reviews, which persist nothing, left out)."""
-    out = []
-    for event in read_audit(audit_log, since=since):
-        if (event.get("user") or {}).get("username") != user:
-            continue
-        if event.get("verb") in ("get", "list", "watch"):
-            continue
-        resource = (event.get("objectRef") or {}).get("resource", "")
-        if resource in ("selfsubjectreviews", "selfsubjectaccessreviews", "selfsubjectrulesreviews"):
-            continue
-        if "dryRun=All" in event.get("requestURI", ""):
-            continue
-        out.append(event)
     return out
 
 

@@ -17,12 +17,11 @@ from responder.errors import ApiError
 from responder.incident.journal import Journal
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.apply import bind_cluster_admin
-from responder.lab.incident import read_audit
+from responder.lab.incident import persisted_writes_by, read_audit
 from responder.lab.seed import seed
 from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
-from .incident_helpers import (client_for, namespace_states, persisted_writes_by, read_journal,
-                               run_responder, start_watch, trigger)
+from .incident_helpers import client_for, namespace_states, read_journal, run_responder, start_watch, trigger
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
 

@@ -386,6 +386,36 @@ async def test_log_records_go_to_the_feed_not_the_terminal(make_app):
         root.removeHandler(terminal)
 
 
+async def test_detection_decisions_reach_the_feed_routine_included(make_app):
+    import logging
+
+    from responder.incident.detect import DETECTION_LOGGER
+    from responder.tui.app import logging_into
+
+    app, _ = make_app(idle_scenario())
+    detection, other = logging.getLogger(DETECTION_LOGGER), logging.getLogger("responder.incident.observe")
+    levels = detection.level, other.level
+    detection.setLevel(logging.INFO)  # as the command line sets it
+    other.setLevel(logging.INFO)
+    try:
+        with logging_into(app):
+            async with app.run_test(size=(80, 24)) as pilot:
+                await started(app, pilot)
+                detection.info("ROUTINE owner-deleted-namespace: namespace a-ns deleted by its owner or an admin")
+                other.info("an info line of another part")
+                detection.warning("NOTICE tenant-offboarded: Tenant b being deleted")
+                await app.settle()
+                lines = [line.text for line in app.model.feed]
+                alerts = {line.text: line.alert for line in app.model.feed}
+    finally:
+        detection.setLevel(levels[0])
+        other.setLevel(levels[1])
+    routine = next(t for t in lines if "ROUTINE owner-deleted-namespace" in t)
+    notice = next(t for t in lines if "NOTICE tenant-offboarded" in t)
+    assert not alerts[routine] and alerts[notice]
+    assert not any("an info line of another part" in t for t in lines)
+
+
 async def test_an_on_screen_change_shows_in_the_next_frame_and_nothing_else_changes(make_app):
     app, session = make_app(idle_scenario())
     async with app.run_test(size=(80, 24)) as pilot:

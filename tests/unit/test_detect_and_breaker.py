@@ -1,76 +1,16 @@
-"""Pure logic of detection and of the breaker's webhook patch (no cluster)."""
+"""Pure logic of the breaker's webhook patch (no cluster); detection is tests/unit/test_detect.py."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from responder.incident import triage
 from responder.actions.breaker import (EXEMPTION_NAME, HOLD_IDENTITY_ANNOTATION, HOLD_INCIDENT_ANNOTATION,
                                        HOLD_OBJECT_PATHS, armed_hold_in_place, armed_hold_objects, exemption_condition,
                                        exemption_patch, fails_closed, guards_namespace_delete, hold_param_crd, holds_of,
                                        namespace_hold_objects, release_request)
 from responder.actions.tenants import CAPSULE_TENANT_FINALIZER, release_patch
-from responder.cluster.watch import DELETED, MODIFIED, TYPE_GONE, WatchEvent
-from responder.incident.detect import CRD_DELETING, NAMESPACE_TERMINATING, TENANTS_VANISHED, Detector, late_start_trigger
 
 from .test_triage import PatchTestFailed, apply_patch
-
-
-def ev(kind: str, resource: str, obj: dict) -> WatchEvent:
-    return WatchEvent(kind, resource, obj, received=time.time())
-
-
-def test_crd_deletion_timestamp_is_the_earliest_trigger():
-    d = Detector()
-    assert d.feed(ev(MODIFIED, "crd", {"metadata": {"name": "tenants.capsule.clastix.io"}})) is None
-    t = d.feed(ev(MODIFIED, "crd", {"metadata": {"name": "tenants.capsule.clastix.io",
-                                                 "deletionTimestamp": "2026-11-26T00:00:00Z"}}))
-    assert t is not None and t.kind == CRD_DELETING
-
-
-def test_tenant_burst_needs_three_within_the_window():
-    d = Detector(tenant_burst=3, window_seconds=10)
-    assert d.feed(ev(DELETED, "tenants", {"metadata": {"name": "a"}})) is None
-    assert d.feed(ev(DELETED, "tenants", {"metadata": {"name": "b"}})) is None
-    t = d.feed(ev(DELETED, "tenants", {"metadata": {"name": "c"}}))
-    assert t is not None and t.kind == TENANTS_VANISHED and set(t.objects) == {"a", "b", "c"}
-
-
-def test_one_tenant_deleted_is_routine():
-    d = Detector()
-    assert d.feed(ev(DELETED, "tenants", {"metadata": {"name": "a"}})) is None
-
-
-def test_tenant_type_gone_triggers():
-    assert Detector().feed(ev(TYPE_GONE, "tenants", {"metadata": {}})).kind == TENANTS_VANISHED
-
-
-def test_only_tenant_namespaces_terminating_trigger():
-    d = Detector()
-    plain = {"metadata": {"name": "x", "deletionTimestamp": "t"}}
-    assert d.feed(ev(MODIFIED, "namespaces", plain)) is None
-    tenant_ns = {"metadata": {"name": "y", "deletionTimestamp": "t", "labels": {triage.TENANT_LABEL: "t1"}}}
-    assert d.feed(ev(MODIFIED, "namespaces", tenant_ns)).kind == NAMESPACE_TERMINATING
-
-
-def _ns(name, tenant, uid):
-    return {"metadata": {"name": name, "uid": f"ns-{name}", "ownerReferences": [
-        {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant", "name": tenant, "uid": uid}]}}
-
-
-def test_late_start_sees_dangling_references():
-    view = triage.ClusterView(crd_present=False, crd_deleting=False, tenants={},
-                              namespaces={"a": _ns("a", "t1", "u1"), "kube-system": {"metadata": {"name": "kube-system"}}},
-                              protected=triage.protected_namespaces())
-    t = late_start_trigger(view)
-    assert t is not None and t.objects == ("a",)
-    healthy = triage.ClusterView(crd_present=True, crd_deleting=False,
-                                 tenants={"t1": {"metadata": {"name": "t1", "uid": "u1"}}},
-                                 namespaces={"a": _ns("a", "t1", "u1")}, protected=frozenset())
-    assert late_start_trigger(healthy) is None
-
 
 NS_HOOK = {"name": "namespaces.validating.projectcapsule.dev", "failurePolicy": "Fail",
            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE", "DELETE"],
