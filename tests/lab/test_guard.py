@@ -23,11 +23,12 @@ from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD, micro_time
 from responder.errors import EXIT_LEASE_HELD, Conflict
 from responder.lab.apply import apply_objects
 from responder.lab.control_plane import ADMIN_USER
+from responder.lab.incident import persisted_writes_by
 from responder.lab.processes import free_port
 from responder.lab.seed import seed
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 
-from .incident_helpers import RESPONDER, namespace_states, persisted_writes_by, run_responder, trigger
+from .incident_helpers import RESPONDER, namespace_states, run_responder, trigger
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
