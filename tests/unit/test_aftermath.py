@@ -3,14 +3,12 @@ backup says existed, the invariant verify checks, and whether Capsule was left a
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-
 from responder.actions.breaker import something_to_save
 from responder.incident import triage
 from responder.recovery import decisions as recovery
 from responder.report import build_report, capsule_left_down, render_markdown
+
+from .backups import backup_tarball
 
 PROTECTED = frozenset({"kube-system", "default", "keep"})
 
@@ -87,19 +85,8 @@ def test_a_protected_namespace_with_a_dangling_tenant_reference_counts():
 
 # -- what a backup says existed --------------------------------------------------------------------
 
-def _tarball(files: dict[str, dict]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, obj in files.items():
-            data = json.dumps(obj).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def backup_contents() -> recovery.BackupContents:
-    return recovery.parse_backup_tarball(_tarball({
+    return recovery.parse_backup_tarball(backup_tarball({
         "resources/namespaces/cluster/t1-a.json": ns("t1-a", ref("t1", "old1")),
         "resources/namespaces/v1-preferredversion/cluster/t1-a.json": ns("t1-a", ref("t1", "old1")),
         "resources/namespaces/cluster/t2-a.json": ns("t2-a", tenant_label="t2"),
@@ -129,7 +116,7 @@ def test_a_backup_without_tenant_namespaces_or_made_by_responder_is_no_evidence(
     assert recovery.evidence_refusal({"metadata": {"name": "b"}}, contents) is None
     rescue = {"metadata": {"name": "r", "labels": {"app.kubernetes.io/managed-by": "responder"}}}
     assert "rescue" in recovery.evidence_refusal(rescue, contents)
-    after_rebuild = recovery.parse_backup_tarball(_tarball({
+    after_rebuild = recovery.parse_backup_tarball(backup_tarball({
         "resources/namespaces/cluster/plain.json": ns("plain"),
         "resources/tenants.capsule.clastix.io/cluster/t1.json": tenant("t1", "new")}))
     assert "no tenant namespace" in recovery.evidence_refusal({"metadata": {"name": "b"}}, after_rebuild)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import io
 import json
-import tarfile
 
 import pytest
 
@@ -14,6 +12,8 @@ from responder.recovery import decisions as recovery
 from responder.actions.breaker import (EXEMPTION_NAME, exemption_condition, exemption_patch,
                                        restore_match_conditions_patch, widen_exemption_patch)
 from tests.unit.test_triage import PatchTestFailed, apply_patch
+
+from .backups import backup_tarball
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
 AVAILABLE = {"default": "Available"}
@@ -74,17 +74,6 @@ def test_schedule_and_name_filters():
     assert none.backup is None and none.reason == "no Velero backup found"
 
 
-def _tarball(files: dict[str, dict]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, obj in files.items():
-            data = json.dumps(obj).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_backup_tarball_counts_once_and_skips_auto_created_and_owned():
     cm = {"metadata": {"name": "settings"}}
     files = {
@@ -98,7 +87,7 @@ def test_backup_tarball_counts_once_and_skips_auto_created_and_owned():
             {"metadata": {"name": "tenants.capsule.clastix.io"}, "spec": {"group": "capsule.clastix.io"}},
         "metadata/version": {},
     }
-    contents = recovery.parse_backup_tarball(_tarball(files))
+    contents = recovery.parse_backup_tarball(backup_tarball(files))
     assert contents.counts("ns1") == {"configmaps": 2, "deployments.apps": 1, "pods": 1}
     assert recovery.restorable_counts(contents, "ns1") == {"configmaps": 1, "deployments.apps": 1}
     assert set(contents.tenants) == {"t1"} and contents.tenant_crd["spec"]["group"] == "capsule.clastix.io"
