@@ -165,10 +165,15 @@ async def routine_corpus(lab: Lab) -> list[dict[str, Any]]:
         return results
 
 
+def nth_tenant(seeded: SeedResult, n: int) -> str:
+    """The seed's n-th Tenant (1-based; `PREFIX-00n`): the operations work on any seed of 6 Tenants or more."""
+    return sorted(seeded.tenants)[n - 1]
+
+
 async def owner_deletes_namespaces(admin: KubeClient, seeded: SeedResult) -> None:
-    owner = owner_client(admin, seeded, "bench-001")
+    owner = owner_client(admin, seeded, nth_tenant(seeded, 1))
     try:
-        doomed = seeded.tenants["bench-001"][:2]
+        doomed = seeded.tenants[nth_tenant(seeded, 1)][:2]
         await asyncio.gather(*(owner.delete(f"/api/v1/namespaces/{ns}") for ns in doomed))
     finally:
         await owner.aclose()
@@ -182,13 +187,13 @@ async def offboard(admin: KubeClient, seeded: SeedResult, tenant: str) -> None:
 
 
 async def offboard_one_tenant(admin: KubeClient, seeded: SeedResult) -> None:
-    await offboard(admin, seeded, "bench-002")
+    await offboard(admin, seeded, nth_tenant(seeded, 2))
 
 
 async def tenants_spread(admin: KubeClient, seeded: SeedResult) -> None:
-    await offboard(admin, seeded, "bench-003")
+    await offboard(admin, seeded, nth_tenant(seeded, 3))
     await asyncio.sleep(11.0)  # past the default 10 s window
-    await offboard(admin, seeded, "bench-004")
+    await offboard(admin, seeded, nth_tenant(seeded, 4))
 
 
 async def capsule_restarted(admin: KubeClient, seeded: SeedResult) -> None:
@@ -208,14 +213,16 @@ async def capsule_restarted(admin: KubeClient, seeded: SeedResult) -> None:
 
 
 async def namespaces_created_labelled(admin: KubeClient, seeded: SeedResult) -> None:
-    owner = owner_client(admin, seeded, "bench-005")
+    fifth, sixth = nth_tenant(seeded, 5), nth_tenant(seeded, 6)
+    extra = [f"{fifth}-extra-{i:02d}" for i in range(5)]
+    owner = owner_client(admin, seeded, fifth)
     try:
         await asyncio.gather(*(owner.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                                   "metadata": {"name": f"bench-005-extra-{i:02d}"}})
-                               for i in range(5)))
+                                                                   "metadata": {"name": name}})
+                               for name in extra))
     finally:
         await owner.aclose()
-    names = seeded.tenants["bench-005"] + seeded.tenants["bench-006"] + [f"bench-005-extra-{i:02d}" for i in range(5)]
+    names = seeded.tenants[fifth] + seeded.tenants[sixth] + extra
     await asyncio.gather(*(admin.patch(f"/api/v1/namespaces/{ns}", {"metadata": {"labels": {"team": "bench"}}})
                            for ns in names))
 

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up = labsub.add_parser("up", help="start the lab in the background and print the kubeconfig path")
     up.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default=DEFAULT_CAPSULE)
     up.add_argument("--velero", action="store_true", help="also run Velero with an S3 server (moto) on loopback")
+    up.add_argument("--guard", action="store_true",
+                    help="also install responder's chart (helm install, 2 replicas run by the lab's kubelet)")
     down = labsub.add_parser("down", help="stop every process the lab started")
     down.add_argument("--wipe", action="store_true", help="also delete the lab's state directory")
     labsub.add_parser("status", help="what runs, where, and since when")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines), *(["velero"] if args.velero else [])])
         return EXIT_OK
     if cmd == "up":
-        print(lab.up(capsule=args.capsule, velero=args.velero))
+        print(lab.up(capsule=args.capsule, velero=args.velero, guard=args.guard))
         return EXIT_OK
     if cmd == "down":
         stopped = lab.down(wipe=args.wipe)

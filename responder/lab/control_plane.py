@@ -22,7 +22,7 @@ import yaml
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
-from responder.lab import processes
+from responder.lab import pods, processes
 from responder.lab import velero as lab_velero
 from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
@@ -131,9 +131,11 @@ class Lab:
 
     # -- up / down ----------------------------------------------------------------------------------
 
-    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, out: TextIO = sys.stderr) -> Path:
+    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, guard: bool = False,
+           out: TextIO = sys.stderr) -> Path:
         """Start everything (building first if needed); returns the admin kubeconfig path. With
-        `velero`, also the S3 server and the Velero server with a storage location Available."""
+        `velero`, also the S3 server and the Velero server with a storage location Available; with `guard`,
+        responder's chart installed (2 replicas run by the kubelet, one leading)."""
         if capsule not in CAPSULE_VERSIONS:
             capsule_component(capsule)  # raises the clear error
         started = time.monotonic()
@@ -201,6 +203,8 @@ class Lab:
             if velero:
                 self._start_velero(state, binaries, out)
                 asyncio.run(self._wait_velero_ready(out))
+            if guard:
+                self.install_guard(out=out)
         except BaseException:
             print(f"lab: start failed; logs in {self.logs}", file=out)
             raise
@@ -209,6 +213,24 @@ class Lab:
         print(f"lab: ready in {state['ready_seconds']:.1f}s (Kubernetes {K8S_VERSION}, Capsule "
               f"{CAPSULE_VERSIONS[capsule]})", file=out)
         return self.kubeconfig
+
+    def install_guard(self, *, replicas: int = 2, out: TextIO = sys.stderr) -> list[dict[str, Any]]:
+        """`helm install` of responder's chart; returns the replicas once ready (one leading)."""
+        from responder.lab import guard_chart
+
+        guard_chart.install(self.dir, Path(self.state()["binaries"]["helm"]), self.kubeconfig, replicas=replicas, out=out)
+        return guard_chart.wait_ready(self.dir, replicas, out=out)
+
+    def uninstall_guard(self, *, timeout: float = 90.0) -> None:
+        """`helm uninstall`; returns once the kubelet has stopped every replica (their pods gone)."""
+        from responder.lab import guard_chart
+
+        guard_chart.uninstall(self.dir, Path(self.state()["binaries"]["helm"]), self.kubeconfig)
+        self._wait("the guard's replicas stopped", lambda: not self.guard_replicas(), timeout)
+
+    def guard_replicas(self) -> list[dict[str, Any]]:
+        """Each guard replica the kubelet runs: pod, pid, restarts, health and metrics URLs."""
+        return [pods.replica_status(pod, entry) for pod, entry in sorted(pods.read_pods(self.dir).items())]
 
     def _capsule_installed(self, state: dict[str, Any]) -> bool:
         """Whether kept state holds a completed Capsule install (its chart applied, its kubeconfig written)."""
@@ -233,6 +255,7 @@ class Lab:
         if capsule and processes.stop(capsule):
             stopped.append("capsule")
         self.capsule_record_file.unlink(missing_ok=True)
+        stopped += pods.stop_recorded(self.dir)  # none unless the kubelet died before stopping them
         for name in ["velero", "s3", *order[1:]]:
             if name in records and processes.stop(records[name]):
                 stopped.append(name)
@@ -254,7 +277,7 @@ class Lab:
         return {"state_dir": str(self.dir), "exists": True, "kubeconfig": str(self.kubeconfig),
                 "capsule": state.get("capsule_version"), "kubernetes": state.get("kubernetes_version"),
                 "ports": state.get("ports"), "running": running, "ready_seconds": state.get("ready_seconds"),
-                "audit_log": str(self.audit_log)}
+                "audit_log": str(self.audit_log), "guard": self.guard_replicas()}
 
     # -- components ---------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""The lab's stand-in for the kubelet, for one Deployment only: capsule-system/capsule-controller-manager.
+"""The lab's stand-in for the kubelet, for two workloads: capsule-system/capsule-controller-manager and the
+Pods of responder's guard (responder/lab/pods.py).
 
-It watches the Deployment and keeps the local Capsule process in step with spec.replicas (0 = stopped,
->= 1 = one process running), restarting it if it dies, as a kubelet would restart a crashed container.
+It watches Capsule's Deployment and keeps the local Capsule process in step with spec.replicas (0 = stopped,
+>= 1 = one process running), restarting it if it dies, as a kubelet would restart a crashed container; and runs
+each guard Pod (`responder lab up --guard` installs the chart) as a process of its own.
 Run as `python -m responder.lab.kubelet STATE_DIR`; `responder lab up` starts it.
 """
 
@@ -15,12 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+from responder.cluster.client import KubeClient
+from responder.cluster.kubeconfig import load_cluster_access
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, events_into
 from responder.lab import processes
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
+from responder.lab.pods import GuardPods, stop_recorded
 
 log = logging.getLogger("responder.lab.kubelet")
+
+KUBELET_USER = "lab-kubelet"
 
 
 class CapsuleKubelet:
@@ -80,15 +87,26 @@ class CapsuleKubelet:
                 self.reconcile()
 
 
+async def run_kubelet(lab: Lab, kubelet: CapsuleKubelet, guard_pods: GuardPods) -> None:
+    # The guard pods' TokenRequests under an identity of the kubelet's own, so the audit log tells them apart
+    # from what the lab's admin (a test, a drill) writes.
+    identity = lab.mint_user(KUBELET_USER, ("system:masters",))
+    async with KubeClient(load_cluster_access(str(identity))) as client:
+        await asyncio.gather(kubelet.run(), guard_pods.run(client))
+
+
 def main() -> None:
     lab = Lab(Path(sys.argv[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     kubelet = CapsuleKubelet(lab)
-    # `lab down` sends SIGTERM: leave through `finally` so the Capsule process goes with us.
+    stop_recorded(lab.dir)  # replicas a previous kubelet left: their pods start afresh
+    guard_pods = GuardPods(lab.dir, lab.state()["ports"]["apiserver"], lab.pki.ca.cert)
+    # `lab down` sends SIGTERM: leave through `finally` so the Capsule and guard processes go with us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        asyncio.run(kubelet.run())
+        asyncio.run(run_kubelet(lab, kubelet, guard_pods))
     finally:
+        guard_pods.stop_all()
         if kubelet.record is not None:
             processes.stop(kubelet.record, grace=5.0)
             lab.capsule_record_file.unlink(missing_ok=True)
