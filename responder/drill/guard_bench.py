@@ -9,8 +9,10 @@ guard's ServiceAccount (audit log), no restarts (the kubelet's count), each repl
 within 10 % of its RSS after the first round (warm).
 
 Idle: N namespaces in N/20 Tenants, the guard installed over them and left alone: each replica's RSS and CPU share
-of one core over `--seconds`, then the watch lag of `--changes` changes (a namespace's label patched -> the
-replica's namespaces stream saw an event, from its `responder_watch_last_event_age_seconds`), p50/p99/max.
+of one core over `--seconds`, then the watch lag of `--changes` changes: a namespace's label PATCH answered (the
+change committed) -> the replica's namespaces stream saw it (the time of its last event, read from
+`responder_watch_last_event_age_seconds`), p50/p99/max; and the PATCH's own round trip, which Capsule's admission
+webhooks dominate, with the lag counted from the PATCH sent.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from responder.lab.incident import persisted_writes_by
 from responder.lab.pods import read_pods, replica_record
 from responder.lab.seed import TENANT_API, seed
 from responder.names import RESPONDER_NAMESPACE
-from responder.response.session import resolve_runbook
+from responder.runbook.schema import DetectionSettings
 
 GUARD_USER = f"system:serviceaccount:{RESPONDER_NAMESPACE}:responder"  # the chart's ServiceAccount
 MEMORY_GROWTH_LIMIT = 0.10
@@ -81,6 +83,14 @@ async def scrape(client: httpx.AsyncClient, url: str) -> str:
     return (await client.get(url, timeout=10)).text
 
 
+def decisions_logged(log: Path, offset: int) -> dict[str, int]:
+    """What a replica's detection logged since `offset`: ROUTINE, NOTICE and INCIDENT decisions (it saw the work)."""
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    return {kind: len(re.findall(rf"responder\.detection: {kind} ", text)) for kind in ("ROUTINE", "NOTICE", "INCIDENT")}
+
+
 # -- soak ----------------------------------------------------------------------------------------------------
 
 
@@ -91,8 +101,9 @@ async def soak(lab: Lab, *, seconds: float, out=sys.stderr) -> dict[str, Any]:
         raise ConfigError(f"the soak needs the guard's 2 replicas running (found {len(replicas)})",
                           fix="responder lab up --guard")
     pids = {r["pod"]: r["pid"] for r in replicas}
+    log_offsets = {r["pod"]: Path(r["log"]).stat().st_size for r in replicas}
     restarts_before = {r["pod"]: r["restarts"] for r in replicas}
-    window = resolve_runbook(None).detection.window_seconds
+    window = DetectionSettings().window_seconds  # the chart's runbook (the shipped one) keeps the default
     samples: dict[str, list[tuple[float, float | None]]] = {pod: [] for pod in pids}
     started = time.time()
     baseline: dict[str, float | None] = {}
@@ -134,6 +145,7 @@ async def soak(lab: Lab, *, seconds: float, out=sys.stderr) -> dict[str, Any]:
     # A replica restarted by the kubelet counts; one whose pod is gone counts as a restart too.
     restarts = {pod: (after[pod]["restarts"] - restarts_before[pod]) if pod in after else 1 for pod in pids}
     writes = persisted_writes_by(lab.audit_log, GUARD_USER, since=started)
+    decisions = {r["pod"]: decisions_logged(Path(r["log"]), log_offsets[r["pod"]]) for r in replicas}
     growth = {pod: (None if not baseline.get(pod) or final[pod] is None
                     else round((final[pod] - baseline[pod]) / baseline[pod], 4)) for pod in pids}
     ok = (all(v == 0 for v in incidents.values()) and not writes and all(v == 0 for v in restarts.values())
@@ -141,7 +153,7 @@ async def soak(lab: Lab, *, seconds: float, out=sys.stderr) -> dict[str, Any]:
     return {"benchmark": "soak", "capsule": lab.state().get("capsule_version"), "seconds": round(time.time() - started, 1),
             "rounds": len(rounds), "round_seconds": [r["seconds"] for r in rounds],
             "operations_per_round": list(ROUTINE_CASES) + ["offboard-leftovers-one-window-apart"],
-            "incidents": incidents, "leader": leaders, "writes_by_guard": len(writes),
+            "incidents": incidents, "decisions_logged": decisions, "leader": leaders, "writes_by_guard": len(writes),
             "write_samples": [(w["verb"], w["requestURI"]) for w in writes[:5]], "restarts": restarts,
             "rss_mb": {pod: {"after_first_round": baseline.get(pod), "end": final[pod], "growth": growth[pod],
                              "max": max((v for _, v in samples[pod] if v is not None), default=None)} for pod in pids},
@@ -171,16 +183,22 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
 # -- idle ----------------------------------------------------------------------------------------------------
 
 
-async def watch_lag(lab: Lab, admin: KubeClient, namespaces: list[str], changes: int) -> dict[str, list[float]]:
-    """Per replica, ms from a namespace's label PATCH sent to its namespaces stream's next event."""
+async def watch_lag(lab: Lab, admin: KubeClient, namespaces: list[str], changes: int) -> dict[str, Any]:
+    """Per replica, ms from a namespace's label PATCH answered (the change made: committed, past Capsule's webhooks)
+    to its namespaces stream's next event (negative: the event came before the answer); and the PATCH's own
+    round trip (sent -> answered), which the admission webhooks dominate."""
     replicas = lab.guard_replicas()
     lags: dict[str, list[float]] = {r["pod"]: [] for r in replicas}
+    from_sent: dict[str, list[float]] = {r["pod"]: [] for r in replicas}
+    write_ms: list[float] = []
     stream_age = 'responder_watch_last_event_age_seconds{stream="namespaces"}'
     async with httpx.AsyncClient() as http:
         for i in range(changes):
             name = namespaces[i % len(namespaces)]
             sent = time.time()
-            await admin.patch(f"/api/v1/namespaces/{name}", {"metadata": {"labels": {"bench-idle": str(i)}}})
+            await admin.patch(f"/api/v1/namespaces/{name}", {"metadata": {"labels": {"bench-idle": f"{sent:.6f}"}}})
+            answered = time.time()
+            write_ms.append(round((answered - sent) * 1000, 1))
             pending = {r["pod"]: r["metrics"] for r in replicas}
             deadline = time.monotonic() + 10
             while pending and time.monotonic() < deadline:
@@ -188,13 +206,15 @@ async def watch_lag(lab: Lab, admin: KubeClient, namespaces: list[str], changes:
                     age = metric(await scrape(http, url), stream_age)
                     seen = time.time() - age if age is not None else None
                     if seen is not None and seen >= sent:
-                        lags[pod].append(round((seen - sent) * 1000, 1))
+                        lags[pod].append(round((seen - answered) * 1000, 1))
+                        from_sent[pod].append(round((seen - sent) * 1000, 1))
                         del pending[pod]
                 await asyncio.sleep(0.005)
             for pod in pending:
                 lags[pod].append(10_000.0)  # not seen within 10 s: counted as 10 s
+                from_sent[pod].append(10_000.0)
             await asyncio.sleep(0.2)
-    return lags
+    return {"lags": lags, "from_sent": from_sent, "write_ms": write_ms}
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -222,12 +242,15 @@ async def idle(lab: Lab, *, namespaces: int, per_tenant: int, seconds: float, ch
            for pod, rec in records.items()}
     rss = {pod: rss_mb(rec.pid) for pod, rec in records.items()}
     async with lab.admin_client() as admin:
-        lags = await watch_lag(lab, admin, seeded.namespaces, changes)
+        timed = await watch_lag(lab, admin, seeded.namespaces, changes)
+    lags = timed["lags"]
     async with httpx.AsyncClient() as http:
         leaders = {r["pod"]: metric(await scrape(http, r["metrics"]), "responder_leader") for r in replicas}
     per_replica = {pod: {"leader": leaders.get(pod) == 1.0, "rss_mb": rss[pod], "cpu_share_of_a_core": cpu[pod],
                          "watch_lag_ms": {"p50": percentile(lags[pod], 0.5), "p99": percentile(lags[pod], 0.99),
-                                          "max": max(lags[pod]), "mean": round(statistics.mean(lags[pod]), 1)}}
+                                          "max": max(lags[pod]), "mean": round(statistics.mean(lags[pod]), 1)},
+                         "patch_sent_to_seen_ms": {"p50": percentile(timed["from_sent"][pod], 0.5),
+                                                   "p99": percentile(timed["from_sent"][pod], 0.99)}}
                    for pod in records}
     worst = {"rss_mb": max(v["rss_mb"] or 0 for v in per_replica.values()),
              "cpu_share_of_a_core": max(v["cpu_share_of_a_core"] for v in per_replica.values()),
@@ -235,7 +258,9 @@ async def idle(lab: Lab, *, namespaces: int, per_tenant: int, seconds: float, ch
     targets = {"rss_mb": 200, "cpu_share_of_a_core": 0.02, "watch_lag_p99_ms": 100}
     return {"benchmark": "idle", "capsule": lab.state().get("capsule_version"), "namespaces": len(seeded.namespaces),
             "tenants": tenants, "seed_seconds": round(seeded.seconds, 1), "idle_seconds": round(elapsed, 1),
-            "changes": changes, "replicas": per_replica, "worst": worst, "targets": targets,
+            "changes": changes, "patch_round_trip_ms": {"p50": percentile(timed["write_ms"], 0.5),
+                                                        "p99": percentile(timed["write_ms"], 0.99)},
+            "replicas": per_replica, "worst": worst, "targets": targets,
             "within_targets": {k: worst[k] <= targets[k] for k in targets}}
 
 

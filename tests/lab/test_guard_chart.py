@@ -157,6 +157,9 @@ async def test_soak_routine_corpus_against_the_chart(lab_manager):
         await asyncio.to_thread(lab.uninstall_guard)
     print(f"\nsoak (Capsule {LINE}): {json.dumps({k: v for k, v in result.items() if k != 'rss_samples_mb'})}")
     assert all(v == 0.0 for v in result["incidents"].values()), result["incidents"]
+    # Both replicas saw the work (each decided on it): 0 incidents is detection, not blindness.
+    for pod, decisions in result["decisions_logged"].items():
+        assert decisions["ROUTINE"] > 0 and decisions["NOTICE"] > 0 and decisions["INCIDENT"] == 0, (pod, decisions)
     assert result["writes_by_guard"] == 0, result["write_samples"]
     assert all(v == 0 for v in result["restarts"].values()), result["restarts"]
     assert sorted(result["leader"].values()) == [0.0, 1.0], result["leader"]
