@@ -73,3 +73,40 @@ def test_a_runbook_of_ones_own_is_mounted_from_a_config_map():
 def test_another_namespace_is_refused():
     proc = helm("template", "r", str(CHART), "--namespace", "default")
     assert proc.returncode != 0 and "responder-system" in proc.stderr
+
+
+@needs_helm
+def test_manifests_guard_is_what_the_chart_renders():
+    """`responder manifests guard` and `helm template` with the default values: the same objects (the
+    Namespace aside, which `helm install --create-namespace` makes; managed-by names the tool)."""
+    from responder.ops.guard_manifests import guard_manifests
+
+    proc = helm("template", "responder", str(CHART), "--namespace", "responder-system")
+    assert proc.returncode == 0, proc.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(proc.stdout) if d}
+    ours = {(d["kind"], d["metadata"]["name"]): d for d in guard_manifests()}
+    assert ours.pop(("Namespace", "responder-system"))["metadata"]["name"] == "responder-system"
+
+    def tool_neutral(value):
+        if isinstance(value, dict):
+            return {k: ("TOOL" if k == "app.kubernetes.io/managed-by" else tool_neutral(v)) for k, v in value.items()}
+        return [tool_neutral(v) for v in value] if isinstance(value, list) else value
+
+    assert sorted(ours) == sorted(rendered)
+    for key, doc in ours.items():
+        assert tool_neutral(doc) == tool_neutral(rendered[key]), key
+
+
+@needs_helm
+def test_notification_sinks_from_values():
+    docs = render("notifications.alertmanager={http://am-0:9093,http://am-1:9093}", "notifications.clusterName=prod",
+                  "notifications.webhook.secretName=slack")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith(("--alertmanager", "--cluster-name"))] == [
+        "--alertmanager=http://am-0:9093", "--alertmanager=http://am-1:9093", "--cluster-name=prod"]
+    webhook = [e for e in container["env"] if e["name"] == "RESPONDER_WEBHOOK_URL"]
+    assert webhook == [{"name": "RESPONDER_WEBHOOK_URL",
+                        "valueFrom": {"secretKeyRef": {"name": "slack", "key": "url"}}}]
+    [default] = [d for d in render() if d["kind"] == "Deployment"]
+    assert "RESPONDER_WEBHOOK_URL" not in str(default) and "--alertmanager" not in str(default)
