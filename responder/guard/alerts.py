@@ -219,8 +219,9 @@ class GuardAlerts:
 
     # -- the incident ------------------------------------------------------------------------------
 
-    def _incident(self, event: str, summary: str, description: str, *, severity: str = "critical",
-                  resolved: bool = False, **fields: Any) -> None:
+    def _incident(self, event: str, summary: str, description: str, *, resolved: bool = False,
+                  **fields: Any) -> None:
+        # One alert per incident, its labels fixed (severity included): each phase updates its annotations.
         session = self.session
         if self.notifier is None or session is None or session.journal is None:
             return
@@ -228,7 +229,7 @@ class GuardAlerts:
             session.trigger.event_received if session.trigger else time.time(), dt.timezone.utc)
         incident = session.journal.incident_id
         self.notifier.notify(Notice(
-            key=f"incident/{incident}", event=event, alertname="ResponderIncident", severity=severity,
+            key=f"incident/{incident}", event=event, alertname="ResponderIncident", severity="critical",
             cluster=self.cluster, incident=incident, summary=summary, description=description, resolved=resolved,
             starts_at=self._opened_at, fields={"event": event, "journal": session.journal.path.name, **fields}))
 
@@ -255,7 +256,7 @@ class GuardAlerts:
         pending = [step.id for step in session.runbook.steps if step.phase == "recover"]
         if pending and session.options.contain_only:
             self._incident("waiting-approval", f"incident {incident}: recovery waits for approval",
-                           f"recovery steps waiting: {', '.join(pending)}.", severity="warning", steps=pending)
+                           f"recovery steps waiting: {', '.join(pending)}.", steps=pending)
 
     def recovered(self, session: Session) -> None:
         """The incident is over: its alert resolved."""

@@ -206,3 +206,40 @@ def test_blind_streams_after_a_minute_down():
     assert blind_streams({"namespaces": (False, None), "tenants": (True, 1.0)}, down, now=161.0) == {"namespaces": 61.0}
     assert blind_streams({"namespaces": (True, 0.1), "tenants": (True, 1.0)}, down, now=170.0) == {}
     assert down == {}
+
+
+async def test_posture_problems_raised_once_then_cleared():
+    from responder.guard.alerts import GuardAlerts
+
+    notifier = Notifier([Sink("webhook", "http://hook")])
+    alerts = GuardAlerts(notifier, cluster="prod-1")
+    queue = notifier.queues[notifier.sinks[0]]
+    blind = alerts._posture_notice("watch-blind/tenants", "ResponderWatchBlind", "blind", "down 61 s", {"stream": "tenants"})
+    alerts.set_problems({"watch-blind/tenants": blind})
+    alerts.set_problems({"watch-blind/tenants": blind})  # still there: told once
+    assert queue.qsize() == 1 and "posture/watch-blind/tenants" in notifier.active
+    alerts.set_problems({})
+    cleared = [queue.get_nowait() for _ in range(queue.qsize())][-1]
+    assert (cleared.event, cleared.resolved, cleared.starts_at) == ("posture-cleared", True, blind.starts_at)
+    assert cleared.labels() == blind.labels() and notifier.active == {}
+    [alert] = alertmanager_payload(cleared)
+    assert alert["labels"]["stream"] == "tenants" and "endsAt" in alert
+
+
+async def test_incident_notices_wait_for_the_breakers_first_step():
+    from responder.guard.alerts import GuardAlerts
+    from responder.incident.engine import EngineEvent
+
+    class Opened:  # what the gate reads of a session
+        incident_opened = asyncio.Event()
+
+    alerts = GuardAlerts(Notifier([]), cluster="prod-1")
+    alerts.session = Opened()  # type: ignore[assignment]
+    await asyncio.wait_for(alerts._gate(), 1)  # no incident open: posture notices pass
+    Opened.incident_opened.set()
+    waiting = asyncio.create_task(alerts._gate())
+    alerts._on_engine_event(EngineEvent("write", "breaker", {}))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # a write on its way is not a write done
+    alerts._on_engine_event(EngineEvent("step-finished", "breaker", {"status": "finished"}))
+    await asyncio.wait_for(waiting, 1)
