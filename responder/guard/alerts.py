@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from responder.actions.breaker import read_armed_hold
-from responder.errors import EXIT_OK, ApiError
-from responder.guard.notify import Notice, Notifier, Sink
+from responder.errors import EXIT_OK, ApiError, JournalError
+from responder.guard.notify import REFRESH, Notice, Notifier, Sink
 from responder.incident import triage
 from responder.incident.engine import EngineEvent
+from responder.incident.journal import Journal
 from responder.recovery.decisions import candidate_backups, parse_time
 
 if TYPE_CHECKING:
@@ -190,6 +191,10 @@ class GuardAlerts:
         self._velero_read_at = float("-inf")
         self._posture: asyncio.Task[None] | None = None
         self._opened_at: dt.datetime | None = None
+        # The incident's journal, for notification outcomes: the session's while it runs, then reopened for
+        # appends (the session closes it when its run ends, and notices are still on their way).
+        self.journal: Journal | None = None
+        self._unjournaled: list[dict[str, Any]] = []
         if notifier is not None:
             notifier.gate = self._gate
             notifier.on_outcome = self._outcome
@@ -210,12 +215,18 @@ class GuardAlerts:
             self._posture = asyncio.create_task(self._posture_loop(status, leading), name="guard-posture")
 
     async def close(self) -> None:
-        if self._posture is not None:
-            self._posture.cancel()
-            await asyncio.gather(self._posture, return_exceptions=True)
+        self._stop_posture()
         if self.notifier is not None:
             self.gate_open.set()
             await self.notifier.close()
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def _stop_posture(self) -> None:
+        if self._posture is not None:
+            self._posture.cancel()  # it only awaits reads: nothing is cut in half
+            self._posture = None
 
     # -- the incident ------------------------------------------------------------------------------
 
@@ -241,8 +252,19 @@ class GuardAlerts:
                        trigger=trigger.kind if trigger else None)
 
     def ended(self, session: Session, code: int) -> None:
-        """The guard's headless run returned `code`: contained (then recovery waits for approval) or failed."""
+        """The guard's headless run returned `code`: contained (then recovery waits for approval) or failed.
+        Its watches and client are closed now: posture checks end with them."""
         self.gate_open.set()
+        self._stop_posture()
+        if self.enabled and session.journal is not None:
+            try:
+                self.journal = Journal.open(session.journal.path)
+            except JournalError as exc:
+                log.warning("notification outcomes will not be journaled: %s", exc)
+            else:
+                for record in self._unjournaled:
+                    self.journal.record("notification", **record)
+            self._unjournaled.clear()
         incident = session.journal.incident_id if session.journal else "?"
         states = Counter(row.state.value for row in triage.triage(session.view())) if session.journal else {}
         if code != EXIT_OK:
@@ -276,10 +298,15 @@ class GuardAlerts:
         if self.counter is not None:
             self.counter.labels(sink.kind, result).inc()
         session = self.session
-        if notice.incident and session is not None and session.journal is not None \
-                and session.journal.incident_id == notice.incident:
-            session.journal.record("notification", event=notice.event, sink=sink.kind, result=result,
-                                   attempts=attempts, started_at=started)
+        journal = self.journal or (session.journal if session is not None else None)
+        if notice.event == REFRESH or not notice.incident or journal is None or journal.incident_id != notice.incident:
+            return  # the incident's own notices only, not each minute's re-send
+        record = {"event": notice.event, "sink": sink.kind, "result": result, "attempts": attempts,
+                  "started_at": started}
+        try:
+            journal.record("notification", **record)
+        except JournalError:  # the session closed it; ended() reopens it and writes this
+            self._unjournaled.append(record)
 
     # -- posture -----------------------------------------------------------------------------------
 

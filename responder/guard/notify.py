@@ -11,6 +11,7 @@ only (a Slack webhook's path is its secret; httpx's error messages quote the URL
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # What the guard tells: an incident's phases, and posture problems (raised, then cleared).
 INCIDENT_EVENTS = ("opened", "contained", "waiting-approval", "recovered", "failed")
 POSTURE_EVENTS = ("posture", "posture-cleared")
+REFRESH = "refresh"  # a firing alert sent to Alertmanager again, so that it does not expire there
 RESULTS = ("sent", "failed", "dropped")  # responder_notifications_total{result}
 
 # Bearer tokens, JWTs (ServiceAccount tokens), and credentials in URLs: never in a payload.
@@ -246,7 +248,7 @@ class Notifier:
             except asyncio.TimeoutError:
                 if sink.kind == "alertmanager" and self.leading():
                     for firing in list(self.active.values()):  # Alertmanager drops what is not re-sent
-                        await self._deliver(sink, firing, quiet=True)
+                        await self._deliver(sink, dataclasses.replace(firing, event=REFRESH), quiet=True)
                 continue
             try:
                 if self.gate is not None:

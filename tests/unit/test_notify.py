@@ -243,3 +243,24 @@ async def test_incident_notices_wait_for_the_breakers_first_step():
     assert not waiting.done()  # a write on its way is not a write done
     alerts._on_engine_event(EngineEvent("step-finished", "breaker", {"status": "finished"}))
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_firing_alerts_are_sent_to_alertmanager_again_until_resolved():
+    receiver = Receiver()
+    outcomes: list[str] = []
+    notifier = Notifier([Sink("alertmanager", "http://am:9093")], refresh=0.05,
+                        on_outcome=lambda s, n, result, a, t: outcomes.append(n.event))
+    notifier.start()
+    assert notifier.http is not None
+    await notifier.http.aclose()
+    notifier.http = httpx.AsyncClient(transport=httpx.MockTransport(receiver))
+    notifier.notify(notice(event="opened"))
+    await asyncio.sleep(0.3)
+    assert outcomes[0] == "opened" and outcomes.count("refresh") >= 2
+    notifier.notify(notice(event="recovered", resolved=True))
+    await asyncio.sleep(0.05)
+    count = len(receiver.requests)
+    await asyncio.sleep(0.2)
+    await notifier.close()
+    assert len(receiver.requests) == count and outcomes[-1] == "recovered"  # resolved: no more re-sends
+    assert "endsAt" in json.loads(receiver.requests[-1].content)[0]
