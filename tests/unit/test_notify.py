@@ -264,3 +264,15 @@ async def test_firing_alerts_are_sent_to_alertmanager_again_until_resolved():
     await notifier.close()
     assert len(receiver.requests) == count and outcomes[-1] == "recovered"  # resolved: no more re-sends
     assert "endsAt" in json.loads(receiver.requests[-1].content)[0]
+
+
+def test_a_bad_sink_url_is_refused_without_quoting_it():
+    from responder.cli.guard import _sink_url
+    from responder.errors import ConfigError
+
+    assert _sink_url(HOOK, "$RESPONDER_WEBHOOK_URL") == HOOK
+    for bad in ("hooks.slack.com/services/T000/B000/XXXXSECRETXXXX", "ftp://am:9093"):
+        with pytest.raises(ConfigError) as refused:
+            _sink_url(bad, "$RESPONDER_WEBHOOK_URL")
+        assert "XXXXSECRETXXXX" not in str(refused.value) and "am:9093" not in str(refused.value)
+        assert "$RESPONDER_WEBHOOK_URL is not an http(s) URL" in str(refused.value)
