@@ -1,7 +1,8 @@
 """The guard's notifications on the lab (Capsule 0.14): a guard with both sinks, the lab's Alertmanager and a
 webhook receiver (an HTTP server in this test, its URL's path a secret given through the environment). The
-Tenant CRD deleted: contained; Alertmanager holds the incident's alert; the receiver got opened, contained
-and waiting-approval, with no token in them; the breaker's first write came before the first notification."""
+posture problem the lab has (its namespace hold is not armed) is told; the Tenant CRD deleted: contained;
+Alertmanager holds the incident's alert; the receiver got opened, contained and waiting-approval, with no
+token in them; the breaker's first write came before the first notification."""
 
 from __future__ import annotations
 
@@ -75,6 +76,16 @@ async def test_guard_notifies_alertmanager_and_a_webhook(lab_manager, tmp_path):
     try:
         guard.wait_for("leading")
         assert poll(lambda: guard.get("/readyz").status_code == 200, 60)
+        # Posture: the lab's namespace hold is not armed (no `responder protect`): told within a posture round.
+        posture = []
+        for _ in range(100):
+            posture = [a for a in await lab_alertmanager.alerts(am_url)
+                       if a["labels"].get("alertname") == "ResponderHoldNotArmed"]
+            if posture:
+                break
+            await asyncio.sleep(0.25)
+        assert posture and posture[0]["labels"]["cluster"] == "lab-notify", posture
+        assert any(body["event"] == "posture" for _, _, body in receiver.received), receiver.events()
         started = time.monotonic()
         await trigger(lab)
         guard.wait_for("incident handled", timeout=180)
