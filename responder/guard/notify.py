@@ -242,13 +242,18 @@ class Notifier:
 
     async def _drain(self, sink: Sink) -> None:
         queue = self.queues[sink]
+        refresh_at = time.monotonic() + self.refresh
         while True:
             try:
-                notice = await asyncio.wait_for(queue.get(), self.refresh)
+                notice = await asyncio.wait_for(queue.get(), max(0.0, refresh_at - time.monotonic()))
             except asyncio.TimeoutError:
-                if sink.kind == "alertmanager" and self.leading():
+                refresh_at = time.monotonic() + self.refresh
+                if sink.kind == "alertmanager" and self.active:
+                    if self.gate is not None:
+                        await self.gate()
                     for firing in list(self.active.values()):  # Alertmanager drops what is not re-sent
-                        await self._deliver(sink, dataclasses.replace(firing, event=REFRESH), quiet=True)
+                        if self.leading():
+                            await self._deliver(sink, dataclasses.replace(firing, event=REFRESH), quiet=True)
                 continue
             try:
                 if self.gate is not None:
