@@ -195,6 +195,7 @@ class GuardAlerts:
         # appends (the session closes it when its run ends, and notices are still on their way).
         self.journal: Journal | None = None
         self._unjournaled: list[dict[str, Any]] = []
+        self.ended_run = False  # the guard's headless run returned (ended()) or broke off
         if notifier is not None:
             notifier.gate = self._gate
             notifier.on_outcome = self._outcome
@@ -214,7 +215,9 @@ class GuardAlerts:
             self.notifier.start()
             self._posture = asyncio.create_task(self._posture_loop(status, leading), name="guard-posture")
 
-    async def close(self) -> None:
+    async def close(self, error: BaseException | None = None) -> None:
+        """Stop; what is queued gets a few seconds. `error`: what ended the guard's run, if anything."""
+        self._broke_off(error)
         self._stop_posture()
         if self.notifier is not None:
             self.gate_open.set()
@@ -254,17 +257,7 @@ class GuardAlerts:
     def ended(self, session: Session, code: int) -> None:
         """The guard's headless run returned `code`: contained (then recovery waits for approval) or failed.
         Its watches and client are closed now: posture checks end with them."""
-        self.gate_open.set()
-        self._stop_posture()
-        if self.enabled and session.journal is not None:
-            try:
-                self.journal = Journal.open(session.journal.path)
-            except JournalError as exc:
-                log.warning("notification outcomes will not be journaled: %s", exc)
-            else:
-                for record in self._unjournaled:
-                    self.journal.record("notification", **record)
-            self._unjournaled.clear()
+        self._end(session)
         incident = session.journal.incident_id if session.journal else "?"
         states = Counter(row.state.value for row in triage.triage(session.view())) if session.journal else {}
         if code != EXIT_OK:
@@ -279,6 +272,33 @@ class GuardAlerts:
         if pending and session.options.contain_only:
             self._incident("waiting-approval", f"incident {incident}: recovery waits for approval",
                            f"recovery steps waiting: {', '.join(pending)}.", steps=pending)
+
+    def _end(self, session: Session) -> None:
+        self.ended_run = True
+        self.gate_open.set()
+        self._stop_posture()
+        if self.enabled and session.journal is not None and self.journal is None:
+            try:
+                self.journal = Journal.open(session.journal.path)
+            except JournalError as exc:
+                log.warning("notification outcomes will not be journaled: %s", exc)
+            else:
+                for record in self._unjournaled:
+                    self.journal.record("notification", **record)
+            self._unjournaled.clear()
+
+    def _broke_off(self, error: BaseException | None) -> None:
+        """The guard's run ended in an exception with the incident open: failed, unless the replica was
+        stopped (SIGTERM) or lost the Lease, where the next leader takes the incident over."""
+        session = self.session
+        if (error is None or isinstance(error, KeyboardInterrupt | asyncio.CancelledError) or self.ended_run
+                or session is None or not session.incident_opened.is_set()):
+            return
+        self._end(session)
+        incident = session.journal.incident_id if session.journal else "?"
+        reason = (str(error).splitlines() or [""])[0][:300]
+        self._incident("failed", f"incident {incident}: the guard stopped on an error ({type(error).__name__})",
+                       f"{reason}; the on-call must act (see the journal).", error=type(error).__name__)
 
     def recovered(self, session: Session) -> None:
         """The incident is over: its alert resolved."""

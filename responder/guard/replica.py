@@ -161,7 +161,9 @@ class Guard:
                   "replica restarts as a standby", file=sys.stderr, flush=True)
             return EXIT_LEASE_HELD
         finally:
-            await self.alerts.close()  # what is queued goes out (a few seconds at most) while still leading
+            # What is queued goes out (a few seconds at most) while still leading; an error that ended the run
+            # with the incident open is told as failed.
+            await self.alerts.close(sys.exc_info()[1])
             await self.elector.release()
             if election is not None:
                 await asyncio.gather(election, return_exceptions=True)

@@ -276,3 +276,29 @@ def test_a_bad_sink_url_is_refused_without_quoting_it():
             _sink_url(bad, "$RESPONDER_WEBHOOK_URL")
         assert "XXXXSECRETXXXX" not in str(refused.value) and "am:9093" not in str(refused.value)
         assert "$RESPONDER_WEBHOOK_URL is not an http(s) URL" in str(refused.value)
+
+
+async def test_a_run_broken_off_by_an_error_is_told_as_failed_but_a_stop_is_not():
+    from responder.guard.alerts import GuardAlerts
+
+    told: list[Notice] = []
+
+    class Open:  # an open incident, as GuardAlerts reads it
+        incident_opened = asyncio.Event()
+        journal = None
+        trigger = None
+
+    Open.incident_opened.set()
+    for error, expected in ((KeyboardInterrupt(), []), (asyncio.CancelledError(), []), (None, []),
+                            (RuntimeError("boom\ndetail"), ["failed"])):
+        told.clear()
+        alerts = GuardAlerts(Notifier([]), cluster="prod-1")
+        alerts.notifier.notify = told.append  # type: ignore[method-assign]
+        alerts.session = Open()  # type: ignore[assignment]
+        alerts.journal = type("J", (), {"incident_id": "i-1", "path": type("P", (), {"name": "i-1.jsonl"})(),
+                                        "close": lambda self: None})()
+        Open.journal = alerts.journal
+        await alerts.close(error)
+        assert [n.event for n in told] == expected, error
+    assert told[0].summary == "incident i-1: the guard stopped on an error (RuntimeError)"
+    assert told[0].description.startswith("boom;")
