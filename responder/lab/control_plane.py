@@ -23,6 +23,7 @@ from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import pods, processes
+from responder.lab import alertmanager as lab_alertmanager
 from responder.lab import velero as lab_velero
 from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
@@ -131,11 +132,12 @@ class Lab:
 
     # -- up / down ----------------------------------------------------------------------------------
 
-    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, guard: bool = False,
-           out: TextIO = sys.stderr) -> Path:
+    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, alertmanager: bool = False,
+           guard: bool = False, out: TextIO = sys.stderr) -> Path:
         """Start everything (building first if needed); returns the admin kubeconfig path. With
-        `velero`, also the S3 server and the Velero server with a storage location Available; with `guard`,
-        responder's chart installed (2 replicas run by the kubelet, one leading)."""
+        `velero`, also the S3 server and the Velero server with a storage location Available; with
+        `alertmanager`, also an Alertmanager (on a running lab: started beside it); with `guard`, responder's
+        chart installed (2 replicas run by the kubelet, one leading)."""
         if capsule not in CAPSULE_VERSIONS:
             capsule_component(capsule)  # raises the clear error
         started = time.monotonic()
@@ -145,6 +147,10 @@ class Lab:
                 raise LabError(f"a lab with Capsule {current.get('capsule')} is already running in {self.dir}",
                                fix="run `responder lab down --wipe` first, or use another --state-dir")
             print(f"lab: already running ({self.dir})", file=out)
+            if alertmanager:
+                self.start_alertmanager(out=out)
+            if guard:
+                self.install_guard(out=out)
             return self.kubeconfig
         if current.get("capsule") and current.get("capsule") != capsule:
             raise LabError(f"{self.dir} holds a lab with Capsule {current['capsule']}",
@@ -203,6 +209,9 @@ class Lab:
             if velero:
                 self._start_velero(state, binaries, out)
                 asyncio.run(self._wait_velero_ready(out))
+            if alertmanager:
+                self.start_alertmanager(out=out)
+                state = self.state()
             if guard:
                 self.install_guard(out=out)
         except BaseException:
@@ -232,6 +241,18 @@ class Lab:
         """Each guard replica the kubelet runs: pod, pid, restarts, health and metrics URLs."""
         return [pods.replica_status(pod, entry) for pod, entry in sorted(pods.read_pods(self.dir).items())]
 
+    def start_alertmanager(self, *, out: TextIO = sys.stderr) -> str:
+        """Alertmanager beside the running lab (built first if needed); its URL. Already running: its URL."""
+        state = self.state()
+        running = self._records().get("alertmanager")
+        if lab_alertmanager.url(state) and running and processes.is_running(running):
+            return lab_alertmanager.url(state) or ""
+        binary = ensure_built(["alertmanager"], out=out)["alertmanager"]
+        address = lab_alertmanager.start(self, state, binary)
+        self._save(state)
+        print(f"lab: Alertmanager on {address}", file=out)
+        return address
+
     def _capsule_installed(self, state: dict[str, Any]) -> bool:
         """Whether kept state holds a completed Capsule install (its chart applied, its kubeconfig written)."""
         return bool(state.get("capsule_installed") and state.get("capsule_args")
@@ -256,7 +277,7 @@ class Lab:
             stopped.append("capsule")
         self.capsule_record_file.unlink(missing_ok=True)
         stopped += pods.stop_recorded(self.dir)  # none unless the kubelet died before stopping them
-        for name in ["velero", "s3", *order[1:]]:
+        for name in ["alertmanager", "velero", "s3", *order[1:]]:
             if name in records and processes.stop(records[name]):
                 stopped.append(name)
         state = self.state()
@@ -277,6 +298,7 @@ class Lab:
         return {"state_dir": str(self.dir), "exists": True, "kubeconfig": str(self.kubeconfig),
                 "capsule": state.get("capsule_version"), "kubernetes": state.get("kubernetes_version"),
                 "ports": state.get("ports"), "running": running, "ready_seconds": state.get("ready_seconds"),
+                "alertmanager": lab_alertmanager.url(state) if running.get("alertmanager") else None,
                 "audit_log": str(self.audit_log), "guard": self.guard_replicas()}
 
     # -- components ---------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The lab's kubelet for responder's guard: every Pod of the chart's Deployment (the ReplicaSet controller
 creates them; nothing schedules them) runs as a local process, as a kubelet would run its container.
 
-A pod's process gets what the container would: the chart's args; the env its spec gives (values and the
-Downward API's fieldRefs: POD_NAME, POD_NAMESPACE, ...); KUBERNETES_SERVICE_HOST/PORT; and its ServiceAccount's
+A pod's process gets what the container would: the chart's args; the env its spec gives (values, the
+Downward API's fieldRefs: POD_NAME, POD_NAMESPACE, ..., and Secret and ConfigMap keys); KUBERNETES_SERVICE_HOST/PORT; and its ServiceAccount's
 projected volume (a TokenRequest token bound to the pod, renewed at 80 % of its life as the kubelet does, the
 lab CA, the namespace), which the `kubernetes` package's in-cluster loader reads (responder/lab/pod_exec.py
 points the loader at the pod's copy of /var/run/secrets/kubernetes.io/serviceaccount). No kubeconfig and no
@@ -18,6 +18,7 @@ lists each replica: pod, pid, restarts, port (`responder lab status` shows it).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -81,8 +82,24 @@ def field_value(pod: dict[str, Any], path: str) -> str:
     raise ValueError(f"fieldRef {path} is not supported by the lab's kubelet")
 
 
-def container_env(pod: dict[str, Any], container: dict[str, Any], api_port: int) -> dict[str, str]:
-    """A container's environment: the service variables every pod gets, then its spec's env."""
+KEY_REFS = {"secretKeyRef": "secrets", "configMapKeyRef": "configmaps"}
+
+
+def key_refs(container: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The (resource, name, key) of each env value read from a Secret or ConfigMap."""
+    refs = []
+    for entry in container.get("env") or []:
+        for ref_kind, resource in KEY_REFS.items():
+            ref = (entry.get("valueFrom") or {}).get(ref_kind)
+            if ref:
+                refs.append((resource, ref["name"], ref["key"]))
+    return refs
+
+
+def container_env(pod: dict[str, Any], container: dict[str, Any], api_port: int,
+                  values: dict[tuple[str, str, str], str] | None = None) -> dict[str, str]:
+    """A container's environment: the service variables every pod gets, then its spec's env (`values`: what
+    its Secret and ConfigMap key references hold, by `key_refs`; one missing leaves the variable unset)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
            "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api_port),
            "KUBERNETES_SERVICE_PORT_HTTPS": str(api_port)}
@@ -91,6 +108,11 @@ def container_env(pod: dict[str, Any], container: dict[str, Any], api_port: int)
             env[entry["name"]] = str(entry["value"])
         elif (entry.get("valueFrom") or {}).get("fieldRef"):
             env[entry["name"]] = field_value(pod, entry["valueFrom"]["fieldRef"]["fieldPath"])
+        else:
+            for ref_kind, resource in KEY_REFS.items():
+                ref = (entry.get("valueFrom") or {}).get(ref_kind)
+                if ref and (resource, ref["name"], ref["key"]) in (values or {}):
+                    env[entry["name"]] = (values or {})[(resource, ref["name"], ref["key"])]
     return env
 
 
@@ -195,7 +217,14 @@ class GuardPods:
         mounts = await self._volumes(client, pod, container)
         ports = {int(p["containerPort"]): replica.port for p in (container.get("ports") or [])[:1]}
         args = container_argv(container, mounts=mounts, ports=ports)
-        env = container_env(pod, container, self.api_port)
+        values = {}
+        for resource, name, key in key_refs(container):
+            obj = await client.get_or_none(f"/api/v1/namespaces/{pod['metadata']['namespace']}/{resource}/{name}")
+            if resource == "secrets" and obj and key in (obj.get("data") or {}):
+                values[(resource, name, key)] = base64.b64decode(obj["data"][key]).decode()
+            elif obj and key in (obj.get("data") or {}):
+                values[(resource, name, key)] = obj["data"][key]
+        env = container_env(pod, container, self.api_port, values)
         home = self.pod_dir(replica.pod) / "home"
         home.mkdir(parents=True, exist_ok=True)
         env |= {"HOME": str(home), "TMPDIR": str(home)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.lab.pods import SOURCE_ROOT, container_argv, container_env, field_value
+from responder.lab.pods import SOURCE_ROOT, container_argv, container_env, field_value, key_refs
 
 POD = {
     "metadata": {"name": "responder-guard-7d9f-abcde", "namespace": "responder-system", "uid": "u-1",
@@ -19,14 +19,20 @@ POD = {
                           "--runbook=/opt/responder/runbooks/capsule-tenant-crd-deletion.yaml"],
                  "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                          {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                         {"name": "LOG_LEVEL", "value": "info"}],
+                         {"name": "LOG_LEVEL", "value": "info"},
+                         {"name": "RESPONDER_WEBHOOK_URL",
+                          "valueFrom": {"secretKeyRef": {"name": "hooks", "key": "url"}}}],
                  "ports": [{"name": "http", "containerPort": 8080}]}]},
 }
 
 
 def test_env_is_the_pods_not_the_hosts(monkeypatch):
     monkeypatch.setenv("KUBECONFIG", "/home/someone/.kube/config")
-    env = container_env(POD, POD["spec"]["containers"][0], api_port=6443)
+    container = POD["spec"]["containers"][0]
+    assert key_refs(container) == [("secrets", "hooks", "url")]
+    assert "RESPONDER_WEBHOOK_URL" not in container_env(POD, container, api_port=6443)  # the Secret not found
+    env = container_env(POD, container, api_port=6443, values={("secrets", "hooks", "url"): "https://hooks/x"})
+    assert env["RESPONDER_WEBHOOK_URL"] == "https://hooks/x"
     assert env["POD_NAME"] == "responder-guard-7d9f-abcde" and env["POD_NAMESPACE"] == "responder-system"
     assert env["LOG_LEVEL"] == "info"
     assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("127.0.0.1", "6443")
