@@ -26,11 +26,13 @@ from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD
 from responder.drill.guard_bench import GUARD_USER, metric, soak
 from responder.errors import EXIT_LEASE_HELD
 from responder.lab.apply import bind_cluster_admin
+from responder.lab.guard_chart import leader_metric
 from responder.lab.incident import persisted_writes_by
 from responder.lab.seed import seed
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 
 from .incident_helpers import namespace_states, run_responder, trigger
+from .test_guard import poll
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -60,20 +62,7 @@ def leader_of(lab) -> dict | None:
 
 
 def _leader(replica: dict) -> float | None:
-    try:
-        return metric(scrape(replica["metrics"]), "responder_leader")
-    except httpx.HTTPError:
-        return None
-
-
-def poll(condition, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return condition()
+    return leader_metric(replica["metrics"])
 
 
 def journal_records(lab, pod: str) -> list[dict]:
