@@ -148,6 +148,7 @@ class Session:
         # raises it instead of watching on as if nothing had happened.
         self.open_error: ResponderError | None = None
         self._open_failed = asyncio.Event()
+        self._waiters: list[asyncio.Future] = []  # wait_for_incident's, resolved when an incident opens or fails to
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
         self._snapshot: dict[str, Any] | None = None  # taken at the incident's opening, not yet journaled
@@ -243,15 +244,22 @@ class Session:
                 fix="see the log above; then run `responder run` to contain by hand")
             log.error("INCIDENT DETECTED BUT NOT OPENED (%s): %s", trigger.reason, exc)
             self._open_failed.set()
+            self._wake_waiters()
 
     async def wait_for_incident(self, timeout: float | None = None) -> None:
         """Until an incident is open. Raises what kept a detected one from opening, or TimeoutError."""
-        waits = [asyncio.ensure_future(self.incident_opened.wait()), asyncio.ensure_future(self._open_failed.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        if not (self.incident_opened.is_set() or self._open_failed.is_set()):
+            # A bare future, resolved by the opening itself: the waiter (who contains next) runs at the
+            # loop's next turn, not three turns later through Event.wait tasks and asyncio.wait.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.remove(waiter)
         if self.incident_opened.is_set():
             return
         if self.open_error is not None:
@@ -303,7 +311,13 @@ class Session:
             self.journal_snapshot()
         self.observer.yield_each_event = True  # until containment starts (contain())
         self.incident_opened.set()
+        self._wake_waiters()
         return self.journal
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def capture_snapshot(self) -> dict[str, Any]:
         """What recovery must return to, as seen before responder's first write: namespace -> Tenant,
