@@ -7,13 +7,13 @@ window apart; Capsule restarted by someone else (replicas 1 -> 0 -> 1); namespac
 Incident corpus (each case on a fresh lab, the namespace hold armed as doctor asks; the session contains): the
 Tenant CRD deleted; Tenants deleted in a burst; an owner deleting its namespace while the CRD is deleted; the
 CRD deleted and re-applied with the Tenants by a pipeline (new UIDs; recovery re-adopts); a late start (the
-self-arming hold in place, the CRD deleted and re-applied where it can be, responder started afterwards with
-stale or dangling Tenant references; recovery re-adopts). Measured per incident: detection latency (the
-triggering request sent -> its event received), the first write after detection (journaled and sent), the
-share of the namespaces alive at detection still alive, with the same UID, `--settle` seconds after the
-trigger (a namespace whose DELETE the API server admitted before detection, as its audit log says, was lost
-before responder could know of it, and is counted apart), and where recovery ran, how many namespaces end
-owned by the live Tenant of their name.
+self-arming hold in place, the CRD deleted and re-applied by the pipeline where it can be, responder started
+afterwards with stale (0.12) or dangling (0.14, the CRD still deleting) Tenant references; recovery
+re-adopts). Measured per incident: detection latency (the triggering request sent -> its event received),
+the first write after detection (its intent journaled), the share of the namespaces alive at detection still
+alive, with the same UID, `--settle` seconds after the trigger (a namespace whose DELETE the API server
+admitted before detection, as its audit log says, was lost before responder could know of it, and is
+counted apart), and where recovery ran, how many namespaces end owned by the live Tenant of their name.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ IDENTITY = "responder"
 ROUTINE_CASES = ("owner-deletes-namespaces", "offboard-one-tenant", "tenants-spread", "capsule-restarted",
                  "namespaces-created-labelled")
 INCIDENT_CASES = ("crd-deleted", "tenants-burst", "owner-delete-during-crd-deletion", "rebuilt", "late-start")
-LATE_START_S = 5.0  # how long after the CRD's DELETE responder starts, in the late-start case
+LATE_START_S = 15.0  # at most this long after the CRD's DELETE responder starts, in the late-start case
 
 
 def add_parser(bsub: argparse._SubParsersAction) -> None:
@@ -270,6 +270,7 @@ class IncidentRun:
     at_detection: dict[str, str] = field(default_factory=dict)
     deleted_on_purpose: set[str] = field(default_factory=set)
     recovered: dict[str, str] | None = None  # recovery step -> status, where it ran
+    adoption: dict[str, Any] = field(default_factory=dict)  # read right after recovery (adoption())
     missed: dict[str, Any] | None = None  # the result when no incident opened
 
 
@@ -292,7 +293,8 @@ async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenan
                 and session.observer.synced["namespaces"].is_set():
             run.at_detection.update((n["metadata"]["name"], n["metadata"]["uid"])
                                     for n in session.observer.objects("namespaces")
-                                    if n["metadata"]["name"] in namespaces and not n["metadata"].get("deletionTimestamp"))
+                                    if n["metadata"]["name"] in namespaces
+                                    and not n["metadata"].get("deletionTimestamp"))
 
     session.decision_listeners.append(count_alive)
     await session.preflight()
@@ -307,7 +309,11 @@ async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenan
             # A pipeline re-applies the CRD and the Tenants as soon as the old CRD is gone (0.12: within a second;
             # 0.14: once responder has released Capsule's Tenant finalizers): new UIDs, stale references.
             pipeline = asyncio.create_task(rebuild(admin, crd, tenants))
-            await asyncio.sleep(LATE_START_S)
+            # responder starts once the pipeline is done (stale references), or, where it cannot finish before
+            # responder releases the Tenants (0.14), LATE_START_S after the DELETE (dangling references).
+            await asyncio.wait([pipeline], timeout=LATE_START_S)
+            if pipeline.done():
+                pipeline.result()
             await session.start()
             session.check_late_start()
         else:
@@ -336,9 +342,12 @@ async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenan
         if recover or pipeline is not None:
             # Beside the pipeline, which retries its Tenants until Capsule's webhooks admit them again.
             results = await session.recover()
-            run.recovered = {step: outcome.status for step, outcome in results.items()}
+            run.recovered = {step: outcome.status if outcome.status != "failed" else f"failed: {outcome.summary[:300]}"
+                             for step, outcome in results.items()}
         if pipeline is not None:
             await asyncio.wait_for(pipeline, 180)
+        if run.recovered is not None:
+            run.adoption = await adoption(admin, run)
     finally:
         for task in (pipeline, triggering):
             if task is not None and not task.done():
@@ -409,14 +418,20 @@ async def measure(lab: Lab, admin: KubeClient, run: IncidentRun) -> dict[str, An
               "saved_share": round(len(survivors) / len(counted), 4) if counted else None,
               "lost": sorted(set(counted) - survivors)[:10], "contained": session.contained()}
     if run.recovered is not None:
-        tenants = {t["metadata"]["name"]: t for t in (await admin.list_all(TENANT_API))["items"]}
-        owned = {ns for tenant, names in run.tenants.items() for ns in names
-                 if ns in live and tenant in tenants and adopted_by(live[ns], tenants[tenant])}
-        alive_of_case = run.namespaces & set(live)
-        result.update({"recovery": run.recovered, "alive_of_case": len(alive_of_case),
-                       "owned_by_live_tenant": len(owned & alive_of_case),
-                       "not_owned": sorted(alive_of_case - owned)[:10]})
+        result.update({"recovery": run.recovered, **run.adoption})
     return result
+
+
+async def adoption(admin: KubeClient, run: IncidentRun) -> dict[str, Any]:
+    """Right after recovery: how many of the case's live namespaces are owned by the live Tenant of their name."""
+    live = {n["metadata"]["name"]: n for n in (await admin.list_all("/api/v1/namespaces"))["items"]
+            if not n["metadata"].get("deletionTimestamp")}
+    tenants = {t["metadata"]["name"]: t for t in (await admin.list_all(TENANT_API))["items"]}
+    owned = {ns for tenant, names in run.tenants.items() for ns in names
+             if ns in live and tenant in tenants and adopted_by(live[ns], tenants[tenant])}
+    alive_of_case = run.namespaces & set(live)
+    return {"alive_of_case": len(alive_of_case), "owned_by_live_tenant": len(owned & alive_of_case),
+            "not_owned": sorted(alive_of_case - owned)[:10]}
 
 
 def deleted_before(audit_log: Path, *, since: float, until: float) -> set[str]:
