@@ -269,6 +269,11 @@ class Journal:
             raise JournalError(f"cannot lock journal {path}: {exc.strerror}",
                                fix="keep journals on a local filesystem that supports flock") from exc
 
+    @property
+    def writable(self) -> bool:
+        """Open for appending (not read-only, not closed)."""
+        return self._fd is not None
+
     def close(self) -> None:
         """Release the lock, with every record on disk (those appended with sync=False included)."""
         if self._fd is not None:
