@@ -23,6 +23,7 @@ from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
 from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
+from responder.guard.record_keeper import RecordKeeper
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.response.leadership import WriterLease
@@ -98,6 +99,9 @@ class Guard:
         session.leadership = WriterLease(self.elector, owned=False)
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
+        # Between incidents the leader keeps the in-cluster tenant record (what a later responder recovers from).
+        self.record_keeper = asyncio.get_running_loop().create_task(
+            RecordKeeper(session, leading=lambda: self.elector.leading, writer=self.elector.me).run())
 
     async def _count_incident(self, session: Session) -> None:
         await session.incident_opened.wait()
