@@ -70,7 +70,7 @@ async def recovery_evidence(session: Session) -> dict[str, Any]:
     """Where what existed before the incident comes from, and what that says is lost. Reads only: the
     contents of a backup take a Velero DownloadRequest (a write), so `responder run` reads them, not plan."""
     view = session.view()
-    witnessed = {ns: t for ns, t in session.observer.shadow.namespace_tenants().items() if ns not in session.protected}
+    witnessed = {ns: t for ns, t in session.known_before.items() if ns not in session.protected}
     live = dict(view.namespaces)
     lost = recovery.lost_namespaces(witnessed, live)
     surviving = sorted(name for name, ns in live.items() if name not in session.protected

@@ -135,6 +135,7 @@ class Session:
         # Where what existed comes from, before any backup: this shadow copy, else the guard's record (preflight).
         self.evidence_source = "shadow copy"
         self.tenant_record: TenantRecord | None = None
+        self.known_before: dict[str, str] = {}
         self.detector = Detector(self.runbook.detection)
         # Every decision on what the watches show: the notable ones listed (log, feed, summary), all counted.
         self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
@@ -195,6 +196,9 @@ class Session:
         if not self.options.read_only:
             check_journal_dir(self.options.journal_dir)
         await self.load_tenant_record()
+        # What responder knew before it looked now (its shadow copy on disk, or the guard's record): the watches
+        # add what is alive, which says nothing of what existed before an incident.
+        self.known_before = dict(self.observer.shadow.namespace_tenants())
         # One writer per cluster: the Lease is held from here, before the first write (or LeaseHeld, exit 6).
         self.leadership = await hold_writer_lease(self)
 

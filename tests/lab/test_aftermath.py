@@ -366,7 +366,7 @@ async def test_aftermath_partial_recreates_only_what_is_missing(lab_manager, tmp
             plan = run_responder("plan", "--kubeconfig", str(kubeconfig), "--journal", str(journal), "-o", "json")
             assert plan.returncode == 0, plan.stderr[-3000:]
             evidence = json.loads(plan.stdout)["recovery"]
-            assert evidence["backup"] == "before-the-partial-loss" and evidence["surviving"] >= 2, evidence
+            assert evidence["source"] == "backup before-the-partial-loss" and evidence["surviving"] >= 2, evidence
             assert not journal.exists(), "plan left a journal directory behind"
 
             async def unfreeze_once_let_go() -> None:
