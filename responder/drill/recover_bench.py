@@ -98,7 +98,19 @@ async def recover_once(lab: Lab, namespaces: int) -> dict[str, Any]:
     async with KubeClient(load_cluster_access(str(lab.kubeconfig))) as admin:
         await bind_cluster_admin(admin, IDENTITY)
         progress(f"seeding {namespaces // PER_TENANT} Tenants x {PER_TENANT} namespaces with content")
-        seeded = await seed(admin, tenants=namespaces // PER_TENANT, namespaces_per_tenant=PER_TENANT, prefix="rb")
+
+        async def seeding_progress() -> None:
+            started = time.monotonic()
+            while True:
+                await asyncio.sleep(10)
+                present = len(await _tenant_namespaces(admin))
+                progress(f"seeding: {present} of {namespaces} tenant namespaces ({time.monotonic() - started:.0f}s)")
+
+        ticker = asyncio.create_task(seeding_progress())
+        try:
+            seeded = await seed(admin, tenants=namespaces // PER_TENANT, namespaces_per_tenant=PER_TENANT, prefix="rb")
+        finally:
+            ticker.cancel()
         progress(f"seeded in {seeded.seconds:.0f}s; backing up")
         started = time.monotonic()
         backup = await create_backup(admin, BACKUP, timeout=3600)
@@ -121,7 +133,7 @@ async def recover_once(lab: Lab, namespaces: int) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-m", "responder", "run", "--yes", "--kubeconfig", str(kubeconfig),
                              "--journal", str(journal), "-o", "json"], stdout=subprocess.PIPE, stderr=sys.stderr,
                             text=True)
-    out, _ = await asyncio.to_thread(proc.communicate)
+    out, _ = await asyncio.to_thread(proc.communicate)  # its progress (steps, Velero's items) goes to stderr
     responder_s = time.monotonic() - started
     summary = json.loads(out) if out.strip() else {}
     rec = summary.get("recovery") or {}
