@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
 from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
+from responder.guard.alerts import GuardAlerts
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
+from responder.guard.notify import Notifier
 from responder.guard.record_keeper import RecordKeeper
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
@@ -39,7 +41,7 @@ class Guard:
     (responder.cli.respond.run_headless, given by the command line: the guard sits below it)."""
 
     def __init__(self, access: ClusterAccess, options: SessionOptions, *, respond: RunHeadless, bind: str, port: int,
-                 output: str | None) -> None:
+                 output: str | None, notifier: Notifier | None = None, cluster_name: str = "") -> None:
         self.respond = respond
         self.access = access
         self.options = options
@@ -55,6 +57,8 @@ class Guard:
         self.leading = asyncio.Event()
         self.last_event: dict[str, float] = {}  # stream -> monotonic time of its last event
         self.lost = False
+        self.alerts = GuardAlerts(notifier, cluster=cluster_name or access.context or access.display_server,
+                                  counter=self.metrics.notifications)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -99,6 +103,7 @@ class Guard:
         session.leadership = WriterLease(self.elector, owned=False)
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
+        self.alerts.attach(session, self.status, lambda: self.elector.leading)
         # Between incidents the leader keeps the in-cluster tenant record (what a later responder recovers from).
         self.record_keeper = asyncio.get_running_loop().create_task(
             RecordKeeper(session, leading=lambda: self.elector.leading, writer=self.elector.me).run())
@@ -121,6 +126,7 @@ class Guard:
             await session.wait_for_incident(None)
         assert session.trigger is not None and session.journal is not None
         print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
+        self.alerts.opened(session)  # sent once the breaker's first step is done (the notifier's gate)
 
     async def run(self) -> int:
         main = asyncio.current_task()
@@ -140,6 +146,8 @@ class Guard:
             election.add_done_callback(lambda task: self._election_ended(task, main))
             code = await self.respond(self.access, self.options, self._open_when_leading, self.output,
                                       on_session=self._attach)
+            if self.session is not None and self.session.incident_opened.is_set():
+                self.alerts.ended(self.session, code)
             print(f"guard {self.elector.me}: incident handled (exit {code}); keeping the Lease so no other responder "
                   "acts on this cluster until the guard is stopped", file=sys.stderr, flush=True)
             await self._until_stopped()
@@ -157,6 +165,9 @@ class Guard:
                   "replica restarts as a standby", file=sys.stderr, flush=True)
             return EXIT_LEASE_HELD
         finally:
+            # What is queued goes out (a few seconds at most) while still leading; an error that ended the run
+            # with the incident open is told as failed.
+            await self.alerts.close(sys.exc_info()[1])
             await self.elector.release()
             if election is not None:
                 await asyncio.gather(election, return_exceptions=True)

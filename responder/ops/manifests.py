@@ -466,8 +466,9 @@ def chart_rules_yaml() -> str:
 # ---- command line ---------------------------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC)")
+def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """`manifests` and its `rbac`; returns the kinds, for `manifests guard` (responder.ops.guard_manifests)."""
+    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC, the guard)")
     kinds = manifests.add_subparsers(dest="manifest", required=True)
     rbac = kinds.add_parser("rbac", help="least-privilege ClusterRole + ClusterRoleBinding (+ ServiceAccount)")
     rbac.add_argument("--identity-kind", choices=IDENTITY_KINDS, default="ServiceAccount",
@@ -481,6 +482,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="the Capsule controller Deployment the scale rule is limited to")
     rbac.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     rbac.set_defaults(handler=cmd_rbac)
+    return kinds
 
 
 def cmd_rbac(args: argparse.Namespace) -> int:
