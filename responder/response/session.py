@@ -25,6 +25,7 @@ from responder.incident.detect import DETECTION_LOGGER, INCIDENT, NOTICE, ROUTIN
 from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
 from responder.incident.journal import Journal
+from responder.incident.record import TenantRecord, read_tenant_record
 from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
 from responder.incident.shadow import Shadow
@@ -73,6 +74,7 @@ class SessionOptions:
     http2: bool = True
     bulk_connections: int = 16  # HTTP/1.1 connections for batched writes (0: send them through httpx)
     contain_only: bool = False  # stop after the contain phase (recover later with run --resume)
+    read_only: bool = False  # `plan`: nothing written, on the cluster or on disk (no journal directory, no shadow file)
 
 
 async def whoami(client: KubeClient) -> str:
@@ -129,7 +131,11 @@ class Session:
                                                      options.extra_protected)
         shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"
         self.observer = ClusterObserver(self.client, capsule=options.capsule, shadow=Shadow.load(shadow_path),
-                                        shadow_path=shadow_path)
+                                        shadow_path=None if options.read_only else shadow_path)
+        # Where what existed comes from, before any backup: this shadow copy, else the guard's record (preflight).
+        self.evidence_source = "shadow copy"
+        self.tenant_record: TenantRecord | None = None
+        self.known_before: dict[str, str] = {}
         self.detector = Detector(self.runbook.detection)
         # Every decision on what the watches show: the notable ones listed (log, feed, summary), all counted.
         self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
@@ -188,9 +194,28 @@ class Session:
         # Read once, before any incident: the breaker marks the armed hold only where it is installed.
         self.hold_not_armed = await read_armed_hold(self.client)
         self.self_hold = await read_self_hold(self.client)
-        check_journal_dir(self.options.journal_dir)
+        if not self.options.read_only:
+            check_journal_dir(self.options.journal_dir)
+        await self.load_tenant_record()
+        # What responder knew before it looked now (its shadow copy on disk, or the guard's record): the watches
+        # add what is alive, which says nothing of what existed before an incident.
+        self.known_before = dict(self.observer.shadow.namespace_tenants())
         # One writer per cluster: the Lease is held from here, before the first write (or LeaseHeld, exit 6).
         self.leadership = await hold_writer_lease(self)
+
+    async def load_tenant_record(self) -> None:
+        """With no shadow copy of its own (responder never ran here, or ran elsewhere), the guard's in-cluster
+        record says what existed: it becomes the shadow copy the watches then keep current."""
+        if self.observer.shadow.namespaces:
+            return
+        record = await read_tenant_record(self.client)
+        if record is None or not record.shadow.namespaces:
+            return
+        self.tenant_record = record
+        self.observer.shadow = record.shadow
+        self.evidence_source = record.source
+        log.info("no shadow copy of its own: what existed comes from the %s (%d Tenants, %d namespaces)",
+                 record.source, len(record.shadow.tenants), len(record.shadow.namespaces))
 
     async def start(self) -> None:
         self.observer.subscribe(self._on_event)
@@ -327,7 +352,7 @@ class Session:
         return {"namespaces": {ns: t for ns, t in shadow.namespace_tenants().items() if ns not in self.protected},
                 "owners": {ns: dict(e["owner"]) for ns, e in shadow.namespaces.items() if e.get("owner")},
                 "webhooks": dict(shadow.webhooks), "capsule_replicas": shadow.capsule_replicas,
-                "tenants": sorted(shadow.tenants)}
+                "tenants": sorted(shadow.tenants), "source": self.evidence_source}
 
     def journal_snapshot(self) -> None:
         """Journal the snapshot taken when the incident opened, once."""
