@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help=f"health and metrics port: /healthz, /readyz, /metrics (default {DEFAULT_PORT}; "
                             "0: a free port, printed on stderr)")
     guard.add_argument("--bind", default="0.0.0.0", help="the address the endpoint listens on (default 0.0.0.0)")
+    guard.add_argument("--recovery", choices=["approval", "auto"], default="approval",
+                       help="approval (default): each recovery step that asks for a confirmation waits until it is "
+                            "approved on the Incident (`responder approve INCIDENT STEP`); auto: recovery runs at once")
     guard.add_argument("-o", "--output", choices=["json", "yaml"], default=None,
                        help="the incident's summary on stdout once contained")
     guard.set_defaults(handler=cmd_guard)
@@ -33,6 +36,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port} is not a TCP port", fix="pass a port from 1 to 65535 (or 0: any free one)")
     access = load_cluster_access(args.kubeconfig, args.context)  # in-cluster (ServiceAccount) without a kubeconfig
     options = session_options(args, runbook=args.runbook, auto=True, yes=True)
-    options.contain_only = True  # recovery stays with the on-call
+    # Recovery runs only as approved on the Incident (or at once with --recovery auto).
+    options.confirm_recovery = args.recovery == "approval"
     return asyncio.run(Guard(access, options, respond=run_headless, bind=args.bind, port=args.port,
-                             output=args.output).run())
+                             output=args.output, recovery=args.recovery).run())

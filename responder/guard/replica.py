@@ -23,8 +23,11 @@ from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
 from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
+from responder.guard.incident_keeper import IncidentKeeper
+from responder.guard.takeover import resume_open_incident
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
+from responder.response.incident_object import IncidentStore
 from responder.response.leadership import WriterLease
 from responder.response.session import Session, SessionOptions
 
@@ -38,7 +41,7 @@ class Guard:
     (responder.cli.respond.run_headless, given by the command line: the guard sits below it)."""
 
     def __init__(self, access: ClusterAccess, options: SessionOptions, *, respond: RunHeadless, bind: str, port: int,
-                 output: str | None) -> None:
+                 output: str | None, recovery: str = "approval") -> None:
         self.respond = respond
         self.access = access
         self.options = options
@@ -54,6 +57,10 @@ class Guard:
         self.leading = asyncio.Event()
         self.last_event: dict[str, float] = {}  # stream -> monotonic time of its last event
         self.lost = False
+        self.recovery = recovery  # "approval": recovery steps wait for approvals on the Incident; "auto"
+        self.incidents = IncidentStore(lease_client(access))  # a small client of its own, off the hot path
+        self.keeper: IncidentKeeper | None = None
+        self.resume_checked = False  # the cluster's open Incidents looked at since leading: may open one now
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -96,6 +103,10 @@ class Guard:
         """Before the session's preflight: it writes under this elector, which the guard manages."""
         self.session = session
         session.leadership = WriterLease(self.elector, owned=False)
+        # A standby opens nothing: a new leader first resumes an incident open in the cluster.
+        session.may_open = lambda: self.elector.leading and self.resume_checked
+        self.keeper = IncidentKeeper(session, self.incidents, leader=self.elector.me, recovery=self.recovery)
+        self.keeper.attach()
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
 
@@ -112,6 +123,17 @@ class Guard:
             print(f"guard {self.elector.me}: standby (the leader is {self.elector.leader or 'unknown'}); "
                   "watches warm, no writes", file=sys.stderr, flush=True)
             await self.leading.wait()
+        assert self.keeper is not None
+        self.keeper.start()
+        incident = await resume_open_incident(session, self.incidents, leader=self.elector.me)
+        self.resume_checked = True
+        if incident is not None:
+            self.keeper.adopt(incident)
+            assert session.journal is not None
+            print(f"INCIDENT {session.journal.incident_id}: resumed from the cluster (Incident "
+                  f"{incident['metadata']['name']}, {(incident.get('status') or {}).get('phase', 'Detected')})",
+                  file=sys.stderr, flush=True)
+            return
         session.check_late_start()
         if not session.incident_opened.is_set():
             await session.wait_for_incident(None)
@@ -136,6 +158,8 @@ class Guard:
             election.add_done_callback(lambda task: self._election_ended(task, main))
             code = await self.respond(self.access, self.options, self._open_when_leading, self.output,
                                       on_session=self._attach)
+            if self.keeper is not None:
+                await self.keeper.finish(code)
             print(f"guard {self.elector.me}: incident handled (exit {code}); keeping the Lease so no other responder "
                   "acts on this cluster until the guard is stopped", file=sys.stderr, flush=True)
             await self._until_stopped()
@@ -157,6 +181,9 @@ class Guard:
             if election is not None:
                 await asyncio.gather(election, return_exceptions=True)
             await self.elector.client.aclose()
+            if self.keeper is not None:
+                await self.keeper.close()
+            await self.incidents.client.aclose()
             await self.server.stop()
 
     def _election_ended(self, task: asyncio.Task[None], main: asyncio.Task) -> None:
