@@ -2,8 +2,8 @@
 off the hot path, and the approvals recovery steps wait on.
 
 Nothing here writes before the breaker's first write: the Incident and its snapshot are created once that
-write is out (its step has finished, or a second has passed), on a small client of their own, and status
-changes are flushed at most once a second. Recovery steps that need a confirmation wait until the
+write's request is on its way, on a small client of their own (the snapshot encoded in a thread, so the
+loop keeps serving containment), and status changes are flushed at most once a second. Recovery steps that need a confirmation wait until the
 Incident's spec.approvals names them (`responder approve`), unless the guard runs with `--recovery auto`.
 """
 
@@ -26,7 +26,6 @@ from responder.response.session import Session
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1.0  # seconds between status writes, at most
-FIRST_WRITE_GRACE = 1.0  # create the Incident this long after the first write at the latest
 
 
 class IncidentKeeper:
@@ -52,7 +51,7 @@ class IncidentKeeper:
                                and (s.confirm or getattr(ACTIONS[s.action].spec, "destructive", False))]
         self._last_contain = next((s.id for s in reversed(session.runbook.steps) if s.phase == "contain"), None)
         self._dirty = asyncio.Event()
-        self._step_ended = asyncio.Event()
+        self._creating = asyncio.Lock()
         self._opening: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -90,20 +89,22 @@ class IncidentKeeper:
                          finishedAt=now_rfc3339(event.at))
             if event.step == self._last_contain and self.phase in (DETECTED, CONTAINING):
                 self.phase = CONTAINED
-            self._step_ended.set()
         else:
             return
         self._dirty.set()
 
     async def _open_after_first_write(self) -> None:
-        try:
-            await asyncio.wait_for(self._step_ended.wait(), timeout=FIRST_WRITE_GRACE)
-        except asyncio.TimeoutError:
-            pass
+        # One turn of the loop: the breaker's first request is on its way before this one is made. As soon
+        # as that, so a leader killed mid-containment leaves its successor the Incident and the snapshot.
+        await asyncio.sleep(0)
         await self.ensure_created()
 
     async def ensure_created(self) -> None:
         """Create the Incident and its snapshot (once); a failure is logged and tried again at the next flush."""
+        async with self._creating:
+            await self._create()
+
+    async def _create(self) -> None:
         if self.incident is not None or self.session.journal is None or self.session.trigger is None:
             return
         journal = self.session.journal
@@ -123,7 +124,9 @@ class IncidentKeeper:
         except Exception as exc:  # noqa: BLE001 - the record must never stop containment
             self.incident = None
             log.warning("the Incident could not be written (tried again in %.0fs): %s", self.flush_every, exc)
-        self._dirty.set()
+            self._dirty.set()
+            return
+        await self.flush()  # its status at once: a successor may need it any moment now
 
     def adopt(self, incident: dict[str, Any]) -> None:
         """A new leader resumes an incident another leader opened: its Incident, steps and approvals."""

@@ -17,6 +17,7 @@ protects, so it is not journaled, and it stays after the incident as its history
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as _dt
 import gzip
@@ -211,7 +212,7 @@ class IncidentStore:
 
     async def write_snapshot(self, name: str, snapshot: dict[str, Any]) -> dict[str, Any]:
         """Written once, on its own: status flushes never resend it. Returns status.snapshot."""
-        entry = encode_snapshot(snapshot)
+        entry = await asyncio.to_thread(encode_snapshot, snapshot)  # 10,000 namespaces: not on the loop
         await self.patch_status(name, {"snapshot": entry})
         return entry
 
