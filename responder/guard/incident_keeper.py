@@ -52,6 +52,7 @@ class IncidentKeeper:
         self._last_contain = next((s.id for s in reversed(session.runbook.steps) if s.phase == "contain"), None)
         self._dirty = asyncio.Event()
         self._creating = asyncio.Lock()
+        self._records_written: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -89,6 +90,9 @@ class IncidentKeeper:
                          finishedAt=now_rfc3339(event.at))
             if event.step == self._last_contain and self.phase in (DETECTED, CONTAINING):
                 self.phase = CONTAINED
+            if entry.get("phase") == "recover" and status != "skipped":
+                # Written before the finished step is: a successor that skips it has what it journaled.
+                self._records_written = asyncio.get_running_loop().create_task(self._write_recovery_records())
         else:
             return
         self._dirty.set()
@@ -114,7 +118,7 @@ class IncidentKeeper:
             snapshot = self.session.pending_snapshot() or _journaled_snapshot(journal.records())
             if snapshot is not None and self.name is not None:
                 try:
-                    await self.store.write_snapshot(self.name, snapshot)
+                    await self.store.write_packed(self.name, "snapshot", snapshot)
                     self.snapshot_written = True
                 except ValueError as exc:  # too large for the object: a new leader uses its own shadow copy
                     log.warning("the Incident %s holds no snapshot: %s", self.name, exc)
@@ -127,6 +131,16 @@ class IncidentKeeper:
             self._dirty.set()
             return
         await self.flush()  # its status at once: a successor may need it any moment now
+
+    async def _write_recovery_records(self) -> None:
+        journal = self.session.journal
+        if journal is None or self.name is None:
+            return
+        records = [r for r in journal.records() if str(r.get("kind", "")).startswith("recovery-")]
+        try:
+            await self.store.write_packed(self.name, "recoveryRecords", records)
+        except Exception as exc:  # noqa: BLE001 - a successor would run the step again: logged, not fatal
+            log.warning("the Incident %s's recovery records could not be written: %s", self.name, exc)
 
     def adopt(self, incident: dict[str, Any]) -> None:
         """A new leader resumes an incident another leader opened: its Incident, steps and approvals."""
@@ -176,6 +190,8 @@ class IncidentKeeper:
             if self.incident is None:
                 return False
         assert self.name is not None
+        if self._records_written is not None:  # the records before the step that journaled them shows finished
+            await asyncio.gather(self._records_written, return_exceptions=True)
         try:
             await self.store.patch_status(self.name, self.status())
             return True

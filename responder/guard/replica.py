@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
-from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
+from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ApiError, ConfigError
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
 from responder.guard.incident_keeper import IncidentKeeper
 from responder.guard.takeover import resume_open_incident
@@ -125,7 +125,12 @@ class Guard:
             await self.leading.wait()
         assert self.keeper is not None
         self.keeper.start()
-        incident = await resume_open_incident(session, self.incidents, leader=self.elector.me)
+        try:
+            incident = await resume_open_incident(session, self.incidents, leader=self.elector.me)
+        except ApiError as exc:  # no Incident to read (RBAC, the CRD): contain from what this replica sees
+            log.error("the cluster's open Incidents could not be read (%s %s): an incident under way is detected "
+                      "anew from this replica's own view", exc.status, exc.api_message)
+            incident = None
         self.resume_checked = True
         if incident is not None:
             self.keeper.adopt(incident)

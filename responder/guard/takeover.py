@@ -7,7 +7,8 @@ cluster shows are recorded as done, with the undo payloads the snapshot gives:
 - the breaker: Capsule at 0 replicas (the replicas to return to from the snapshot), responder's exemption
   in Capsule's webhook configurations (their matchConditions from before, from the snapshot);
 - detach: each namespace the snapshot saw with a Tenant ownerReference that no longer carries one;
-- every step the Incident lists as finished (or failed, or skipped).
+- every step the Incident lists as finished (or failed, or skipped), and what the finished recovery steps
+  journaled for the steps after them (status.recoveryRecords: the backup chosen, the Tenants recreated, ...).
 The engine then runs what is left: a finished step is not run again, a step in progress is resumed (its
 actions look at the cluster before writing), and an approved recovery step runs without a second approval.
 """
@@ -90,7 +91,7 @@ async def resume_open_incident(session: Session, store: IncidentStore, *, leader
         return None
     incident = incidents[-1]
     status = incident.get("status") or {}
-    snapshot = store.read_snapshot(incident)
+    snapshot = store.read_packed(incident, "snapshot")
     spec_trigger = (incident.get("spec") or {}).get("trigger") or {}
     trigger = Trigger(str(spec_trigger.get("kind", "manual")), str(spec_trigger.get("reason", "")),
                       float(spec_trigger.get("event_received") or time.time()), tuple(spec_trigger.get("objects") or ()))
@@ -121,6 +122,8 @@ async def resume_open_incident(session: Session, store: IncidentStore, *, leader
         writes = []
         log.warning("the Incident %s has no snapshot (its leader died before writing it): recovery returns to this "
                     "replica's shadow copy", incident["metadata"]["name"])
+    for record in store.read_packed(incident, "recoveryRecords") or []:
+        journal.record(record["kind"], **{k: v for k, v in record.items() if k not in ("seq", "ts", "incident", "kind")})
     for step in status.get("steps") or []:
         if step.get("status") in STEP_ENDS and step.get("id"):
             journal.step(step["id"], step["status"], detail=f"{INHERITED}: {step.get('summary', '')}"[:500])

@@ -8,7 +8,8 @@ result, who approved what, and where the pre-incident snapshot is.
 
 The snapshot (what recovery returns to: namespace -> Tenant, each namespace's Tenant ownerReference,
 Capsule's webhook configurations and replicas, the Tenant names) is gzip'd JSON in status.snapshot, written
-once: 10,000 namespaces in 500 Tenants take ~63 KB of the object, well under etcd's 1.5 MiB request limit,
+once; what each finished recovery step journaled for the steps after it (recovery-* records: the backup chosen,
+the Tenants recreated, the restore) goes in status.recoveryRecords the same way: 10,000 namespaces in 500 Tenants take ~63 KB of the object, well under etcd's 1.5 MiB request limit,
 and no other object (nor permission) is needed. A standby that takes over mid-incident reads it here.
 
 The Incident is responder's own record, like the writer Lease: it is not a write to what an incident
@@ -62,6 +63,7 @@ def _open_object(properties: dict[str, Any] | None = None) -> dict[str, Any]:
 def incident_crd() -> dict[str, Any]:
     """The CustomResourceDefinition (installed by the chart, `responder protect` and `responder lab up`)."""
     string, time = {"type": "string"}, {"type": "string", "format": "date-time"}
+    packed = {"type": "object", "properties": {"data": string, "bytes": {"type": "integer"}, "sha256": string}}
     approval = {"type": "object", "required": ["step", "approver", "approvedAt"],
                 "properties": {"step": string, "approver": string, "approvedAt": time}}
     step = {"type": "object", "required": ["id"],
@@ -84,8 +86,8 @@ def incident_crd() -> dict[str, Any]:
             "waitingFor": string,
             "approvalSteps": {"type": "array", "items": string},
             "approvals": {"type": "array", "items": approval},
-            "snapshot": {"type": "object", "properties": {
-                "data": string, "bytes": {"type": "integer"}, "sha256": string}},
+            "snapshot": packed,
+            "recoveryRecords": packed,
             "updatedAt": time}}}}
     columns = [{"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                {"name": "Trigger", "type": "string", "jsonPath": ".status.trigger.kind"},
@@ -156,22 +158,21 @@ def approval_refused(incident: dict[str, Any], step: str) -> ConfigError | None:
 # ---- the snapshot, in the Incident's status -----------------------------------------------------------------
 
 
-def encode_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """status.snapshot: the snapshot as gzip'd JSON (base64), its size and checksum; ValueError when it would
-    not fit in the object (etcd's request limit)."""
-    data = gzip.compress(json.dumps(snapshot, sort_keys=True, separators=(",", ":")).encode(), mtime=0)
+def pack_json(value: Any) -> dict[str, Any]:
+    """`value` as status holds it: gzip'd JSON (base64), its size and checksum; ValueError when it would not fit
+    in the object (etcd's request limit)."""
+    data = gzip.compress(json.dumps(value, sort_keys=True, separators=(",", ":")).encode(), mtime=0)
     text = base64.b64encode(data).decode()
     if len(text) > SNAPSHOT_MAX_CHARS:
-        raise ValueError(f"the snapshot is {len(text)} bytes encoded, more than the Incident holds "
-                         f"({SNAPSHOT_MAX_CHARS})")
+        raise ValueError(f"{len(text)} bytes encoded, more than the Incident holds ({SNAPSHOT_MAX_CHARS})")
     return {"data": text, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def decode_snapshot(entry: dict[str, Any]) -> dict[str, Any]:
-    """The snapshot back from status.snapshot; ValueError when its checksum does not match."""
+def unpack_json(entry: dict[str, Any]) -> Any:
+    """The value back from pack_json's entry; ValueError when its checksum does not match."""
     data = base64.b64decode(entry.get("data") or "")
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        raise ValueError("the snapshot's checksum does not match its data")
+        raise ValueError("the checksum does not match the data")
     return json.loads(gzip.decompress(data))
 
 
@@ -210,16 +211,15 @@ class IncidentStore:
                 raise
             return existing
 
-    async def write_snapshot(self, name: str, snapshot: dict[str, Any]) -> dict[str, Any]:
-        """Written once, on its own: status flushes never resend it. Returns status.snapshot."""
-        entry = await asyncio.to_thread(encode_snapshot, snapshot)  # 10,000 namespaces: not on the loop
-        await self.patch_status(name, {"snapshot": entry})
-        return entry
+    async def write_packed(self, name: str, field: str, value: Any) -> None:
+        """status.<field> = pack_json(value), on its own: status flushes never resend it."""
+        entry = await asyncio.to_thread(pack_json, value)  # 10,000 namespaces: not on the loop
+        await self.patch_status(name, {field: entry})
 
     @staticmethod
-    def read_snapshot(incident: dict[str, Any]) -> dict[str, Any] | None:
-        entry = (incident.get("status") or {}).get("snapshot")
-        return decode_snapshot(entry) if entry and entry.get("data") else None
+    def read_packed(incident: dict[str, Any], field: str) -> Any:
+        entry = (incident.get("status") or {}).get(field)
+        return unpack_json(entry) if entry and entry.get("data") else None
 
     async def patch_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return await self.client.patch(f"{self.path(name)}/status", {"status": status}, patch_type=MERGE_PATCH,

@@ -14,7 +14,7 @@ from responder.guard.takeover import inherited_writes
 from responder.incident.observe import CapsuleTarget
 from responder.ops.manifests import incident_crd_yaml, rbac_rules
 from responder.response.incident_object import (CONTAINED, RECOVERED, SNAPSHOT_MAX_CHARS, WAITING, approval_refused,
-                                                approvals_of, decode_snapshot, encode_snapshot, incident_crd,
+                                                approvals_of, unpack_json, pack_json, incident_crd,
                                                 incident_name, is_open)
 
 ETCD_REQUEST_LIMIT = 1_572_864  # bytes (etcd's default --max-request-bytes)
@@ -57,19 +57,19 @@ def test_the_role_lets_the_guard_keep_incidents_and_their_snapshots():
 
 def test_the_snapshot_of_10000_namespaces_fits_in_the_incident_and_comes_back_whole():
     snapshot = big_snapshot()
-    entry = encode_snapshot(snapshot)
+    entry = pack_json(snapshot)
     assert len(json.dumps({"status": {"snapshot": entry}})) < SNAPSHOT_MAX_CHARS + 1000 < ETCD_REQUEST_LIMIT
-    assert decode_snapshot(entry) == snapshot
+    assert unpack_json(entry) == snapshot
     print(f"\n10,000 namespaces in 500 Tenants: {len(entry['data'])} bytes in status.snapshot")
     tampered = dict(entry, sha256="0" * 64)
     with pytest.raises(ValueError, match="checksum"):
-        decode_snapshot(tampered)
+        unpack_json(tampered)
 
 
 def test_a_snapshot_too_large_for_the_object_is_refused(monkeypatch):
     monkeypatch.setattr("responder.response.incident_object.SNAPSHOT_MAX_CHARS", 1000)
     with pytest.raises(ValueError, match="more than the Incident holds"):
-        encode_snapshot(big_snapshot(2_000, 100))
+        pack_json(big_snapshot(2_000, 100))
 
 
 def test_names_and_open_incidents():
