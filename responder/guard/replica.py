@@ -105,6 +105,8 @@ class Guard:
         session.leadership = WriterLease(self.elector, owned=False)
         # A standby opens nothing: a new leader first resumes an incident open in the cluster.
         session.may_open = lambda: self.elector.leading and self.resume_checked
+        if not session.has_phase("recover"):  # a runbook without recovery: the incident ends contained
+            session.options.contain_only = True
         self.keeper = IncidentKeeper(session, self.incidents, leader=self.elector.me, recovery=self.recovery)
         self.keeper.attach()
         session.observer.subscribe(self._on_event)

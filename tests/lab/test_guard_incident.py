@@ -50,13 +50,13 @@ def lean_runbook(directory: Path) -> Path:
     return path
 
 
-def kill_at_first_detach(guard: GuardProcess, journal_dir: Path, timeout: float) -> dict[str, int]:
-    """SIGKILL the guard as soon as its journal holds a detach intent; what its journal held then."""
+def kill_mid_detach(guard: GuardProcess, journal_dir: Path, timeout: float) -> dict[str, int]:
+    """SIGKILL the guard as soon as its journal holds an answered detach write; what its journal held then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in journal_dir.glob("inc-*.jsonl"):
             text = path.read_text()
-            if '"action":"detach"' in text:
+            if '"action":"detach"' in text and '"kind":"outcome"' in text[text.index('"action":"detach"'):]:
                 guard.proc.send_signal(signal.SIGKILL)
                 guard.proc.wait()
                 records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -98,9 +98,9 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
 
         # The Tenant CRD deleted; the leader SIGKILLed as its detach begins.
         started = await trigger(lab)
-        at_kill = await asyncio.to_thread(kill_at_first_detach, a, tmp_path / "journal-a", 120)
+        at_kill = await asyncio.to_thread(kill_mid_detach, a, tmp_path / "journal-a", 120)
         killed = time.monotonic()
-        assert at_kill["ok"] < len(namespaces), at_kill  # mid-detach: not every namespace was detached yet
+        assert 0 < at_kill["intents"] and at_kill["ok"] < len(namespaces), at_kill  # mid-detach
         b.wait_for("resumed from the cluster", timeout=LEASE_DURATION + 4 * RETRY_PERIOD + 30)
         takeover_s = time.monotonic() - killed
         assert takeover_s <= LEASE_DURATION + 2 * RETRY_PERIOD + 5, takeover_s
@@ -140,12 +140,15 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
         assert set(patches) >= {n for n, s in states.items() if s == "alive"}, len(patches)
         # The new leader's journal: the dead leader's writes inherited from the cluster, the rest its own.
         journal = read_journal(next((tmp_path / "journal-b").glob("inc-*.jsonl")))
-        inherited = [r for r in journal if r["kind"] == "outcome" and "previous leader" in r.get("detail", "")]
-        own = [r for r in journal if r["kind"] == "intent" and r.get("action") == "detach"
-               and not any(o["intent"] == r["seq"] for o in inherited)]
-        print(f"guard failover: detach writes inherited {sum(1 for r in journal if r['kind'] == 'intent' and r.get('action') == 'detach') - len(own)}, "
-              f"made by the new leader {len(own)}")
+        detach = {r["seq"] for r in journal if r["kind"] == "intent" and r.get("action") == "detach"}
+        ok = [r for r in journal if r["kind"] == "outcome" and r["intent"] in detach and r["status"] == "ok"]
+        inherited_detach = sum(1 for r in ok if "previous leader" in r["detail"])
+        own = len(ok) - inherited_detach
+        print(f"guard failover: detach writes inherited from the cluster {inherited_detach}, made by the new leader "
+              f"{own}")
         assert any(r["kind"] == "takeover" for r in journal)
+        # Every persisted detach is in the new leader's journal, once: the dead leader's as inherited.
+        assert inherited_detach + own == len(patches), (inherited_detach, own, len(patches))
 
         # Bad input: one message, exit 2, nothing written.
         since = time.time()
@@ -178,8 +181,12 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
         status = final["status"]
         assert [a["step"] for a in status["approvals"]] == approved == status["approvalSteps"], status
         assert all(a["approver"] == ADMIN_USER for a in status["approvals"])
-        recover = {s["id"]: s for s in status["steps"] if s["phase"] == "recover"}
-        assert all(s["status"] == "finished" for s in recover.values()), recover
+        recover = {s["id"]: s["status"] for s in status["steps"] if s["phase"] == "recover"}
+        print(f"guard recovery: {recover}")
+        # No Velero on this lab: choose-backup finds no backup and the restore has nothing to do (skipped); every
+        # Tenant is recreated from the shadow copy, every namespace re-adopted, Capsule back, verified.
+        assert recover["verify"] == "finished" and recover["restore"] in ("finished", "skipped"), recover
+        assert all(recover[step] == "finished" for step in approved if step != "restore"), recover
         journal = read_journal(next((tmp_path / "journal-b").glob("inc-*.jsonl")))
         runs = Counter(r["step"] for r in journal if r["kind"] == "step" and r["status"] == "started")
         assert all(runs[step] == 1 for step in approved), runs  # each approved step ran once
