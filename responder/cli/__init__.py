@@ -26,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     from responder import report
     from responder.cli import approve, guard, respond
     from responder.drill import bench, command as drill_command
-    from responder.ops import check, doctor, manifests, protect
+    from responder.ops import check, doctor, guard_manifests, manifests, protect
     from responder.lab import cli as lab_cli
 
     respond.add_parsers(sub)
     report.add_parser(sub)
-    manifests.add_parser(sub)
+    guard_manifests.add_parser(manifests.add_parser(sub))
     doctor.add_parser(sub)
     protect.add_parser(sub)
     check.add_parser(sub)

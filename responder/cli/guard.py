@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from urllib.parse import urlsplit
 
 from responder.cli.respond import run_headless, session_options
-from responder.cluster.kubeconfig import load_cluster_access
+from responder.cluster.kubeconfig import ClusterAccess, load_cluster_access
 from responder.errors import ConfigError
+from responder.guard.notify import Notifier, Sink, sinks_from
 from responder.guard.replica import Guard
 from responder.response.console import cluster_flags
+from responder.response.session import SessionOptions
 
 DEFAULT_PORT = 8080
+WEBHOOK_ENV = "RESPONDER_WEBHOOK_URL"  # the webhook's URL is its secret: from a Secret, not the command line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "approved on the Incident (`responder approve INCIDENT STEP`); auto: recovery runs at once")
     guard.add_argument("-o", "--output", choices=["json", "yaml"], default=None,
                        help="the incident's summary on stdout once contained")
+    guard.add_argument("--alertmanager", action="append", default=[], metavar="URL",
+                       help="send alerts to this Alertmanager (its base URL; POST /api/v2/alerts); repeat for each "
+                            "member of an Alertmanager cluster")
+    guard.add_argument("--webhook-env", default=WEBHOOK_ENV, metavar="VAR",
+                       help=f"the environment variable holding a JSON webhook's URL (Slack-compatible incoming "
+                            f"webhook; default {WEBHOOK_ENV}; unset or empty: no webhook)")
+    guard.add_argument("--cluster-name", default="",
+                       help="the cluster label of every alert (default: the kubeconfig context, or the API server)")
     guard.set_defaults(handler=cmd_guard)
 
 
@@ -38,5 +51,19 @@ def cmd_guard(args: argparse.Namespace) -> int:
     options = session_options(args, runbook=args.runbook, auto=True, yes=True)
     # Recovery runs only as approved on the Incident (or at once with --recovery auto).
     options.confirm_recovery = args.recovery == "approval"
-    return asyncio.run(Guard(access, options, respond=run_headless, bind=args.bind, port=args.port,
-                             output=args.output, recovery=args.recovery).run())
+    sinks = sinks_from([_sink_url(url, "--alertmanager") for url in args.alertmanager],
+                       _sink_url(os.environ.get(args.webhook_env, "").strip(), f"${args.webhook_env}") or None)
+    return asyncio.run(_run(access, options, args, sinks))
+
+
+async def _run(access: ClusterAccess, options: SessionOptions, args: argparse.Namespace, sinks: list[Sink]) -> int:
+    notifier = Notifier(sinks) if sinks else None
+    return await Guard(access, options, respond=run_headless, bind=args.bind, port=args.port, output=args.output,
+                       notifier=notifier, cluster_name=args.cluster_name, recovery=args.recovery).run()
+
+
+def _sink_url(url: str, where: str) -> str:
+    """`url` if it is an http(s) URL; the message never quotes it (a webhook's URL is its credential)."""
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise ConfigError(f"{where} is not an http(s) URL", fix=f"set {where} to http(s)://HOST[:PORT][/PATH]")
+    return url

@@ -63,6 +63,9 @@ class GuardMetrics:
                                 registry=self.registry)
         self.breaker = Enum("responder_breaker", "the breaker: ready, tripped by this replica, or failed",
                             states=BREAKER_STATES, registry=self.registry)
+        self.notifications = Counter("responder_notifications", "notifications by sink and result: sent, failed "
+                                     "(given up after retries), dropped (queue full, or not leading)",
+                                     ["sink", "result"], registry=self.registry)
 
     def update(self, status: GuardStatus) -> None:
         self.leader.set(1 if status.leader else 0)

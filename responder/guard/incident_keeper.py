@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from responder.actions import ACTIONS
@@ -50,11 +51,24 @@ class IncidentKeeper:
         self.approval_steps = [s.id for s in session.runbook.steps if s.phase == "recover"
                                and (s.confirm or getattr(ACTIONS[s.action].spec, "destructive", False))]
         self._last_contain = next((s.id for s in reversed(session.runbook.steps) if s.phase == "contain"), None)
+        # (phase, the step waiting for approval) on each change: the guard's notifications follow them.
+        self.phase_listeners: list[Callable[[str, str | None], None]] = []
         self._dirty = asyncio.Event()
         self._creating = asyncio.Lock()
         self._records_written: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    def _set_phase(self, phase: str, waiting_for: str | None = None) -> None:
+        changed = (phase, waiting_for) != (self.phase, self.waiting_for)
+        self.phase, self.waiting_for = phase, waiting_for
+        if not changed:
+            return
+        for listener in self.phase_listeners:
+            try:
+                listener(phase, waiting_for)
+            except Exception:  # a broken listener must not stop the incident
+                log.exception("phase listener failed")
 
     @property
     def name(self) -> str | None:
@@ -77,9 +91,9 @@ class IncidentKeeper:
             self.steps[event.step] = {"id": event.step, "phase": phase, "status": "running",
                                       "startedAt": now_rfc3339(event.at), "leader": self.leader}
             if phase == "contain" and self.phase == DETECTED:
-                self.phase = CONTAINING
+                self._set_phase(CONTAINING)
             elif phase == "recover" and (self.recovery == "auto" or self.approved) and self.phase != FAILED:
-                self.phase = RECOVERING
+                self._set_phase(RECOVERING)
         elif event.kind == "step-finished":
             entry = self.steps.setdefault(event.step, {"id": event.step, "phase": self._phase_of.get(event.step, ""),
                                                        "leader": self.leader})
@@ -89,7 +103,7 @@ class IncidentKeeper:
             entry.update(status=status, summary=str(event.data.get("summary", ""))[:500],
                          finishedAt=now_rfc3339(event.at))
             if event.step == self._last_contain and self.phase in (DETECTED, CONTAINING):
-                self.phase = CONTAINED
+                self._set_phase(CONTAINED)
             if entry.get("phase") == "recover" and status != "skipped":
                 # Written before the finished step is: a successor that skips it has what it journaled.
                 self._records_written = asyncio.get_running_loop().create_task(self._write_recovery_records())
@@ -207,12 +221,14 @@ class IncidentKeeper:
             return
         recovered = any(s.get("phase") == "recover" and s.get("status") == "finished" for s in self.steps.values())
         if code != 0:
-            self.phase, self.reason = FAILED, f"the guard's session ended with exit {code}"
+            self.reason = f"the guard's session ended with exit {code}"
+            self._set_phase(FAILED)
         elif recovered:
-            self.phase = RECOVERED
+            self._set_phase(RECOVERED)
         elif self.phase in (DETECTED, CONTAINING):
-            self.phase = CONTAINED
-        self.waiting_for = None
+            self._set_phase(CONTAINED)
+        else:
+            self._set_phase(self.phase)
         if self._opening is None:  # nothing was written: the Incident is still worth having
             self._opening = asyncio.get_running_loop().create_future()
             self._opening.set_result(None)
@@ -248,7 +264,7 @@ class IncidentKeeper:
                 return True
             if not announced:
                 announced = True
-                self.phase, self.waiting_for = WAITING, request.step
+                self._set_phase(WAITING, request.step)
                 self._dirty.set()
                 print(f"guard {self.leader}: recovery step {request.step!r} waits for approval: responder approve "
                       f"{self.name or '(the incident)'} {request.step}", file=sys.stderr, flush=True)
@@ -261,7 +277,7 @@ class IncidentKeeper:
         if self.session.journal is not None:
             self.session.journal.record("approval", step=step, approver=approval.get("approver", ""),
                                         approved_at=approval.get("approvedAt", ""), incident_object=self.name)
-        self.phase, self.waiting_for = RECOVERING, None
+        self._set_phase(RECOVERING)
         self._dirty.set()
 
 

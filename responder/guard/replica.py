@@ -22,12 +22,14 @@ from collections.abc import Awaitable, Callable
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
 from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ApiError, ConfigError
+from responder.guard.alerts import GuardAlerts
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
 from responder.guard.incident_keeper import IncidentKeeper
+from responder.guard.notify import Notifier
 from responder.guard.takeover import resume_open_incident
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
-from responder.response.incident_object import IncidentStore
+from responder.response.incident_object import CONTAINED, RECOVERED, WAITING, IncidentStore
 from responder.response.leadership import WriterLease
 from responder.response.session import Session, SessionOptions
 
@@ -41,7 +43,8 @@ class Guard:
     (responder.cli.respond.run_headless, given by the command line: the guard sits below it)."""
 
     def __init__(self, access: ClusterAccess, options: SessionOptions, *, respond: RunHeadless, bind: str, port: int,
-                 output: str | None, recovery: str = "approval") -> None:
+                 output: str | None, notifier: Notifier | None = None, cluster_name: str = "",
+                 recovery: str = "approval") -> None:
         self.respond = respond
         self.access = access
         self.options = options
@@ -57,6 +60,8 @@ class Guard:
         self.leading = asyncio.Event()
         self.last_event: dict[str, float] = {}  # stream -> monotonic time of its last event
         self.lost = False
+        self.alerts = GuardAlerts(notifier, cluster=cluster_name or access.context or access.display_server,
+                                  counter=self.metrics.notifications)
         self.recovery = recovery  # "approval": recovery steps wait for approvals on the Incident; "auto"
         self.incidents = IncidentStore(lease_client(access))  # a small client of its own, off the hot path
         self.keeper: IncidentKeeper | None = None
@@ -96,6 +101,15 @@ class Guard:
             self.leading.clear()
             print(f"guard {self.elector.me}: {change.event} the Lease", file=sys.stderr, flush=True)
 
+    def _on_phase(self, phase: str, waiting_for: str | None) -> None:
+        """The Incident's phase changed: contained and waiting for approval are told as they happen."""
+        if self.session is None:
+            return
+        if phase == CONTAINED:
+            self.alerts.contained(self.session)
+        elif phase == WAITING and waiting_for:
+            self.alerts.waiting(self.session, [waiting_for])
+
     def _on_event(self, event) -> None:
         self.last_event[event.resource] = time.monotonic()
 
@@ -108,9 +122,11 @@ class Guard:
         if not session.has_phase("recover"):  # a runbook without recovery: the incident ends contained
             session.options.contain_only = True
         self.keeper = IncidentKeeper(session, self.incidents, leader=self.elector.me, recovery=self.recovery)
+        self.keeper.phase_listeners.append(self._on_phase)
         self.keeper.attach()
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
+        self.alerts.attach(session, self.status, lambda: self.elector.leading)
 
     async def _count_incident(self, session: Session) -> None:
         await session.incident_opened.wait()
@@ -146,6 +162,7 @@ class Guard:
             await session.wait_for_incident(None)
         assert session.trigger is not None and session.journal is not None
         print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
+        self.alerts.opened(session)  # sent once the breaker's first step is done (the notifier's gate)
 
     async def run(self) -> int:
         main = asyncio.current_task()
@@ -167,6 +184,10 @@ class Guard:
                                       on_session=self._attach)
             if self.keeper is not None:
                 await self.keeper.finish(code)
+            if self.session is not None and self.session.incident_opened.is_set():
+                self.alerts.ended(self.session, code)
+                if self.keeper is not None and self.keeper.phase == RECOVERED:
+                    self.alerts.recovered(self.session)
             print(f"guard {self.elector.me}: incident handled (exit {code}); keeping the Lease so no other responder "
                   "acts on this cluster until the guard is stopped", file=sys.stderr, flush=True)
             await self._until_stopped()
@@ -184,6 +205,9 @@ class Guard:
                   "replica restarts as a standby", file=sys.stderr, flush=True)
             return EXIT_LEASE_HELD
         finally:
+            # What is queued goes out (a few seconds at most) while still leading; an error that ended the run
+            # with the incident open is told as failed.
+            await self.alerts.close(sys.exc_info()[1])
             await self.elector.release()
             if election is not None:
                 await asyncio.gather(election, return_exceptions=True)

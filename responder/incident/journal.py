@@ -266,6 +266,11 @@ class Journal:
             raise JournalError(f"cannot lock journal {path}: {exc.strerror}",
                                fix="keep journals on a local filesystem that supports flock") from exc
 
+    @property
+    def writable(self) -> bool:
+        """Open for appending (not read-only, not closed)."""
+        return self._fd is not None
+
     def close(self) -> None:
         """Release the lock. Records are already on disk; closing is not needed for durability."""
         if self._fd is not None:

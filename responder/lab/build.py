@@ -64,6 +64,9 @@ COMPONENTS: dict[str, GoComponent] = {
         "capsule-0.12", "capsule-0.12.4", {"capsule": "github.com/projectcapsule/capsule/cmd"},
         # This release is missing from the checksum database the proxy serves; go.sum pins its hash.
         env={"GONOSUMDB": "github.com/projectcapsule/capsule"}),
+    # The guard's notifications go to it (`lab build --alertmanager`); built only when asked for.
+    "alertmanager": GoComponent(
+        "alertmanager", "alertmanager", {"alertmanager": "github.com/prometheus/alertmanager/cmd/alertmanager"}),
 }
 
 

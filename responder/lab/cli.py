@@ -22,9 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), action="append",
                        help="Capsule line(s) to build (default: all)")
     build.add_argument("--velero", action="store_true", help="also build the Velero server and its S3 plugin")
+    build.add_argument("--alertmanager", action="store_true", help="also build Alertmanager (the guard's alerts)")
     up = labsub.add_parser("up", help="start the lab in the background and print the kubeconfig path")
     up.add_argument("--capsule", choices=sorted(CAPSULE_VERSIONS), default=DEFAULT_CAPSULE)
     up.add_argument("--velero", action="store_true", help="also run Velero with an S3 server (moto) on loopback")
+    up.add_argument("--alertmanager", action="store_true",
+                    help="also run Alertmanager on loopback (its URL in `lab status`); on a running lab, start it")
     down = labsub.add_parser("down", help="stop every process the lab started")
     down.add_argument("--wipe", action="store_true", help="also delete the lab's state directory")
     labsub.add_parser("status", help="what runs, where, and since when")
@@ -50,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.lab_command
     if cmd == "build":
         lines = args.capsule or sorted(CAPSULE_VERSIONS)
-        ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines), *(["velero"] if args.velero else [])])
+        ensure_built(["k8s", "helm", *(f"capsule-{c}" for c in lines), *(["velero"] if args.velero else []),
+                      *(["alertmanager"] if args.alertmanager else [])])
         return EXIT_OK
     if cmd == "up":
-        print(lab.up(capsule=args.capsule, velero=args.velero))
+        print(lab.up(capsule=args.capsule, velero=args.velero, alertmanager=args.alertmanager))
         return EXIT_OK
     if cmd == "down":
         stopped = lab.down(wipe=args.wipe)

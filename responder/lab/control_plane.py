@@ -23,6 +23,7 @@ from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import ApiError, LabError
 from responder.lab import processes
+from responder.lab import alertmanager as lab_alertmanager
 from responder.lab import velero as lab_velero
 from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.build import CAPSULE_VERSIONS, DEFAULT_CAPSULE, K8S_VERSION, capsule_component, ensure_built
@@ -132,9 +133,11 @@ class Lab:
 
     # -- up / down ----------------------------------------------------------------------------------
 
-    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, out: TextIO = sys.stderr) -> Path:
+    def up(self, *, capsule: str = DEFAULT_CAPSULE, velero: bool = False, alertmanager: bool = False,
+           out: TextIO = sys.stderr) -> Path:
         """Start everything (building first if needed); returns the admin kubeconfig path. With
-        `velero`, also the S3 server and the Velero server with a storage location Available."""
+        `velero`, also the S3 server and the Velero server with a storage location Available; with
+        `alertmanager`, also an Alertmanager (on a running lab: started beside it)."""
         if capsule not in CAPSULE_VERSIONS:
             capsule_component(capsule)  # raises the clear error
         started = time.monotonic()
@@ -144,6 +147,8 @@ class Lab:
                 raise LabError(f"a lab with Capsule {current.get('capsule')} is already running in {self.dir}",
                                fix="run `responder lab down --wipe` first, or use another --state-dir")
             print(f"lab: already running ({self.dir})", file=out)
+            if alertmanager:
+                self.start_alertmanager(out=out)
             return self.kubeconfig
         if current.get("capsule") and current.get("capsule") != capsule:
             raise LabError(f"{self.dir} holds a lab with Capsule {current['capsule']}",
@@ -202,6 +207,9 @@ class Lab:
             if velero:
                 self._start_velero(state, binaries, out)
                 asyncio.run(self._wait_velero_ready(out))
+            if alertmanager:
+                self.start_alertmanager(out=out)
+                state = self.state()
         except BaseException:
             print(f"lab: start failed; logs in {self.logs}", file=out)
             raise
@@ -210,6 +218,18 @@ class Lab:
         print(f"lab: ready in {state['ready_seconds']:.1f}s (Kubernetes {K8S_VERSION}, Capsule "
               f"{CAPSULE_VERSIONS[capsule]})", file=out)
         return self.kubeconfig
+
+    def start_alertmanager(self, *, out: TextIO = sys.stderr) -> str:
+        """Alertmanager beside the running lab (built first if needed); its URL. Already running: its URL."""
+        state = self.state()
+        running = self._records().get("alertmanager")
+        if lab_alertmanager.url(state) and running and processes.is_running(running):
+            return lab_alertmanager.url(state) or ""
+        binary = ensure_built(["alertmanager"], out=out)["alertmanager"]
+        address = lab_alertmanager.start(self, state, binary)
+        self._save(state)
+        print(f"lab: Alertmanager on {address}", file=out)
+        return address
 
     def _capsule_installed(self, state: dict[str, Any]) -> bool:
         """Whether kept state holds a completed Capsule install (its chart applied, its kubeconfig written)."""
@@ -234,7 +254,7 @@ class Lab:
         if capsule and processes.stop(capsule):
             stopped.append("capsule")
         self.capsule_record_file.unlink(missing_ok=True)
-        for name in ["velero", "s3", *order[1:]]:
+        for name in ["alertmanager", "velero", "s3", *order[1:]]:
             if name in records and processes.stop(records[name]):
                 stopped.append(name)
         state = self.state()
@@ -255,6 +275,7 @@ class Lab:
         return {"state_dir": str(self.dir), "exists": True, "kubeconfig": str(self.kubeconfig),
                 "capsule": state.get("capsule_version"), "kubernetes": state.get("kubernetes_version"),
                 "ports": state.get("ports"), "running": running, "ready_seconds": state.get("ready_seconds"),
+                "alertmanager": lab_alertmanager.url(state) if running.get("alertmanager") else None,
                 "audit_log": str(self.audit_log)}
 
     # -- components ---------------------------------------------------------------------------------

@@ -459,8 +459,9 @@ def chart_rules_yaml() -> str:
 # ---- command line ---------------------------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC, its CRD)")
+def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """`manifests` and its `rbac`; returns the kinds, for `manifests guard` (responder.ops.guard_manifests)."""
+    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC, the guard, the Incident CRD)")
     kinds = manifests.add_subparsers(dest="manifest", required=True)
     rbac = kinds.add_parser("rbac", help="least-privilege ClusterRole + ClusterRoleBinding (+ ServiceAccount)")
     rbac.add_argument("--identity-kind", choices=IDENTITY_KINDS, default="ServiceAccount",
@@ -478,6 +479,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "Incident the guard keeps; the chart installs it)")
     crd.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     crd.set_defaults(handler=cmd_crd)
+    return kinds
 
 
 def incident_crd_yaml() -> str:

@@ -58,7 +58,8 @@ def journal_leadership(session: Any) -> Callable[[LeadershipChange], None]:
         if change.event == "lost":
             log.error("this responder no longer holds the cluster's Lease (now %s): another responder may write",
                       change.holder or "nobody")
-        if session.journal is not None:
+        # The Lease is released after the session's journal is closed (the command is ending): nothing to add.
+        if session.journal is not None and session.journal.writable:
             session.journal.record("leadership", event=change.event, holder=change.holder,
                                    previous_holder=change.previous_holder, transitions=change.transitions)
     return on_change

@@ -90,14 +90,15 @@ class GuardProcess:
         return self.proc.wait(timeout=timeout)
 
 
-def start_guard(name: str, kubeconfig: Path, directory: Path, *extra: str) -> GuardProcess:
+def start_guard(name: str, kubeconfig: Path, directory: Path, *extra: str,
+                env: dict[str, str] | None = None) -> GuardProcess:
     journal = directory / f"journal-{name}"
     journal.mkdir(parents=True, exist_ok=True)
     port = free_port()
     out, err = directory / f"{name}.stdout", directory / f"{name}.stderr"
     proc = subprocess.Popen([*RESPONDER, "guard", "--kubeconfig", str(kubeconfig), "--journal", str(journal),
                              "--port", str(port), "--bind", "127.0.0.1", "-o", "json", *extra],
-                            stdout=open(out, "w"), stderr=open(err, "w"), env=dict(os.environ))
+                            stdout=open(out, "w"), stderr=open(err, "w"), env={**os.environ, **(env or {})})
     return GuardProcess(name, proc, port, err, out)
 
 

@@ -4,10 +4,8 @@
 operator "who knows what they are doing"). No responder runs until `responder run --yes` (a late start), which
 detaches, recovers and lifts the hold.
 
-OBSERVE_S: how long the namespaces are watched with no responder running. The issue asks for 120 s; 30 s here
-(CI budget): the garbage collector (0.12) and Capsule (0.14) retry every refused DELETE within seconds, so the
-audit log shows each of them refused many times over in that window, and nothing in the cluster changes after
-it but the retries' backoff.
+OBSERVE_S: how long the namespaces are watched with no responder running: 120 s, long enough for the garbage
+collector (0.12) and Capsule (0.14) to retry every refused DELETE many times over with their backoff.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ from .incident_helpers import client_for, namespace_states, read_journal, run_re
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
-OBSERVE_S = 30.0
+OBSERVE_S = 120.0
 GC = "system:serviceaccount:kube-system:generic-garbage-collector"
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
@@ -191,6 +189,8 @@ async def test_no_responder_running_the_api_server_holds_then_a_late_start_recov
 
 async def test_the_crd_rebuilt_with_its_tenants_keeps_the_hold_until_responder_readopts(lab_manager, tmp_path,
                                                                                       unprotect_after):
+    # Capsule 0.12 only: on 0.14 the CRD's deletion waits on Capsule's Tenant finalizer, which waits on the
+    # namespace DELETEs the hold refuses, so the CRD stays Terminating and no pipeline can re-apply it.
     lab, kubeconfig, seeded, journal = await prepared(lab_manager, "0.12", 3, 4, tmp_path, unprotect_after)
     namespaces = set(seeded.namespaces)
     async with client_for(lab.kubeconfig) as admin:

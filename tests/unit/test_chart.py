@@ -4,8 +4,10 @@ with the lab's helm (when built: ~/.cache/responder/bin/helm-*/helm)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,57 @@ def test_a_runbook_of_ones_own_is_mounted_from_a_config_map():
 def test_another_namespace_is_refused():
     proc = helm("template", "r", str(CHART), "--namespace", "default")
     assert proc.returncode != 0 and "responder-system" in proc.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize("flags,sets", [
+    ([], []),
+    (["--alertmanager", "http://am-0:9093", "--alertmanager", "http://am-1:9093", "--webhook-secret", "slack:hook",
+      "--cluster-name", "prod"],
+     ["notifications.alertmanager={http://am-0:9093,http://am-1:9093}", "notifications.webhook.secretName=slack",
+      "notifications.webhook.secretKey=hook", "notifications.clusterName=prod"])])
+def test_manifests_guard_is_what_the_chart_renders(flags, sets):
+    """`responder manifests guard` and `helm template` with the default values (and the same sinks): the same
+    objects (the Namespace aside, which `helm install --create-namespace` makes; managed-by names the tool)."""
+    proc = helm("template", "responder", str(CHART), "--namespace", "responder-system",
+                *[a for s in sets for a in ("--set", s)])
+    assert proc.returncode == 0, proc.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(proc.stdout) if d}
+    printed = subprocess.run([sys.executable, "-m", "responder", "manifests", "guard", *flags, "-o", "json"],
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    ours = {(d["kind"], d["metadata"]["name"]): d for d in json.loads(printed.stdout)["items"]}
+    assert ours.pop(("Namespace", "responder-system"))["metadata"]["name"] == "responder-system"
+
+    def tool_neutral(value):
+        if isinstance(value, dict):
+            return {k: ("TOOL" if k == "app.kubernetes.io/managed-by" else tool_neutral(v)) for k, v in value.items()}
+        return [tool_neutral(v) for v in value] if isinstance(value, list) else value
+
+    assert sorted(ours) == sorted(rendered)
+    for key, doc in ours.items():
+        assert tool_neutral(doc) == tool_neutral(rendered[key]), key
+
+
+@needs_helm
+def test_notification_sinks_from_values():
+    docs = render("notifications.alertmanager={http://am-0:9093,http://am-1:9093}", "notifications.clusterName=prod",
+                  "notifications.webhook.secretName=slack")
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith(("--alertmanager", "--cluster-name"))] == [
+        "--alertmanager=http://am-0:9093", "--alertmanager=http://am-1:9093", "--cluster-name=prod"]
+    webhook = [e for e in container["env"] if e["name"] == "RESPONDER_WEBHOOK_URL"]
+    assert webhook == [{"name": "RESPONDER_WEBHOOK_URL",
+                        "valueFrom": {"secretKeyRef": {"name": "slack", "key": "url"}}}]
+    [default] = [d for d in render() if d["kind"] == "Deployment"]
+    assert "RESPONDER_WEBHOOK_URL" not in str(default) and "--alertmanager" not in str(default)
+
+
+def test_manifests_guard_yaml_and_json_are_the_same_objects():
+    from responder.ops.guard_manifests import Sinks, guard_manifests, render
+
+    docs = guard_manifests(Sinks(("http://am:9093",), "slack", "url", "prod"))
+    assert [d for d in yaml.safe_load_all(render(docs, "yaml")) if d] == docs == json.loads(render(docs, "json"))["items"]
+    assert [d["kind"] for d in docs] == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+                                         "Deployment", "PodDisruptionBudget"]

@@ -20,9 +20,20 @@ def test_sigterm_ends_a_headless_watch_as_interrupted_with_exit_5(tmp_path: Path
     proc = subprocess.Popen([sys.executable, "-m", "responder", "watch", "--headless", "--kubeconfig", str(config),
                              "--journal", str(tmp_path / "incidents")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(2.0)  # started, and retrying the unreachable server (for 10 s)
-    assert proc.poll() is None
+    # Signalled once it catches SIGTERM (its handler installed; a loaded machine may take seconds to get there),
+    # while it retries the unreachable server (for 10 s).
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 5, err
     assert "interrupted" in err
+
+
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False

@@ -100,3 +100,20 @@ def test_only_a_one_shot_responder_gone_from_this_machine_is_known_dead():
     assert not dead_here("responder/laptop/unknown.4242.f00d12", place="laptop", boot="", alive=gone)
     for odd in ("", "responder", "responder/laptop", "responder/laptop/abc123.x.y", "kube-controller-manager_0a1b"):
         assert not dead_here(odd, **here, alive=gone), odd
+
+
+def test_a_lease_released_after_the_journal_closed_is_not_journaled(tmp_path):
+    from types import SimpleNamespace
+
+    from responder.cluster.lease import LeadershipChange
+    from responder.incident.journal import Journal
+    from responder.response.leadership import journal_leadership
+
+    journal = Journal.create(tmp_path, incident_id="inc-1")
+    session = SimpleNamespace(journal=journal)
+    listener = journal_leadership(session)
+    listener(LeadershipChange(event="acquired", holder="me", previous_holder="", transitions=1))
+    journal.close()
+    listener(LeadershipChange(event="released", holder="", previous_holder="me", transitions=1))  # no JournalError
+    kinds = [r["event"] for r in Journal.open(tmp_path / "inc-1.jsonl", readonly=True).records() if r["kind"] == "leadership"]
+    assert kinds == ["acquired"]
