@@ -31,3 +31,17 @@ HOLD_PARAM_CRD = f"{HOLD_PARAM_RESOURCE}.{HOLD_PARAM_GROUP}"
 SELF_HOLD_POLICY = "responder-namespace-hold-self"
 SELF_HOLD_BINDING = "responder-namespace-hold-self.tenant-crd-absent.to-remove-capsule-run-responder-protect-remove-first"
 SELF_HOLD_OWNED_BINDING = "responder-namespace-hold-self-owned"
+# The tenant record (responder.incident.record): ConfigMaps in RESPONDER_NAMESPACE the guard's leader keeps
+# between incidents. An index, and two banks of chunk slots: a writer fills the bank not in use, then switches.
+TENANT_RECORD = "responder-tenant-record"
+TENANT_RECORD_BANKS = ("a", "b")
+TENANT_RECORD_CHUNKS = 8
+
+
+def tenant_record_chunk(bank: str, index: int) -> str:
+    return f"{TENANT_RECORD}-{bank}-{index}"
+
+
+# Every ConfigMap the record may use: responder's role names exactly these.
+TENANT_RECORD_OBJECTS = (TENANT_RECORD,) + tuple(tenant_record_chunk(b, i) for b in TENANT_RECORD_BANKS
+                                                 for i in range(TENANT_RECORD_CHUNKS))

@@ -25,7 +25,7 @@ from typing import Any
 from responder.incident import triage
 from responder.actions.common import capsule_target
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
-from responder.incident.engine import StepContext, StepOutcome
+from responder.incident.engine import StepContext, StepOutcome, WriteRequest
 from responder.errors import ApiError, NotFound
 from responder.names import (ARMED_HOLD_BINDING, ARMED_HOLD_POLICY, HOLD_BINDING, HOLD_PARAM, HOLD_PARAM_CRD,
                              HOLD_PARAM_GROUP, HOLD_PARAM_KIND, HOLD_PARAM_RESOURCE, HOLD_PARAM_VERSION,
@@ -252,16 +252,26 @@ async def hold_namespaces(ctx: StepContext) -> str:
     return f"unavailable: {created}"
 
 
-async def _mark_armed_hold(ctx: StepContext) -> str:
-    """Mark the armed hold's parameter object with this incident and responder's identity."""
+def armed_hold_mark(ctx: StepContext) -> WriteRequest | None:
+    """The write marking the armed hold's parameter object with this incident and responder's identity;
+    None when the hold is not armed here or this incident marked it already."""
     target = f"{HOLD_PARAM_KIND}/{HOLD_PARAM}"
-    if ctx.done_before(HOLD_ACTION, target):
-        return "held"
+    if not ctx.options.hold_armed or ctx.done_before(HOLD_ACTION, target):
+        return None
     mark = {"metadata": {"annotations": {HOLD_INCIDENT_ANNOTATION: ctx.journal.incident_id,
                                          HOLD_IDENTITY_ANNOTATION: ctx.options.identity}}}
-    try:
-        await ctx.write("hold-namespaces", target, "PATCH", HOLD_PARAM_PATH, body=mark, content_type=MERGE_PATCH,
+    return WriteRequest(HOLD_ACTION, target, "PATCH", HOLD_PARAM_PATH, body=mark, content_type=MERGE_PATCH,
                         undo={"op": "release-hold", "path": HOLD_PARAM_PATH})
+
+
+async def _mark_armed_hold(ctx: StepContext) -> str:
+    """Mark the armed hold's parameter object (unless the breaker's first writes did)."""
+    request = armed_hold_mark(ctx)
+    if request is None:
+        return "held"
+    try:
+        await ctx.write(request.action, request.target, request.method, request.path, body=request.body,
+                        content_type=request.content_type, undo=request.undo)
     except ApiError as exc:
         return f"{exc.status} {exc.api_message[:200]}"
     return "dry-run" if ctx.dry_run else "held"
@@ -529,21 +539,32 @@ class TripBreaker:
             original = int(((deployment or {}).get("spec") or {}).get("replicas", 1)) if deployment else None
             if not original:
                 original = ctx.observer.shadow.capsule_replicas or 1
-        # The namespace hold goes out right behind it: it refuses namespace deletes while the Capsule
-        # process is still shutting down.
-        hold = asyncio.create_task(hold_namespaces(ctx)) if ctx.params.get("namespaceHold", True) else None
+        holding = bool(ctx.params.get("namespaceHold", True))
         # No Deployment (watched, or answered 404): Capsule was uninstalled - webhooks, Deployment and CRD
         # deleted together, as `helm uninstall` or an Argo CD prune does. Nothing to scale, and not a failure.
         uninstalled = deployment is None and earlier is None
+        first = []
+        if not uninstalled and not ctx.done_before("scale-capsule", target.deployment):
+            first.append(WriteRequest("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
+                                      body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
+                                      undo={"op": "scale", "path": f"{target.deployment_path}/scale",
+                                            "replicas": original}))
+        mark = armed_hold_mark(ctx) if holding else None
+        if mark is not None:
+            first.append(mark)
+        # The armed hold's mark goes out with it, one fsync for both intents: the mark refuses namespace
+        # deletes within milliseconds, while the Capsule process is still shutting down (0.14 deletes a
+        # deleted Tenant's namespaces itself). Over the watches' connection: the bulk pool's first requests
+        # would wait for TLS handshakes.
+        answers = await ctx.write_many(first, in_flight=len(first), bulk=False) if first else []
+        # The incident's own policy and binding (and the mark, had it failed above) right behind.
+        hold = asyncio.create_task(hold_namespaces(ctx)) if holding else None
         try:
-            if not uninstalled and not ctx.done_before("scale-capsule", target.deployment):
-                try:
-                    await ctx.write("scale-capsule", target.deployment, "PATCH", f"{target.deployment_path}/scale",
-                                    body={"spec": {"replicas": 0}}, content_type=MERGE_PATCH,
-                                    undo={"op": "scale", "path": f"{target.deployment_path}/scale",
-                                          "replicas": original})
-                except NotFound:
+            for request, answer in zip(first, answers):
+                if request.action == "scale-capsule" and isinstance(answer, NotFound):
                     uninstalled = True
+                elif request.action == "scale-capsule" and isinstance(answer, ApiError):
+                    raise answer
         finally:
             data["hold"] = await hold if hold is not None else "disabled"
         data["original_replicas"] = original

@@ -58,6 +58,16 @@ def witnessed_namespaces(ctx: StepContext) -> dict[str, str]:
     return {ns: tenant for ns, tenant in snap.items() if ns not in ctx.options.protected}
 
 
+def witnessed_source(ctx: StepContext) -> str:
+    """Where witnessed_namespaces comes from: the journal's snapshot, the shadow copy, or the guard's
+    in-cluster record (loaded as the shadow copy when responder had none of its own)."""
+    snapshot = _snapshot(ctx)
+    source = str(snapshot.get("source") or "")
+    if source.startswith("guard record"):
+        return source
+    return "journal" if snapshot.get("namespaces") else "shadow"
+
+
 def known_namespaces(ctx: StepContext) -> dict[str, str]:
     """What existed before the incident (namespace -> Tenant): what responder witnessed, then what the
     chosen backup adds (choose-backup records it)."""
@@ -130,9 +140,9 @@ class ChooseBackup:
         witnessed = witnessed_namespaces(ctx)
         live = await _all_namespaces(ctx)
         lost = recovery.lost_namespaces(witnessed, live)
-        source = "journal" if _snapshot(ctx).get("namespaces") else "shadow"
+        source = witnessed_source(ctx)
         plan: dict[str, Any] = {"known": len(witnessed), "lost": lost, "backup": None, "rejected": [],
-                                "counts": {}, "tenants_from": "shadow", "known_from": source,
+                                "counts": {}, "tenants_from": source, "known_from": source,
                                 "known_from_backup": {}, "owners_from_backup": {}}
         try:
             backups = (await ctx.client.get(_velero(ctx, "backups"))).get("items") or []
@@ -182,7 +192,9 @@ class ChooseBackup:
             if added:
                 plan["known_from"] = f"{source} and backup {choice.backup}" if witnessed else f"backup {choice.backup}"
             if contents.tenants:
-                plan["tenants_from"] = "backup"
+                # Witnessed Tenants win (RecreateTenants.wanted_tenants); the backup adds the others.
+                plan["tenants_from"] = (f"{source}, then backup {choice.backup}" if ctx.observer.shadow.tenants
+                                        else "backup")
                 plan["tenants"] = {n: recovery.tenant_for_create(t) for n, t in contents.tenants.items()}
             if contents.tenant_crd:
                 plan["tenant_crd"] = recovery.crd_for_create(contents.tenant_crd)
@@ -440,10 +452,12 @@ class RecreateTenants:
     @staticmethod
     def wanted_tenants(ctx: StepContext, plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """The Tenants the known namespaces belong to, as they are to be created (name -> body)."""
-        tenants = plan.get("tenants") or {n: recovery.tenant_for_create(t)
-                                          for n, t in ctx.observer.shadow.tenants.items()}
+        # What responder witnessed (its shadow copy, or the guard's record) first, as it was just before the
+        # incident; the backup adds the Tenants it never saw.
+        tenants = dict(plan.get("tenants") or {}) | {n: recovery.tenant_for_create(t)
+                                                     for n, t in ctx.observer.shadow.tenants.items()}
         wanted = set(known_namespaces(ctx).values())
-        if plan.get("known_from_backup") and plan.get("tenants_from") == "backup":
+        if plan.get("known_from_backup") and plan.get("tenants"):
             wanted |= set(tenants)  # the backup is the record of what existed: every Tenant in it
         return {n: t for n, t in tenants.items() if n in wanted}
 
@@ -497,8 +511,8 @@ class RecreateTenants:
         crd = await ctx.client.get_or_none(CRD_PATH)
         if crd is not None and not crd["metadata"].get("deletionTimestamp"):
             return False
-        body = plan.get("tenant_crd") or (recovery.crd_for_create(ctx.observer.shadow.tenant_crd)
-                                          if ctx.observer.shadow.tenant_crd else None)
+        body = (recovery.crd_for_create(ctx.observer.shadow.tenant_crd) if ctx.observer.shadow.tenant_crd
+                else plan.get("tenant_crd"))
         if body is None:
             raise ApiError(404, "NotFound", "the Tenant CRD is gone and neither a usable backup nor responder's shadow "
                                             "copy holds it: re-apply Capsule's CRDs (its Helm chart) and the Tenants, "

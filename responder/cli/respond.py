@@ -200,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     access = load_cluster_access(args.kubeconfig, args.context)
     options = session_options(args, runbook=args.runbook, dry_run=True)
+    options.read_only = True  # plans only: no journal directory, no shadow file
 
     async def go() -> dict[str, Any]:
         session = Session(access, options)

@@ -1,5 +1,6 @@
 """`responder bench contain`: containment figures on the lab, printed as JSON (and `responder bench hold`:
-how soon the namespace hold is enforced; `responder bench detect`: responder/drill/detect_bench.py).
+how soon the namespace hold is enforced; `responder bench detect`: responder/drill/detect_bench.py; `responder
+bench recover`: responder/drill/recover_bench.py).
 
 For each run: a fresh lab, N tenant namespaces (created by their owners through Capsule, no content:
 the detach cost does not depend on it), the namespace hold armed (`responder protect --only hold`, as
@@ -29,7 +30,7 @@ from typing import Any, Awaitable, Callable
 
 from responder.cluster.client import JSON_PATCH, KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.drill import detect_bench
+from responder.drill import detect_bench, recover_bench
 from responder.errors import EXIT_OK, ApiError, ConfigError
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab import processes
@@ -73,6 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hold.add_argument("--state-dir", type=Path, default=None)
     hold.set_defaults(handler=cmd_bench_hold)
     detect_bench.add_parser(bsub)
+    recover_bench.add_parser(bsub)
 
 
 def cmd_bench_hold(args: argparse.Namespace) -> int:

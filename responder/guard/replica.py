@@ -27,6 +27,7 @@ from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
 from responder.guard.incident_keeper import IncidentKeeper
 from responder.guard.notify import Notifier
 from responder.guard.takeover import resume_open_incident
+from responder.guard.record_keeper import RecordKeeper
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.response.incident_object import CONTAINED, RECOVERED, WAITING, IncidentStore
@@ -127,6 +128,9 @@ class Guard:
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
         self.alerts.attach(session, self.status, lambda: self.elector.leading)
+        # Between incidents the leader keeps the in-cluster tenant record (what a later responder recovers from).
+        self.record_keeper = asyncio.get_running_loop().create_task(
+            RecordKeeper(session, leading=lambda: self.elector.leading, writer=self.elector.me).run())
 
     async def _count_incident(self, session: Session) -> None:
         await session.incident_opened.wait()

@@ -154,10 +154,13 @@ class StepContext:
         self.journal.outcome(seq, "ok", detail="dry-run" if self.dry_run else "")
         return response
 
-    async def write_many(self, requests: list[WriteRequest], *, in_flight: int) -> list[dict[str, Any] | ApiError]:
+    async def write_many(self, requests: list[WriteRequest], *, in_flight: int,
+                         bulk: bool = True) -> list[dict[str, Any] | ApiError]:
         """The same contract as `write` for a batch, with group commit: every intent is durable (one
         fsync) before the first request leaves; outcomes are synced once at the end (an outcome lost
-        in a crash leaves its intent pending, and a resumed run re-checks it against the cluster)."""
+        in a crash leaves its intent pending, and a resumed run re-checks it against the cluster).
+        `bulk=False` sends them over the watches' connection rather than the bulk pool, which opens its
+        connections on first use: for a few writes that must leave at once."""
         seqs = [self.journal.intent(self.step.id, r.action, r.target,
                                     request={"method": r.method, "path": r.path, "body": r.body},
                                     undo=r.undo, dry_run=self.dry_run, sync=False) for r in requests]
@@ -168,7 +171,7 @@ class StepContext:
             async with limit:
                 try:
                     response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type,
-                                                         bulk=True)
+                                                         bulk=bulk)
                 except ApiError as exc:
                     if not _maybe_applied(exc):
                         self.journal.outcome(seq, "failed", detail=f"{exc.status} {exc.reason}: {exc.api_message}"[:500],
@@ -271,7 +274,7 @@ class Engine:
         ctx = StepContext(self, step)
         needs_confirmation = step.confirm or getattr(action.spec, "destructive", False) or not self.options.auto
         started = time.monotonic()
-        self.journal.step(step.id, "started")
+        self.journal.step(step.id, "started", sync=False)  # durable with the step's first write
         self.emit(EngineEvent("step-started", step.id, {"action": step.action, "description": step.description}))
         if needs_confirmation and not self.options.yes and not getattr(action, "confirms_itself", False):
             ok = await ctx.confirm(f"run step {step.id} ({step.action}): {step.description}",

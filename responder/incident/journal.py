@@ -176,6 +176,7 @@ class Journal:
         self._size = os.fstat(fd).st_size if fd is not None else 0  # kept here, not fstat'ed per record
         self._records = records
         self._next_seq = (records[-1]["seq"] + 1) if records else 1
+        self._unsynced_dir: Path | None = None  # a new journal's directory, fsync'd with its first synced record
         # Indexes for the resume/undo queries, kept up to date by record(): done() is asked once per
         # namespace during recovery, and a scan of the whole journal each time blocked the event loop.
         self._intents: dict[int, dict] = {}  # seq -> intent record, oldest first
@@ -193,8 +194,10 @@ class Journal:
 
     @classmethod
     def create(cls, directory: Path, *, incident_id: str | None = None,
-               meta: dict | None = None) -> "Journal":
-        """Start a new journal `<directory>/<incident_id>.jsonl`; its first record is `incident-opened`."""
+               meta: dict | None = None, sync: bool = True) -> "Journal":
+        """Start a new journal `<directory>/<incident_id>.jsonl`; its first record is `incident-opened`.
+        `sync=False` defers the fsyncs (the file's and its directory's) to the first synced record: an
+        incident's first write, which must not wait for three fsyncs on a busy disk first."""
         incident_id = incident_id or new_incident_id()
         if not _INCIDENT_ID.match(incident_id):
             raise JournalError(f"invalid incident id {incident_id!r}",
@@ -220,9 +223,9 @@ class Journal:
         except BaseException:
             os.close(fd)
             raise
-        _fsync_dir(directory)  # so the new file's name survives a power cut, not only its data
         journal = cls(path, incident_id, fd, [])
-        journal.record("incident-opened", meta=dict(meta or {}))
+        journal._unsynced_dir = directory  # so the new file's name survives a power cut, not only its data
+        journal.record("incident-opened", meta=dict(meta or {}), sync=sync)
         return journal
 
     @classmethod
@@ -272,8 +275,9 @@ class Journal:
         return self._fd is not None
 
     def close(self) -> None:
-        """Release the lock. Records are already on disk; closing is not needed for durability."""
+        """Release the lock, with every record on disk (those appended with sync=False included)."""
         if self._fd is not None:
+            self._fsync()
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the descriptor releases the flock
 
@@ -317,7 +321,7 @@ class Journal:
             while view:
                 view = view[os.write(self._fd, view):]
             if sync:
-                os.fsync(self._fd)
+                self._fsync()
             self._size = size + len(data)
         except OSError as exc:
             # A half-written line (disk full) must not stay in the middle of the file.
@@ -383,18 +387,25 @@ class Journal:
     def sync(self) -> None:
         """fsync what was appended with sync=False."""
         if self._fd is not None:
-            os.fsync(self._fd)
+            self._fsync()
+
+    def _fsync(self) -> None:
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if self._unsynced_dir is not None:
+            _fsync_dir(self._unsynced_dir)
+            self._unsynced_dir = None
 
     def mark_undone(self, intent_seq: int, *, detail: str = "") -> dict:
         """Journal that the undo payload of intent `intent_seq` has been applied."""
         self._intent(intent_seq)
         return self.record("undone", intent=intent_seq, detail=detail)
 
-    def step(self, step: str, status: str, *, detail: str = "") -> dict:
+    def step(self, step: str, status: str, *, detail: str = "", sync: bool = True) -> dict:
         """Journal a runbook step's progress (started|finished|failed|skipped)."""
         if status not in STEP_STATUSES:
             raise ValueError(f"step status must be one of {sorted(STEP_STATUSES)}, not {status!r}")
-        return self.record("step", step=step, status=status, detail=detail)
+        return self.record("step", step=step, status=status, detail=detail, sync=sync)
 
     # ---- reading -------------------------------------------------------------------------------
 

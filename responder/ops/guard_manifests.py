@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import yaml
 
 from responder.errors import ConfigError
-from responder.names import DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, RESPONDER_NAMESPACE
+from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, RESPONDER_NAMESPACE,
+                             TENANT_RECORD_OBJECTS)
 from responder.ops.manifests import rbac_rules
 
 # The chart's version and its default values (charts/responder/Chart.yaml, values.yaml).
@@ -107,7 +108,8 @@ def _deployment(sinks: Sinks) -> dict[str, Any]:
 
 
 def guard_manifests(sinks: Sinks = Sinks()) -> list[dict[str, Any]]:
-    """Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Service, Deployment, PodDisruptionBudget."""
+    """Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Service, Deployment, PodDisruptionBudget, and the
+    tenant record's ConfigMaps."""
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RESPONDER_NAMESPACE, "labels": _labels()}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(SERVICE_ACCOUNT, "rbac")},
@@ -125,7 +127,10 @@ def guard_manifests(sinks: Sinks = Sinks()) -> list[dict[str, Any]]:
         _deployment(sinks),
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta("responder-guard"),
          "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector()}}},
-    ]
+    ] + [  # the tenant record's ConfigMaps, empty: the leader fills them (its role patches them, never creates)
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {**_meta(name, "tenant-record"), "annotations": {"helm.sh/resource-policy": "keep"}}}
+        for name in TENANT_RECORD_OBJECTS]
 
 
 def render(docs: list[dict[str, Any]], output: str) -> str:

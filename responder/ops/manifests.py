@@ -32,7 +32,7 @@ from responder.errors import ConfigError
 from responder.response.incident_object import incident_crd
 from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
                              HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
-                             PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY, WRITER_LEASE)
+                             PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY, TENANT_RECORD_OBJECTS, WRITER_LEASE)
 
 RBAC_API = "rbac.authorization.k8s.io"
 # Placeholders in the table, replaced by the real names when rules or checks are made.
@@ -122,6 +122,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "who holds the writer Lease (one writer per cluster): read before taking it; a standby guard reads it "
                "to take over; doctor shows the holder; only that name",
                read_only=True, resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
+    Permission("", ("configmaps",), ("get",),
+               ("preflight", "plan"),
+               "read the tenant record the guard keeps between incidents (what existed, when responder has no shadow "
+               "copy of its own); only its index and chunk names",
+               read_only=True, resource_names=TENANT_RECORD_OBJECTS, namespace=RESPONDER_NAMESPACE),
     Permission("responder.dev", ("incidents",), ("get", "list", "watch"),
                ("guard", "approve"),
                "the Incident in the cluster (incidents.responder.dev): a new guard leader finds the open one and "
@@ -201,6 +206,12 @@ PERMISSIONS: tuple[Permission, ...] = (
                "undo) takes and renews the writer Lease before its first write, and releases it at the end; only "
                "that name",
                resource_names=(WRITER_LEASE,), namespace=RESPONDER_NAMESPACE),
+    Permission("", ("configmaps",), ("patch",),
+               ("guard",),
+               "the guard's leader keeps the tenant record current between incidents (an index and gzipped JSON "
+               "chunks in two banks). The ConfigMaps come with this role (and the chart), so responder needs no "
+               "create; only those names",
+               resource_names=TENANT_RECORD_OBJECTS, namespace=RESPONDER_NAMESPACE),
     Permission("coordination.k8s.io", ("leases",), ("create",),
                ("preflight", "guard", "undo"),
                "the first responder on a cluster creates the writer Lease (create cannot be limited by name)",
@@ -392,7 +403,18 @@ def rbac_manifests(*, identity_kind: str = "ServiceAccount", name: str = "respon
                  "metadata": {"name": binding, "labels": dict(labels)},
                  "roleRef": {"apiGroup": RBAC_API, "kind": "ClusterRole", "name": role},
                  "subjects": [subject]})
+    if not read_only:
+        docs += tenant_record_configmaps()
     return docs
+
+
+def tenant_record_configmaps() -> list[dict[str, Any]]:
+    """The tenant record's ConfigMaps, empty: the guard fills them (patch only, never create)."""
+    return [{"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": name, "namespace": RESPONDER_NAMESPACE,
+                          "labels": {"app.kubernetes.io/name": "responder",
+                                     "app.kubernetes.io/component": "tenant-record"}}}
+            for name in TENANT_RECORD_OBJECTS]
 
 
 # ---- rendering ------------------------------------------------------------------------------------------------

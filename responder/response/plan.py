@@ -70,7 +70,7 @@ async def recovery_evidence(session: Session) -> dict[str, Any]:
     """Where what existed before the incident comes from, and what that says is lost. Reads only: the
     contents of a backup take a Velero DownloadRequest (a write), so `responder run` reads them, not plan."""
     view = session.view()
-    witnessed = {ns: t for ns, t in session.observer.shadow.namespace_tenants().items() if ns not in session.protected}
+    witnessed = {ns: t for ns, t in session.known_before.items() if ns not in session.protected}
     live = dict(view.namespaces)
     lost = recovery.lost_namespaces(witnessed, live)
     surviving = sorted(name for name, ns in live.items() if name not in session.protected
@@ -92,8 +92,11 @@ async def recovery_evidence(session: Session) -> dict[str, Any]:
                                                     for b in locations})
     out: dict[str, Any] = {"backup": choice.backup, "rejected": choice.to_json()["rejected"],
                            "no_backup_reason": choice.reason or None, "surviving": len(surviving)}
+    if session.tenant_record is not None:
+        record = session.tenant_record
+        out["record"] = {"written": record.written, "writer": record.writer, **record.counts()}
     if witnessed:
-        out.update(source="shadow copy" + (f", then backup {choice.backup}" if choice.backup else ""),
+        out.update(source=session.evidence_source + (f", then backup {choice.backup}" if choice.backup else ""),
                    known=len(witnessed), lost=sorted(lost),
                    lost_percent=round(100 * len(lost) / len(witnessed), 1))
     elif choice.backup:
@@ -106,7 +109,8 @@ async def recovery_evidence(session: Session) -> dict[str, Any]:
                          "when `responder run` starts"))
     else:
         out.update(source=None, known=0, lost=[], lost_percent=None,
-                   note="neither responder's shadow copy nor a usable Velero backup says what existed")
+                   note="neither responder's shadow copy, nor the guard's record, nor a usable Velero backup says "
+                        "what existed")
     return out
 
 

@@ -25,6 +25,7 @@ from responder.incident.detect import DETECTION_LOGGER, INCIDENT, NOTICE, ROUTIN
 from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
 from responder.incident.journal import Journal
+from responder.incident.record import TenantRecord, read_tenant_record
 from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
 from responder.incident.shadow import Shadow
@@ -75,6 +76,7 @@ class SessionOptions:
     contain_only: bool = False  # stop after the contain phase (recover later with run --resume)
     # Recovery steps ask the confirmer even with `yes` (the guard: they wait for approvals on the Incident).
     confirm_recovery: bool = False
+    read_only: bool = False  # `plan`: nothing written, on the cluster or on disk (no journal directory, no shadow file)
 
 
 async def whoami(client: KubeClient) -> str:
@@ -131,7 +133,11 @@ class Session:
                                                      options.extra_protected)
         shadow_path = options.journal_dir / f"shadow-{_safe(access.context or 'in-cluster')}.json"
         self.observer = ClusterObserver(self.client, capsule=options.capsule, shadow=Shadow.load(shadow_path),
-                                        shadow_path=shadow_path)
+                                        shadow_path=None if options.read_only else shadow_path)
+        # Where what existed comes from, before any backup: this shadow copy, else the guard's record (preflight).
+        self.evidence_source = "shadow copy"
+        self.tenant_record: TenantRecord | None = None
+        self.known_before: dict[str, str] = {}
         self.detector = Detector(self.runbook.detection)
         # Every decision on what the watches show: the notable ones listed (log, feed, summary), all counted.
         self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
@@ -150,6 +156,7 @@ class Session:
         # raises it instead of watching on as if nothing had happened.
         self.open_error: ResponderError | None = None
         self._open_failed = asyncio.Event()
+        self._waiters: list[asyncio.Future] = []  # wait_for_incident's, resolved when an incident opens or fails to
         self.results: dict[str, StepOutcome] = {}
         self.first_write_at: float | None = None
         self._snapshot: dict[str, Any] | None = None  # taken at the incident's opening, not yet journaled
@@ -191,9 +198,28 @@ class Session:
         # Read once, before any incident: the breaker marks the armed hold only where it is installed.
         self.hold_not_armed = await read_armed_hold(self.client)
         self.self_hold = await read_self_hold(self.client)
-        check_journal_dir(self.options.journal_dir)
+        if not self.options.read_only:
+            check_journal_dir(self.options.journal_dir)
+        await self.load_tenant_record()
+        # What responder knew before it looked now (its shadow copy on disk, or the guard's record): the watches
+        # add what is alive, which says nothing of what existed before an incident.
+        self.known_before = dict(self.observer.shadow.namespace_tenants())
         # One writer per cluster: the Lease is held from here, before the first write (or LeaseHeld, exit 6).
         self.leadership = await hold_writer_lease(self)
+
+    async def load_tenant_record(self) -> None:
+        """With no shadow copy of its own (responder never ran here, or ran elsewhere), the guard's in-cluster
+        record says what existed: it becomes the shadow copy the watches then keep current."""
+        if self.observer.shadow.namespaces:
+            return
+        record = await read_tenant_record(self.client)
+        if record is None or not record.shadow.namespaces:
+            return
+        self.tenant_record = record
+        self.observer.shadow = record.shadow
+        self.evidence_source = record.source
+        log.info("no shadow copy of its own: what existed comes from the %s (%d Tenants, %d namespaces)",
+                 record.source, len(record.shadow.tenants), len(record.shadow.namespaces))
 
     async def start(self) -> None:
         self.observer.subscribe(self._on_event)
@@ -247,15 +273,22 @@ class Session:
                 fix="see the log above; then run `responder run` to contain by hand")
             log.error("INCIDENT DETECTED BUT NOT OPENED (%s): %s", trigger.reason, exc)
             self._open_failed.set()
+            self._wake_waiters()
 
     async def wait_for_incident(self, timeout: float | None = None) -> None:
         """Until an incident is open. Raises what kept a detected one from opening, or TimeoutError."""
-        waits = [asyncio.ensure_future(self.incident_opened.wait()), asyncio.ensure_future(self._open_failed.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        if not (self.incident_opened.is_set() or self._open_failed.is_set()):
+            # A bare future, resolved by the opening itself: the waiter (who contains next) runs at the
+            # loop's next turn, not three turns later through Event.wait tasks and asyncio.wait.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.remove(waiter)
         if self.incident_opened.is_set():
             return
         if self.open_error is not None:
@@ -291,9 +324,12 @@ class Session:
         self.journal = journal or Journal.create(self.options.journal_dir, meta={
             "trigger": trigger.to_json(), "context": self.access.context, "server": self.access.display_server,
             "identity": self.identity, "dry_run": self.options.dry_run, "runbook": str(self.options.runbook),
-            "hold_armed": self.hold_not_armed is None, "hold_not_armed": self.hold_not_armed})
+            "hold_armed": self.hold_not_armed is None, "hold_not_armed": self.hold_not_armed}, sync=False)
         self.trigger = trigger  # only now: until the journal exists, the incident is not open
-        self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4))
+        # Not fsync'd here: the first write's intent is, with everything before it (each fsync on a busy
+        # disk took 5-30 ms on the lab, and they came before the breaker's first write).
+        self.journal.record("trigger", trigger=trigger.to_json(), journaled_after_s=round(time.time() - trigger.event_received, 4),
+                            sync=False)
         if journal is None:
             # Taken now, before responder's first write; journaled once that write is on its way
             # (journal_snapshot): a record the size of the cluster must not delay the breaker.
@@ -304,7 +340,13 @@ class Session:
             self.journal_snapshot()
         self.observer.yield_each_event = True  # until containment starts (contain())
         self.incident_opened.set()
+        self._wake_waiters()
         return self.journal
+
+    def _wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def capture_snapshot(self) -> dict[str, Any]:
         """What recovery must return to, as seen before responder's first write: namespace -> Tenant,
@@ -314,7 +356,7 @@ class Session:
         return {"namespaces": {ns: t for ns, t in shadow.namespace_tenants().items() if ns not in self.protected},
                 "owners": {ns: dict(e["owner"]) for ns, e in shadow.namespaces.items() if e.get("owner")},
                 "webhooks": dict(shadow.webhooks), "capsule_replicas": shadow.capsule_replicas,
-                "tenants": sorted(shadow.tenants)}
+                "tenants": sorted(shadow.tenants), "source": self.evidence_source}
 
     def pending_snapshot(self) -> dict[str, Any] | None:
         """The snapshot taken at the opening while it is not journaled yet (journal_snapshot)."""

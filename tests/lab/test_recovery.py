@@ -171,8 +171,9 @@ async def test_no_backup_recreates_tenants_from_shadow_and_says_what_is_lost(lab
 
 
 @pytest.mark.skip(reason="its incident is an admin deleting a namespace of a live Tenant, which detection now "
-                         "rightly calls routine (no incident, no breaker); the rescue-backup path needs a scenario "
-                         "where the namespace is half deleted by the cascade itself")
+                         "rightly calls routine (no incident, no breaker); the rescue-backup path is covered by "
+                         "test_aftermath.py::test_aftermath_partial_recreates_only_what_is_missing, where the "
+                         "cascade itself leaves the namespace Terminating with its content")
 async def test_half_deleted_namespace_is_filled_in_and_an_incident_growing_during_recovery_is_contained(
         lab_manager, tmp_path):
     """A tenant namespace deleted while responder was down: the namespace controller removed all its content

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from responder.names import TENANT_RECORD_OBJECTS
 from responder.ops.manifests import chart_rules_yaml, rbac_rules
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +45,12 @@ def test_helm_lint_is_clean():
 
 @needs_helm
 def test_rendered_chart_runs_the_guard_with_the_rbac_table():
-    docs = {d["kind"]: d for d in render("capsule.deployment=capsule", "replicas=3", "protectedNamespaces={ops}")}
+    rendered = render("capsule.deployment=capsule", "replicas=3", "protectedNamespaces={ops}")
+    docs = {d["kind"]: d for d in rendered if d["kind"] != "ConfigMap"}
     assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
                          "PodDisruptionBudget"}
+    # The tenant record's ConfigMaps come with the chart (the role may patch them, not create ConfigMaps).
+    assert [d["metadata"]["name"] for d in rendered if d["kind"] == "ConfigMap"] == list(TENANT_RECORD_OBJECTS)
     assert docs["ClusterRole"]["rules"] == rbac_rules(False, capsule_deployment="capsule")
     subject = docs["ClusterRoleBinding"]["subjects"][0]
     assert (subject["name"], subject["namespace"]) == (docs["ServiceAccount"]["metadata"]["name"], "responder-system")
@@ -65,7 +69,7 @@ def test_rendered_chart_runs_the_guard_with_the_rbac_table():
 @needs_helm
 def test_a_runbook_of_ones_own_is_mounted_from_a_config_map():
     docs = render("runbook.content=apiVersion: responder.dev/v1")
-    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "responder-runbook")
     assert config["data"]["runbook.yaml"].strip() == "apiVersion: responder.dev/v1"
     container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "--runbook=/etc/responder/runbook.yaml" in container["args"]
@@ -128,4 +132,4 @@ def test_manifests_guard_yaml_and_json_are_the_same_objects():
     docs = guard_manifests(Sinks(("http://am:9093",), "slack", "url", "prod"))
     assert [d for d in yaml.safe_load_all(render(docs, "yaml")) if d] == docs == json.loads(render(docs, "json"))["items"]
     assert [d["kind"] for d in docs] == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
-                                         "Deployment", "PodDisruptionBudget"]
+                                         "Deployment", "PodDisruptionBudget"] + ["ConfigMap"] * len(TENANT_RECORD_OBJECTS)

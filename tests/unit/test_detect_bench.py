@@ -19,3 +19,12 @@ def test_score_counts_false_incidents_and_misses_and_spreads_latencies():
     assert result["detection_latency_ms"] == {"median": 7.0, "max": 10.0}
     assert result["first_write_after_detection_ms"] == {"median": 4.0, "max": 6.0}
     assert result["saved_share_min"] == 0.98
+
+
+def test_score_counts_namespaces_recovery_left_without_their_live_tenant():
+    cases = [{"case": "rebuilt", "expected": "incident", "decided": "incident", "saved_share": 1.0,
+              "recovery": {"readopt": "finished"}, "alive_of_case": 20, "owned_by_live_tenant": 18},
+             {"case": "late-start", "expected": "incident", "decided": "incident", "saved_share": 1.0,
+              "recovery": {"readopt": "finished"}, "alive_of_case": 20, "owned_by_live_tenant": 20},
+             {"case": "crd", "expected": "incident", "decided": "incident", "saved_share": 1.0}]
+    assert score(cases)["not_owned_after_recovery"] == 2

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from responder.cli import main
+from responder.names import TENANT_RECORD_OBJECTS
 from responder.ops.manifests import CONTENT_COUNTING, PERMISSIONS, rbac_manifests, rbac_rules
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,8 +244,11 @@ def test_yaml_service_account(capsys):
     code, out = _run(capsys)
     assert code == 0
     docs = [d for d in yaml.safe_load_all(out) if d]
-    assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
-    sa, role, binding = docs
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] + ["ConfigMap"] * len(TENANT_RECORD_OBJECTS)
+    sa, role, binding = docs[:3]
+    # The tenant record's ConfigMaps, empty, in responder's namespace: the role patches them, never creates.
+    assert [(d["metadata"]["name"], d["metadata"]["namespace"], d.get("data")) for d in docs[3:]] == \
+        [(name, "responder-system", None) for name in TENANT_RECORD_OBJECTS]
     assert sa["metadata"] == {"name": "responder", "namespace": "responder-system",
                               "labels": sa["metadata"]["labels"]}
     assert role["apiVersion"] == "rbac.authorization.k8s.io/v1" and role["rules"] == rbac_rules(False)
@@ -259,7 +263,7 @@ def test_yaml_user(capsys):
     code, out = _run(capsys, "--identity-kind", "User", "--name", "oncall-responder")
     assert code == 0
     docs = [d for d in yaml.safe_load_all(out) if d]
-    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"]
+    assert [d["kind"] for d in docs] == ["ClusterRole", "ClusterRoleBinding"] + ["ConfigMap"] * len(TENANT_RECORD_OBJECTS)
     assert docs[1]["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                                     "name": "oncall-responder"}]
     assert docs[1]["roleRef"]["name"] == docs[0]["metadata"]["name"]
@@ -281,7 +285,7 @@ def test_json_output_is_a_list(capsys):
     assert code == 0
     data = json.loads(out)
     assert data["kind"] == "List" and [i["kind"] for i in data["items"]] == ["ServiceAccount", "ClusterRole",
-                                                                          "ClusterRoleBinding"]
+                                                                          "ClusterRoleBinding"] + ["ConfigMap"] * len(TENANT_RECORD_OBJECTS)
     assert data["items"] == rbac_manifests()
 
 

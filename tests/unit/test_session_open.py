@@ -91,3 +91,36 @@ async def test_the_snapshot_is_taken_at_opening_and_journaled_once_the_first_wri
             resumed.journal = None
     finally:
         await resumed.close()
+
+
+async def test_plan_sessions_leave_nothing_on_disk(tmp_path: Path, monkeypatch):
+    """`responder plan` reads a shadow copy if there is one, but writes none, and no journal directory."""
+    from responder.response import session as session_module
+
+    async def nobody_holds_the_lease(session):
+        return None
+
+    async def no_hold(client):
+        return "not installed"
+
+    async def identity(client):
+        return "plan-user"
+
+    async def no_record(self):
+        return None
+
+    monkeypatch.setattr(session_module, "whoami", identity)
+    monkeypatch.setattr(session_module, "read_armed_hold", no_hold)
+    monkeypatch.setattr(session_module, "read_self_hold", lambda client: no_hold(client))
+    monkeypatch.setattr(session_module, "hold_writer_lease", nobody_holds_the_lease)
+    monkeypatch.setattr(Session, "load_tenant_record", no_record)
+    journal = tmp_path / "incidents"
+    session = Session(load_cluster_access(str(unreachable_kubeconfig(tmp_path))),
+                      SessionOptions(runbook=resolve_runbook(None), journal_dir=journal, dry_run=True, read_only=True))
+    try:
+        await session.preflight()
+        session.observer.shadow.observe_namespace(_namespace("a-1", "a"))
+        session.observer.save_shadow()
+    finally:
+        await session.close()
+    assert not journal.exists()
