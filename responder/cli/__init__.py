@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     from responder import report
-    from responder.cli import guard, respond
+    from responder.cli import approve, guard, respond
     from responder.drill import bench, command as drill_command
     from responder.ops import check, doctor, guard_manifests, manifests, protect
     from responder.lab import cli as lab_cli
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     lab_cli.add_parser(sub)
     guard.add_parser(sub)
+    approve.add_parser(sub)
     return parser
 
 

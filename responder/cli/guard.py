@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help=f"health and metrics port: /healthz, /readyz, /metrics (default {DEFAULT_PORT}; "
                             "0: a free port, printed on stderr)")
     guard.add_argument("--bind", default="0.0.0.0", help="the address the endpoint listens on (default 0.0.0.0)")
+    guard.add_argument("--recovery", choices=["approval", "auto"], default="approval",
+                       help="approval (default): each recovery step that asks for a confirmation waits until it is "
+                            "approved on the Incident (`responder approve INCIDENT STEP`); auto: recovery runs at once")
     guard.add_argument("-o", "--output", choices=["json", "yaml"], default=None,
                        help="the incident's summary on stdout once contained")
     guard.add_argument("--alertmanager", action="append", default=[], metavar="URL",
@@ -46,7 +49,8 @@ def cmd_guard(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port} is not a TCP port", fix="pass a port from 1 to 65535 (or 0: any free one)")
     access = load_cluster_access(args.kubeconfig, args.context)  # in-cluster (ServiceAccount) without a kubeconfig
     options = session_options(args, runbook=args.runbook, auto=True, yes=True)
-    options.contain_only = True  # recovery stays with the on-call
+    # Recovery runs only as approved on the Incident (or at once with --recovery auto).
+    options.confirm_recovery = args.recovery == "approval"
     sinks = sinks_from([_sink_url(url, "--alertmanager") for url in args.alertmanager],
                        _sink_url(os.environ.get(args.webhook_env, "").strip(), f"${args.webhook_env}") or None)
     return asyncio.run(_run(access, options, args, sinks))
@@ -55,7 +59,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
 async def _run(access: ClusterAccess, options: SessionOptions, args: argparse.Namespace, sinks: list[Sink]) -> int:
     notifier = Notifier(sinks) if sinks else None
     return await Guard(access, options, respond=run_headless, bind=args.bind, port=args.port, output=args.output,
-                       notifier=notifier, cluster_name=args.cluster_name).run()
+                       notifier=notifier, cluster_name=args.cluster_name, recovery=args.recovery).run()
 
 
 def _sink_url(url: str, where: str) -> str:

@@ -397,9 +397,18 @@ class LeaseElector:
             return
         record = self.observation.record
         try:
-            written = await self.client.replace(self.path, lease_object(self.namespace, self.name,
-                                                                        released_record(record, time.time())),
-                                                dry_run=False)
+            for attempt in range(2):
+                try:
+                    written = await self.client.replace(self.path, lease_object(self.namespace, self.name,
+                                                                                released_record(record, time.time())),
+                                                        dry_run=False)
+                    break
+                except Conflict:
+                    # A renewal in flight when stop() came wrote it first: release what it wrote, if still ours.
+                    current = record_from(await self.client.get(self.path))
+                    if attempt or current.holder != self.me:
+                        raise
+                    record = current
             self.observation = observe(self.observation, record_from(written), time.monotonic())
         except (ApiError, ClusterUnreachable) as exc:
             log.warning("releasing the Lease %s/%s failed (it expires in %.0fs): %s", self.namespace, self.name,

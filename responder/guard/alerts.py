@@ -196,6 +196,7 @@ class GuardAlerts:
         self.journal: Journal | None = None
         self._unjournaled: list[dict[str, Any]] = []
         self.ended_run = False  # the guard's headless run returned (ended()) or broke off
+        self._told_contained = False
         if notifier is not None:
             notifier.gate = self._gate
             notifier.on_outcome = self._outcome
@@ -265,13 +266,26 @@ class GuardAlerts:
                            "the guard could not contain it; the on-call must act (see the journal).",
                            exit_code=code, namespaces=dict(states))
             return
+        self.contained(session)
+        pending = [step.id for step in session.runbook.steps if step.phase == "recover"]
+        if pending and session.options.contain_only:
+            self.waiting(session, pending)
+
+    def contained(self, session: Session) -> None:
+        """Contained (once): the guard's Incident says so as its last contain step ends."""
+        if self._told_contained:
+            return
+        self._told_contained = True
+        incident = session.journal.incident_id if session.journal else "?"
+        states = Counter(row.state.value for row in triage.triage(session.view())) if session.journal else {}
         self._incident("contained", f"incident {incident} contained",
                        f"namespaces: {', '.join(f'{n} {s}' for s, n in sorted(states.items()))}.",
                        namespaces=dict(states))
-        pending = [step.id for step in session.runbook.steps if step.phase == "recover"]
-        if pending and session.options.contain_only:
-            self._incident("waiting-approval", f"incident {incident}: recovery waits for approval",
-                           f"recovery steps waiting: {', '.join(pending)}.", steps=pending)
+
+    def waiting(self, session: Session, steps: list[str]) -> None:
+        incident = session.journal.incident_id if session.journal else "?"
+        self._incident("waiting-approval", f"incident {incident}: recovery waits for approval",
+                       f"recovery steps waiting: {', '.join(steps)}.", steps=steps)
 
     def _end(self, session: Session) -> None:
         self.ended_run = True

@@ -21,13 +21,16 @@ from collections.abc import Awaitable, Callable
 
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeadershipChange, LeaseElector, holder_identity, lease_client
-from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ConfigError
+from responder.errors import EXIT_LEASE_HELD, EXIT_OK, ApiError, ConfigError
 from responder.guard.alerts import GuardAlerts
 from responder.guard.health import GuardMetrics, GuardStatus, HealthServer
+from responder.guard.incident_keeper import IncidentKeeper
 from responder.guard.notify import Notifier
+from responder.guard.takeover import resume_open_incident
 from responder.guard.record_keeper import RecordKeeper
 from responder.incident.observe import OPTIONAL_STREAMS
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
+from responder.response.incident_object import CONTAINED, RECOVERED, WAITING, IncidentStore
 from responder.response.leadership import WriterLease
 from responder.response.session import Session, SessionOptions
 
@@ -41,7 +44,8 @@ class Guard:
     (responder.cli.respond.run_headless, given by the command line: the guard sits below it)."""
 
     def __init__(self, access: ClusterAccess, options: SessionOptions, *, respond: RunHeadless, bind: str, port: int,
-                 output: str | None, notifier: Notifier | None = None, cluster_name: str = "") -> None:
+                 output: str | None, notifier: Notifier | None = None, cluster_name: str = "",
+                 recovery: str = "approval") -> None:
         self.respond = respond
         self.access = access
         self.options = options
@@ -59,6 +63,10 @@ class Guard:
         self.lost = False
         self.alerts = GuardAlerts(notifier, cluster=cluster_name or access.context or access.display_server,
                                   counter=self.metrics.notifications)
+        self.recovery = recovery  # "approval": recovery steps wait for approvals on the Incident; "auto"
+        self.incidents = IncidentStore(lease_client(access))  # a small client of its own, off the hot path
+        self.keeper: IncidentKeeper | None = None
+        self.resume_checked = False  # the cluster's open Incidents looked at since leading: may open one now
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -94,6 +102,15 @@ class Guard:
             self.leading.clear()
             print(f"guard {self.elector.me}: {change.event} the Lease", file=sys.stderr, flush=True)
 
+    def _on_phase(self, phase: str, waiting_for: str | None) -> None:
+        """The Incident's phase changed: contained and waiting for approval are told as they happen."""
+        if self.session is None:
+            return
+        if phase == CONTAINED:
+            self.alerts.contained(self.session)
+        elif phase == WAITING and waiting_for:
+            self.alerts.waiting(self.session, [waiting_for])
+
     def _on_event(self, event) -> None:
         self.last_event[event.resource] = time.monotonic()
 
@@ -101,6 +118,13 @@ class Guard:
         """Before the session's preflight: it writes under this elector, which the guard manages."""
         self.session = session
         session.leadership = WriterLease(self.elector, owned=False)
+        # A standby opens nothing: a new leader first resumes an incident open in the cluster.
+        session.may_open = lambda: self.elector.leading and self.resume_checked
+        if not session.has_phase("recover"):  # a runbook without recovery: the incident ends contained
+            session.options.contain_only = True
+        self.keeper = IncidentKeeper(session, self.incidents, leader=self.elector.me, recovery=self.recovery)
+        self.keeper.phase_listeners.append(self._on_phase)
+        self.keeper.attach()
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
         self.alerts.attach(session, self.status, lambda: self.elector.leading)
@@ -121,6 +145,22 @@ class Guard:
             print(f"guard {self.elector.me}: standby (the leader is {self.elector.leader or 'unknown'}); "
                   "watches warm, no writes", file=sys.stderr, flush=True)
             await self.leading.wait()
+        assert self.keeper is not None
+        self.keeper.start()
+        try:
+            incident = await resume_open_incident(session, self.incidents, leader=self.elector.me)
+        except ApiError as exc:  # no Incident to read (RBAC, the CRD): contain from what this replica sees
+            log.error("the cluster's open Incidents could not be read (%s %s): an incident under way is detected "
+                      "anew from this replica's own view", exc.status, exc.api_message)
+            incident = None
+        self.resume_checked = True
+        if incident is not None:
+            self.keeper.adopt(incident)
+            assert session.journal is not None
+            print(f"INCIDENT {session.journal.incident_id}: resumed from the cluster (Incident "
+                  f"{incident['metadata']['name']}, {(incident.get('status') or {}).get('phase', 'Detected')})",
+                  file=sys.stderr, flush=True)
+            return
         session.check_late_start()
         if not session.incident_opened.is_set():
             await session.wait_for_incident(None)
@@ -146,8 +186,12 @@ class Guard:
             election.add_done_callback(lambda task: self._election_ended(task, main))
             code = await self.respond(self.access, self.options, self._open_when_leading, self.output,
                                       on_session=self._attach)
+            if self.keeper is not None:
+                await self.keeper.finish(code)
             if self.session is not None and self.session.incident_opened.is_set():
                 self.alerts.ended(self.session, code)
+                if self.keeper is not None and self.keeper.phase == RECOVERED:
+                    self.alerts.recovered(self.session)
             print(f"guard {self.elector.me}: incident handled (exit {code}); keeping the Lease so no other responder "
                   "acts on this cluster until the guard is stopped", file=sys.stderr, flush=True)
             await self._until_stopped()
@@ -172,6 +216,9 @@ class Guard:
             if election is not None:
                 await asyncio.gather(election, return_exceptions=True)
             await self.elector.client.aclose()
+            if self.keeper is not None:
+                await self.keeper.close()
+            await self.incidents.client.aclose()
             await self.server.stop()
 
     def _election_ended(self, task: asyncio.Task[None], main: asyncio.Task) -> None:

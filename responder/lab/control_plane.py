@@ -31,6 +31,7 @@ from responder.lab.capsule import (CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE, CAPSUL
                                    objects_to_apply, render_chart)
 from responder.lab.pki import LabPKI
 from responder.names import RESPONDER_NAMESPACE
+from responder.response.incident_object import INCIDENT_CRD, incident_crd
 from responder.lab.processes import ProcessRecord
 
 LAB_CONTEXT = "responder-lab"
@@ -404,10 +405,12 @@ class Lab:
             # responder's own namespace too, as where responder is installed: its writer Lease lives there.
             await apply_objects(client, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
                                          for name in (CAPSULE_NAMESPACE, RESPONDER_NAMESPACE)])
+            # responder's own Incident CRD, as the chart installs it with the guard.
+            await apply_objects(client, [incident_crd()])
             objs = objects_to_apply(rendered)
             crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
             await apply_objects(client, crds)
-            await wait_crds_established(client, [c["metadata"]["name"] for c in crds])
+            await wait_crds_established(client, [c["metadata"]["name"] for c in crds] + [INCIDENT_CRD])
             await apply_objects(client, [o for o in objs if o["kind"] != "CustomResourceDefinition"])
             token = await client.create(
                 f"/api/v1/namespaces/{CAPSULE_NAMESPACE}/serviceaccounts/{CAPSULE_SERVICE_ACCOUNT}/token",

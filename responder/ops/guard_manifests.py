@@ -76,7 +76,7 @@ def _deployment(sinks: Sinks) -> dict[str, Any]:
         "name": "guard", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
         "args": ["guard", f"--port={PORT}", f"--journal={JOURNAL_DIR}", f"--capsule-namespace={DEFAULT_CAPSULE_NAMESPACE}",
                  f"--capsule-deployment={DEFAULT_CAPSULE_DEPLOYMENT}", "--velero-namespace=velero",
-                 f"--runbook={DEFAULT_RUNBOOK}", *sinks.args()],
+                 "--recovery=approval", f"--runbook={DEFAULT_RUNBOOK}", *sinks.args()],
         # The Lease's holder identity names the pod.
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, *sinks.env()],
         "ports": [{"name": "http", "containerPort": PORT}],

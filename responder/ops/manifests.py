@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from responder.errors import ConfigError
+from responder.response.incident_object import incident_crd
 from responder.names import (DEFAULT_CAPSULE_DEPLOYMENT, DEFAULT_CAPSULE_NAMESPACE, DEFAULT_VELERO_NAMESPACE, HOLD_BINDING,
                              HOLD_PARAM, HOLD_PARAM_GROUP, HOLD_PARAM_RESOURCE, HOLD_POLICY, PROTECT_BINDING,
                              PROTECT_POLICY, RESPONDER_NAMESPACE, SELF_HOLD_POLICY, TENANT_RECORD_OBJECTS, WRITER_LEASE)
@@ -126,6 +127,11 @@ PERMISSIONS: tuple[Permission, ...] = (
                "read the tenant record the guard keeps between incidents (what existed, when responder has no shadow "
                "copy of its own); only its index and chunk names",
                read_only=True, resource_names=TENANT_RECORD_OBJECTS, namespace=RESPONDER_NAMESPACE),
+    Permission("responder.dev", ("incidents",), ("get", "list", "watch"),
+               ("guard", "approve"),
+               "the Incident in the cluster (incidents.responder.dev): a new guard leader finds the open one and "
+               "resumes it, the leader reads the approvals recovery steps wait on; `responder approve` reads it",
+               namespace=RESPONDER_NAMESPACE),
     # ---- writes ---------------------------------------------------------------------------------------------
     Permission("apps", ("deployments/scale",), ("patch",),
                ("trip-breaker", "undo"),
@@ -209,6 +215,15 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("coordination.k8s.io", ("leases",), ("create",),
                ("preflight", "guard", "undo"),
                "the first responder on a cluster creates the writer Lease (create cannot be limited by name)",
+               namespace=RESPONDER_NAMESPACE),
+    Permission("responder.dev", ("incidents",), ("create", "patch"),
+               ("guard", "approve"),
+               "the guard's leader creates one Incident per incident (responder's own record, never a tenant's "
+               "object); `responder approve` adds to its spec.approvals (create cannot be limited by name)",
+               namespace=RESPONDER_NAMESPACE),
+    Permission("responder.dev", ("incidents/status",), ("patch",),
+               ("guard",),
+               "the guard's leader keeps the Incident's status current: phase, steps, counts, approvals acted on",
                namespace=RESPONDER_NAMESPACE),
     # ---- the one wildcard -----------------------------------------------------------------------------------
     Permission("*", ("*",), ("list",),
@@ -468,7 +483,7 @@ def chart_rules_yaml() -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """`manifests` and its `rbac`; returns the kinds, for `manifests guard` (responder.ops.guard_manifests)."""
-    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC, the guard)")
+    manifests = sub.add_parser("manifests", help="print Kubernetes manifests responder needs (RBAC, the guard, the Incident CRD)")
     kinds = manifests.add_subparsers(dest="manifest", required=True)
     rbac = kinds.add_parser("rbac", help="least-privilege ClusterRole + ClusterRoleBinding (+ ServiceAccount)")
     rbac.add_argument("--identity-kind", choices=IDENTITY_KINDS, default="ServiceAccount",
@@ -482,7 +497,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
                       help="the Capsule controller Deployment the scale rule is limited to")
     rbac.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     rbac.set_defaults(handler=cmd_rbac)
+    crd = kinds.add_parser("crd", help="responder's own CustomResourceDefinition: incidents.responder.dev (the "
+                                       "Incident the guard keeps; the chart installs it)")
+    crd.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    crd.set_defaults(handler=cmd_crd)
     return kinds
+
+
+def incident_crd_yaml() -> str:
+    """The Incident CRD as YAML: `responder manifests crd` prints it, charts/responder/crds/incidents.yaml holds it."""
+    return "# Generated from responder.response.incident_object.incident_crd(): do not edit.\n" + _dump(incident_crd())
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        sys.stdout.write(json.dumps(incident_crd(), indent=2) + "\n")
+    else:
+        sys.stdout.write(incident_crd_yaml())
+    return 0
 
 
 def cmd_rbac(args: argparse.Namespace) -> int:
@@ -496,4 +528,4 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 __all__ = ["PERMISSIONS", "CONTENT_COUNTING", "Permission", "rbac_rules", "rbac_manifests", "render_yaml", "allows",
-           "permissions", "add_parser", "WRITE_VERBS", "chart_rules_yaml", "AccessCheck", "access_checks", "missing_rules", "missing_role"]
+           "permissions", "add_parser", "WRITE_VERBS", "chart_rules_yaml", "incident_crd_yaml", "AccessCheck", "access_checks", "missing_rules", "missing_role"]

@@ -74,6 +74,8 @@ class SessionOptions:
     http2: bool = True
     bulk_connections: int = 16  # HTTP/1.1 connections for batched writes (0: send them through httpx)
     contain_only: bool = False  # stop after the contain phase (recover later with run --resume)
+    # Recovery steps ask the confirmer even with `yes` (the guard: they wait for approvals on the Incident).
+    confirm_recovery: bool = False
     read_only: bool = False  # `plan`: nothing written, on the cluster or on disk (no journal directory, no shadow file)
 
 
@@ -159,6 +161,8 @@ class Session:
         self.first_write_at: float | None = None
         self._snapshot: dict[str, Any] | None = None  # taken at the incident's opening, not yet journaled
         self.leadership: WriterLease | None = None  # the cluster's writer Lease (a guard sets its own before preflight)
+        # Whether a detected incident opens here now (a standby guard replica: not until it leads).
+        self.may_open: Callable[[], bool] | None = None
 
     def set_dry_run(self, dry_run: bool) -> None:
         """Switch dry-run before an incident opens (the TUI's toggle): options and client together,
@@ -234,7 +238,7 @@ class Session:
         if self.trigger is not None:
             return
         decision = self.detector.decide(event)
-        if decision.is_incident:
+        if decision.is_incident and (self.may_open is None or self.may_open()):
             self._open_or_fail(decision.trigger())  # first: the breaker must not wait for the log
         self._record_decision(decision)
 
@@ -354,6 +358,10 @@ class Session:
                 "webhooks": dict(shadow.webhooks), "capsule_replicas": shadow.capsule_replicas,
                 "tenants": sorted(shadow.tenants), "source": self.evidence_source}
 
+    def pending_snapshot(self) -> dict[str, Any] | None:
+        """The snapshot taken at the opening while it is not journaled yet (journal_snapshot)."""
+        return self._snapshot
+
     def journal_snapshot(self) -> None:
         """Journal the snapshot taken when the incident opened, once."""
         if self._snapshot is not None and self.journal is not None:
@@ -372,6 +380,8 @@ class Session:
     async def recover(self) -> dict[str, StepOutcome]:
         """The runbook's recover phase, after containment, on the same engine and journal."""
         engine = self.engine or self.make_engine()
+        if self.options.confirm_recovery:
+            engine.options.yes = False
         await self.contain_escalation(engine)
         stop = asyncio.Event()
         guard = asyncio.create_task(self.guard_escalation(engine, stop))

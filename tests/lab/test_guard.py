@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD, micro_time
 from responder.errors import EXIT_LEASE_HELD, Conflict
@@ -27,6 +28,7 @@ from responder.lab.incident import persisted_writes_by
 from responder.lab.processes import free_port
 from responder.lab.seed import seed
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
+from responder.response.session import DEFAULT_RUNBOOK, REPO_RUNBOOKS
 
 from .incident_helpers import RESPONDER, namespace_states, run_responder, trigger
 
@@ -98,6 +100,15 @@ def start_guard(name: str, kubeconfig: Path, directory: Path, *extra: str,
                              "--port", str(port), "--bind", "127.0.0.1", "-o", "json", *extra],
                             stdout=open(out, "w"), stderr=open(err, "w"), env={**os.environ, **(env or {})})
     return GuardProcess(name, proc, port, err, out)
+
+
+def contain_only_runbook(directory: Path) -> Path:
+    runbook = yaml.safe_load((REPO_RUNBOOKS / DEFAULT_RUNBOOK).read_text())
+    runbook["spec"]["steps"] = [step for step in runbook["spec"]["steps"] if step["phase"] == "contain"]
+    runbook["spec"]["params"].pop("veleroNamespace")  # only recovery steps take it
+    path = directory / "contain-only.yaml"
+    path.write_text(yaml.safe_dump(runbook, sort_keys=False))
+    return path
 
 
 async def set_lease_holder(lab, holder: str) -> None:
@@ -199,10 +210,13 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         assert lost_s <= 2 * RETRY_PERIOD + 6, lost_s  # seen at its next round, then the process ends
         # Released (holder emptied): the next replica leads at once; another stands by.
         await set_lease_holder(lab, "")
-        c = start_guard("c", kubeconfigs["guard-a"], tmp_path)
+        # The runbook's contain phase only: this test is about containment (recovery waits for approvals:
+        # tests/lab/test_guard_incident.py).
+        runbook = contain_only_runbook(tmp_path)
+        c = start_guard("c", kubeconfigs["guard-a"], tmp_path, "--runbook", str(runbook))
         guards.append(c)
         c.wait_for("leading")
-        d = start_guard("d", kubeconfigs["guard-b"], tmp_path)
+        d = start_guard("d", kubeconfigs["guard-b"], tmp_path, "--runbook", str(runbook))
         guards.append(d)
         d.wait_for("standby")
         standby_since = time.time()

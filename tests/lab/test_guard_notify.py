@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from responder.errors import EXIT_INTERRUPTED
+
 from responder.lab import alertmanager as lab_alertmanager
 from responder.lab.apply import apply_objects
 from responder.lab.seed import seed
@@ -88,8 +90,8 @@ async def test_guard_notifies_alertmanager_and_a_webhook(lab_manager, tmp_path):
         assert any(body["event"] == "posture" for _, _, body in receiver.received), receiver.events()
         started = time.monotonic()
         await trigger(lab)
-        guard.wait_for("incident handled", timeout=180)
-        assert json.loads(guard.stdout_path.read_text())["contained"]
+        # Contained, then the first recovery step waits for its approval on the Incident (the guard runs recovery).
+        guard.wait_for("waits for approval", timeout=180)
         assert poll(lambda: {"opened", "contained", "waiting-approval"} <= set(receiver.events()), 30), receiver.events()
         notified_s = time.monotonic() - started
 
@@ -150,7 +152,8 @@ async def test_guard_notifies_alertmanager_and_a_webhook(lab_manager, tmp_path):
             match = re.search(rf'^responder_notifications_total{{result="sent",sink="{sink}"}} (\S+)$', metrics, re.M)
             assert match and float(match.group(1)) >= 3, metrics
         assert 'result="failed"' not in metrics
-        assert guard.stop() == 0, guard.stderr()[-3000:]
+        # Stopped with the incident open (waiting for approval): "interrupted", the next leader resumes it.
+        assert guard.stop() == EXIT_INTERRUPTED, guard.stderr()[-3000:]
     finally:
         receiver.close()
         if guard.proc.poll() is None:

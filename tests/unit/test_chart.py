@@ -59,7 +59,7 @@ def test_rendered_chart_runs_the_guard_with_the_rbac_table():
     pod = deployment["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"][0] == "guard" and "--capsule-deployment=capsule" in container["args"]
-    assert "--protect=ops" in container["args"]
+    assert "--protect=ops" in container["args"] and "--recovery=approval" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]

@@ -1,0 +1,132 @@
+"""A new guard leader resumes an open incident from the cluster, not from the dead leader's disk.
+
+What it reads: the Incident (id, trigger, steps with their results, approvals) and its snapshot (what
+recovery returns to, taken before the first write), and the cluster as its watches show it now. From
+them it writes a journal of its own for the same incident, in which the previous leader's writes the
+cluster shows are recorded as done, with the undo payloads the snapshot gives:
+- the breaker: Capsule at 0 replicas (the replicas to return to from the snapshot), responder's exemption
+  in Capsule's webhook configurations (their matchConditions from before, from the snapshot);
+- detach: each namespace the snapshot saw with a Tenant ownerReference that no longer carries one;
+- every step the Incident lists as finished (or failed, or skipped), and what the finished recovery steps
+  journaled for the steps after them (status.recoveryRecords: the backup chosen, the Tenants recreated, ...).
+The engine then runs what is left: a finished step is not run again, a step in progress is resumed (its
+actions look at the cluster before writing), and an approved recovery step runs without a second approval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from responder.actions.breaker import EXEMPTION_NAME, exemption_patch, webhook_path
+from responder.incident import triage
+from responder.incident.detect import Trigger
+from responder.incident.journal import Journal
+from responder.incident.observe import CapsuleTarget
+from responder.response.incident_object import IncidentStore
+from responder.response.session import Session
+
+log = logging.getLogger(__name__)
+
+INHERITED = "done by the previous leader; found in the cluster at takeover"
+STEP_ENDS = ("finished", "failed", "skipped")
+
+
+def inherited_writes(snapshot: dict[str, Any], *, namespaces: dict[str, dict[str, Any]],
+                     deployment: dict[str, Any] | None, webhooks: list[tuple[str, dict[str, Any]]],
+                     capsule: CapsuleTarget, identity: str, breaker_step: str | None,
+                     detach_step: str | None) -> list[dict[str, Any]]:
+    """The previous leader's writes the cluster shows, as journal intents (step, action, target, undo)."""
+    writes: list[dict[str, Any]] = []
+    if breaker_step:
+        replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+        if deployment is not None and replicas == 0 and snapshot.get("capsule_replicas"):
+            path = f"{capsule.deployment_path}/scale"
+            writes.append({"step": breaker_step, "action": "scale-capsule", "target": capsule.deployment,
+                           "request": {"method": "PATCH", "path": path, "body": {"spec": {"replicas": 0}}},
+                           "undo": {"op": "scale", "path": path, "replicas": snapshot["capsule_replicas"]}})
+        before = snapshot.get("webhooks") or {}
+        for kind, obj in webhooks:
+            name = obj["metadata"]["name"]
+            key = f"{kind}/{name}"
+            exempted = any(c.get("name") == EXEMPTION_NAME for h in obj.get("webhooks") or []
+                           for c in h.get("matchConditions") or [])
+            if not exempted or key not in before:
+                continue
+            _, originals = exemption_patch(before[key], identity)
+            writes.append({"step": breaker_step, "action": "exempt-responder", "target": key,
+                           "request": {"method": "PATCH", "path": webhook_path(kind, name)},
+                           "undo": {"op": "webhook-match-conditions", "kind": kind, "name": name,
+                                    "path": webhook_path(kind, name), "webhooks": originals}})
+    if detach_step:
+        for name, owner in sorted((snapshot.get("owners") or {}).items()):
+            ns = namespaces.get(name)
+            if ns is None or (ns.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if any(r.get("name") == owner.get("name") for r in triage.tenant_refs(ns)):
+                continue  # still attached: at risk, the resumed detach handles it
+            writes.append({"step": detach_step, "action": "detach", "target": name,
+                           "request": {"method": "PATCH", "path": f"/api/v1/namespaces/{name}"},
+                           "undo": {"op": "reattach", "namespace": name, "uid": ns["metadata"].get("uid"),
+                                    "ownerReferences": [owner], "finalizers": []}})
+    return writes
+
+
+def takeover_journal(directory: Path, incident: dict[str, Any], *, meta: dict[str, Any]) -> Journal:
+    """A journal of this replica's own for the incident (one left on this disk by an earlier run of this
+    replica is set aside: the cluster is the record now)."""
+    incident_id = incident["spec"]["incidentId"]
+    path = directory / f"{incident_id}.jsonl"
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}.before-takeover-{int(time.time())}"))
+    return Journal.create(directory, incident_id=incident_id, meta=meta)
+
+
+async def resume_open_incident(session: Session, store: IncidentStore, *, leader: str) -> dict[str, Any] | None:
+    """Open the session's incident from the newest open Incident in the cluster, or return None (none open)."""
+    incidents = await store.open_incidents()
+    if not incidents:
+        return None
+    incident = incidents[-1]
+    status = incident.get("status") or {}
+    snapshot = store.read_packed(incident, "snapshot")
+    spec_trigger = (incident.get("spec") or {}).get("trigger") or {}
+    trigger = Trigger(str(spec_trigger.get("kind", "manual")), str(spec_trigger.get("reason", "")),
+                      float(spec_trigger.get("event_received") or time.time()), tuple(spec_trigger.get("objects") or ()))
+    journal = takeover_journal(session.options.journal_dir, incident, meta={
+        "trigger": trigger.to_json(), "context": session.access.context, "server": session.access.display_server,
+        "identity": session.identity, "dry_run": False, "runbook": str(session.options.runbook),
+        "hold_armed": session.hold_not_armed is None, "hold_not_armed": session.hold_not_armed,
+        "taken_over": incident["metadata"]["name"]})
+    journal.record("takeover", incident_object=incident["metadata"]["name"], leader=leader,
+                   previous_leader=status.get("leader"), phase=status.get("phase"),
+                   snapshot="cluster" if snapshot is not None else "none (this replica's shadow copy instead)")
+    if snapshot is not None:
+        journal.record("snapshot", **snapshot)
+        steps = {s.action: s.id for s in session.runbook.steps if s.phase == "contain"}
+        observer = session.observer
+        deployments = observer.objects("deployment")
+        writes = inherited_writes(
+            snapshot, namespaces={n["metadata"]["name"]: n for n in observer.objects("namespaces")},
+            deployment=deployments[0] if deployments else None, webhooks=observer.capsule_webhooks(),
+            capsule=session.options.capsule, identity=session.identity,
+            breaker_step=steps.get("trip-breaker"), detach_step=steps.get("detach-namespaces"))
+        for write in writes:
+            seq = journal.intent(write["step"], write["action"], write["target"], request=write["request"],
+                                 undo=write["undo"], sync=False)
+            journal.outcome(seq, "ok", detail=INHERITED, sync=False)
+        journal.sync()
+    else:
+        writes = []
+        log.warning("the Incident %s has no snapshot (its leader died before writing it): recovery returns to this "
+                    "replica's shadow copy", incident["metadata"]["name"])
+    for record in store.read_packed(incident, "recoveryRecords") or []:
+        journal.record(record["kind"], **{k: v for k, v in record.items() if k not in ("seq", "ts", "incident", "kind")})
+    for step in status.get("steps") or []:
+        if step.get("status") in STEP_ENDS and step.get("id"):
+            journal.step(step["id"], step["status"], detail=f"{INHERITED}: {step.get('summary', '')}"[:500])
+    session.open_incident(trigger, journal=journal)
+    journal.record("resumed", pending=[], inherited_writes=len(writes))
+    return incident
