@@ -4,7 +4,7 @@ incident from the Incident (and the cluster), detaches the rest with no namespac
 shows Contained, then WaitingForApproval. `responder approve` refuses bad input with exit 2 and writes nothing;
 each recovery step runs once it is approved, once; the Incident ends Recovered.
 
-The namespace count is lean for CI ($RESPONDER_GUARD_FAILOVER_NAMESPACES, default 150); the detach runs at 4
+The namespace count is lean for CI ($RESPONDER_GUARD_FAILOVER_NAMESPACES, default 60); the detach runs at 4
 requests in flight so the kill lands mid-detach. 1,000 namespaces: set the variable (docs/guard.md)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .test_guard import LEASE_PATH, GuardProcess, guard_kubeconfig, poll, sa_use
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
-NAMESPACES = int(os.environ.get("RESPONDER_GUARD_FAILOVER_NAMESPACES", "150"))
+NAMESPACES = int(os.environ.get("RESPONDER_GUARD_FAILOVER_NAMESPACES", "60"))
 PER_TENANT = 10
 
 
