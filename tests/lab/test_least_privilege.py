@@ -28,6 +28,7 @@ from responder.lab.incident import read_audit
 from responder.lab.seed import seed
 from responder.lab.velero import create_backup
 from responder.incident.observe import TENANTS_PATH
+from responder.names import TENANT_RECORD
 
 from .incident_helpers import (RESPONDER, WatchProcess, client_for, namespace_states, read_journal, run_responder,
                                start_watch, trigger)
@@ -43,7 +44,10 @@ async def service_account_kubeconfig(lab, admin, path) -> tuple[Path, str]:
     proc = run_responder("manifests", "rbac", "-o", "json")
     assert proc.returncode == 0, proc.stderr
     docs = json.loads(proc.stdout)["items"]
-    assert [d["kind"] for d in docs] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    assert [d["kind"] for d in docs[:3]] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    # Then the guard's tenant record, created empty (the role may only patch those names, never create).
+    assert docs[3:] and all(d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(TENANT_RECORD)
+                            for d in docs[3:]), [d["kind"] for d in docs[3:]]
     # The namespace exists on the lab (the writer Lease lives there): applied, not created.
     await apply_objects(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NAMESPACE}}, *docs])
     review = await admin.create(f"/api/v1/namespaces/{SA_NAMESPACE}/serviceaccounts/{SA_NAME}/token", {
