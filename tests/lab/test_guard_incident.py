@@ -132,12 +132,21 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
             states = await namespace_states(admin, namespaces)
         alive = sum(1 for s in states.values() if s == "alive")
         assert alive / len(namespaces) >= 0.99, Counter(states.values())
-        patches = Counter(e["objectRef"]["name"] for e in persisted_writes_by(lab.audit_log, sa_user("guard"),
-                                                                                 since=started)
-                          if e["objectRef"].get("resource") == "namespaces" and e["verb"] == "patch"
-                          and (e.get("responseStatus") or {}).get("code", 0) < 300)
+        def persisted_patches() -> Counter:
+            return Counter(e["objectRef"]["name"] for e in persisted_writes_by(lab.audit_log, sa_user("guard"),
+                                                                                since=started)
+                           if e["objectRef"].get("resource") == "namespaces" and e["verb"] == "patch"
+                           and (e.get("responseStatus") or {}).get("code", 0) < 300)
+
+        # A request's audit event is written when its answer completes: give the last ones a moment.
+        alive_names = {n for n, s in states.items() if s == "alive"}
+        deadline = time.monotonic() + 15
+        patches = persisted_patches()
+        while not set(patches) >= alive_names and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            patches = persisted_patches()
         assert max(patches.values()) == 1, [n for n, c in patches.items() if c > 1]
-        assert set(patches) >= {n for n, s in states.items() if s == "alive"}, len(patches)
+        assert set(patches) >= alive_names, sorted(alive_names - set(patches))
         # The new leader's journal: the dead leader's writes inherited from the cluster, the rest its own.
         journal = read_journal(next((tmp_path / "journal-b").glob("inc-*.jsonl")))
         detach = {r["seq"] for r in journal if r["kind"] == "intent" and r.get("action") == "detach"}
