@@ -177,7 +177,6 @@ async def velero_alone(admin: KubeClient, namespaces: list[str]) -> dict[str, An
         await admin.delete(f"{paths[kind]}/{obj['metadata']['name']}")
     mapping = {ns: f"{ns}-v"[:63] for ns in namespaces}
     name = "bench-recover-velero-alone"
-    started = time.monotonic()
     await admin.create(velero_path("restores"), {
         "apiVersion": "velero.io/v1", "kind": "Restore", "metadata": {"name": name, "namespace": "velero"},
         "spec": {"backupName": BACKUP, "includedNamespaces": namespaces, "namespaceMapping": mapping,

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
