@@ -10,12 +10,41 @@ from pathlib import Path
 
 import pytest
 
+from responder.lab.build import ensure_built
 from responder.lab.control_plane import Lab
 
 LAB_ROOT = Path(os.environ.get("RESPONDER_TEST_LAB_ROOT", "/tmp/responder-test-labs"))
 # Test sessions on one machine take turns with the lab (Capsule's health port is fixed): a session holds
 # this lock from its first lab until it ends, and the others wait for it.
 MACHINE_LAB_LOCK = Path(os.environ.get("RESPONDER_LAB_LOCK", "/tmp/responder-lab.lock"))
+
+
+# What the lab tests start: the Kubernetes parts, helm, both Capsule lines, Velero and Alertmanager.
+LAB_COMPONENTS = ["k8s", "helm", "capsule-0.14", "capsule-0.12", "velero", "alertmanager"]
+
+
+def _is_lab(item: pytest.Item) -> bool:
+    return item.get_closest_marker("lab") is not None
+
+
+def _lab_binaries_ready() -> None:
+    """Build what is missing of the lab, or wait for the build `./dev test` runs in the background: no lab
+    test starts while the machine compiles (its timings would be the build's)."""
+    ensure_built(LAB_COMPONENTS, out=sys.__stderr__)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The lab tests last (in their order), so the others run while the lab's binaries build."""
+    items.sort(key=_is_lab)
+    if items and _is_lab(items[0]) and not config.option.collectonly:
+        _lab_binaries_ready()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Waited for here, outside any lab test, so the wait counts against no test's timeout.
+    if nextitem is not None and _is_lab(nextitem) and not _is_lab(item):
+        _lab_binaries_ready()
 
 
 class LabManager:
@@ -26,6 +55,8 @@ class LabManager:
         self.current: Lab | None = None
         self.line: str | None = None
         self._lock_fd: int | None = None
+        self.starts = 0  # labs started, and the time they took (down and up), told at the session's end
+        self.start_seconds = 0.0
 
     def _hold_machine_lock(self) -> None:
         if self._lock_fd is not None:
@@ -60,8 +91,11 @@ class LabManager:
         if not fresh and self.current is not None and not self._healthy(lab):
             fresh = True  # an earlier test ran an incident on it (CRD deleted, Capsule scaled down)
         if fresh or self.current is None:
+            started = time.monotonic()
             lab.down(wipe=True)
             lab.up(capsule=line, velero=velero, out=sys.stderr)
+            self.starts += 1
+            self.start_seconds += time.monotonic() - started
         self.current, self.line = lab, line
         return lab
 
@@ -92,6 +126,8 @@ class LabManager:
             return False
 
     def close(self) -> None:
+        if self.starts:
+            print(f"\nlab: {self.starts} labs started for the tests, in {self.start_seconds:.0f}s", file=sys.__stderr__)
         if self.current is not None:
             self.current.down(wipe=os.environ.get("RESPONDER_KEEP_LAB") is None)
         if self._lock_fd is not None:

@@ -7,15 +7,17 @@ version, so a binary is rebuilt only when one of those changes. Nothing upstream
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from responder.errors import LabError
 
@@ -115,19 +117,40 @@ def ensure_built(names: list[str], *, out: TextIO = sys.stderr) -> dict[str, Pat
     go = _go()
     go_version = _go_version(go)
     started = time.monotonic()
-    paths: dict[str, Path] = {}
+    targets = {name: component_dir(COMPONENTS[name], go_version) for name in names}
     built_any = False
-    for name in names:
-        component = COMPONENTS[name]
-        target = component_dir(component, go_version)
-        if not (target / ".complete").exists():
-            built_any = True
-            _build(go, component, target, out)
-        for binary in component.binaries:
+    if any(not (t / ".complete").exists() for t in targets.values()):
+        # Held for the whole build: whoever waits on it (`./dev test`'s lab tests wait for the build it runs
+        # in the background) starts only once the machine is no longer compiling.
+        with _build_lock(out):
+            for name, target in targets.items():
+                if not (target / ".complete").exists():  # another process may have built it meanwhile
+                    built_any = True
+                    _build(go, COMPONENTS[name], target, out)
+    paths: dict[str, Path] = {}
+    for name, target in targets.items():
+        for binary in COMPONENTS[name].binaries:
             paths[binary if not name.startswith("capsule") else name] = target / binary
     if built_any:
         print(f"lab build: done in {time.monotonic() - started:.0f}s (cache: {cache_root() / 'bin'})", file=out)
     return paths
+
+
+@contextmanager
+def _build_lock(out: TextIO) -> Iterator[None]:
+    """One builder at a time per cache: a second waits for the first rather than building the same thing."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / "build.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("lab build: another build of the lab is running; waiting for it", file=out, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _build(go: str, component: GoComponent, target: Path, out: TextIO) -> None:

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import yaml
 
@@ -198,8 +198,10 @@ class Lab:
                 asyncio.run(self._install_capsule(state, binaries["helm"], out))
                 state["capsule_installed"] = True
                 self._save(state)
-            self._start_kcm(state, binaries["kube-controller-manager"])
+            # The kubelet (and with it Capsule) starts while the garbage collector's informers sync.
+            wait_gc = self._start_kcm(state, binaries["kube-controller-manager"])
             self._start_kubelet(state)
+            wait_gc()
             if capsule_replicas == 0:
                 # Kept state comes back as it was left, a tripped breaker included.
                 print("lab: Capsule's Deployment is at 0 replicas (the breaker is tripped): its webhooks refuse "
@@ -375,7 +377,8 @@ class Lab:
         except OSError:
             return False
 
-    def _start_kcm(self, state: dict[str, Any], binary: Path) -> None:
+    def _start_kcm(self, state: dict[str, Any], binary: Path) -> Callable[[], None]:
+        """Starts kube-controller-manager; returns the wait for its garbage collector to be collecting."""
         pair = self.pki.client("system:kube-controller-manager")
         kc = self.write_kubeconfig(self.dir / "kcm.kubeconfig", "system:kube-controller-manager", cert=(pair.cert, pair.key))
         # Default rates on purpose: the garbage collector is the adversary and must not be tuned.
@@ -393,7 +396,7 @@ class Lab:
                 fh.seek(offset)
                 return b"Proceeding to collect garbage" in fh.read()
 
-        self._wait("the garbage collector", gc_ready, 60, record)
+        return lambda: self._wait("the garbage collector", gc_ready, 60, record)
 
     async def _install_capsule(self, state: dict[str, Any], helm: Path, out: TextIO) -> None:
         webhook_url = f"https://127.0.0.1:{state['ports']['webhook']}"
