@@ -13,6 +13,11 @@ and the controller then cannot revert the exemption in its own dynamic webhook c
 exemption follows. Then the breaker is verified: a server-side dry-run DELETE by responder is still
 sent to the webhook (the exemption covers only responder's persisted writes), so a refusal proves
 that every other identity, the garbage collector included, is refused too.
+
+Breaker unavailable (no Capsule webhook refuses namespace DELETEs with the controller down, e.g. failurePolicy
+Ignore): Capsule is still scaled to 0 and responder still exempted, in the webhooks that fail closed for other
+writes (namespace and Tenant UPDATEs): without the exemption they would refuse responder's own detach patches
+and finalizer releases, and only the hold would stand between the namespaces and Capsule's return.
 """
 
 from __future__ import annotations
@@ -583,11 +588,15 @@ class TripBreaker:
             return StepOutcome("finished", "Capsule uninstalled: nothing to scale; "
                                            + ("the namespace hold holds" if held else "relying on detach speed"), data)
         if not guarding:
-            # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself, and its
-            # webhooks, failing open without it, stop refusing responder's detach patches.
+            # Still worth scaling to 0: it stops Capsule >= 0.13 deleting the namespaces itself. Its webhooks
+            # that still fail closed (those guarding namespace and Tenant UPDATEs: Capsule 0.14's
+            # namespaces.mutating.projectcapsule.dev among them) refuse every write once the controller is
+            # down, responder's detach patches and finalizer releases included: exempt responder there too.
+            await self.ensure_exemption(ctx, hooks)
             held = data["hold"] == "held"
             ctx.log("BREAKER UNAVAILABLE: no Capsule webhook refuses namespace DELETEs when the controller is down "
-                    "(no such webhook, or failurePolicy Ignore). Capsule is scaled to 0; "
+                    "(no such webhook, or failurePolicy Ignore). Capsule is scaled to 0 and responder exempted in its "
+                    "webhooks that still fail closed; "
                     + ("the namespace hold refuses deletes of tenant namespaces in the API server, and detach "
                        "races the garbage collector." if held else
                        "containment relies on detach speed against the garbage collector."), level="warning")
@@ -649,6 +658,11 @@ class VerifyBreaker:
             return StepOutcome("finished", "Capsule uninstalled (no Deployment): nothing to verify; the namespace "
                                "hold is what holds", {"breaker": "capsule-uninstalled"})
         if not any(guards_namespace_delete(h) and fails_closed(h) for _, o in hooks for h in o.get("webhooks") or []):
+            if not ctx.dry_run and breaker_tripped(ctx.journal.records()):
+                # Nothing refuses namespace DELETEs, but the webhooks that still fail closed refuse responder's
+                # own writes unless it is exempted, and the controller (0.13+) may have rewritten its
+                # configuration on its way down: exempt again where the exemption is missing.
+                await TripBreaker().ensure_exemption(ctx, await fresh_capsule_hooks(ctx.client))
             return StepOutcome("finished", "breaker unavailable: nothing to verify", {"breaker": "unavailable"})
         if ctx.dry_run:
             return StepOutcome("finished", "dry run: the breaker was not tripped", {"breaker": "dry-run"})

@@ -84,14 +84,16 @@ def owner_templates(ctx: StepContext) -> dict[str, dict[str, Any]]:
 
 
 async def live_tenants(ctx: StepContext) -> dict[str, dict[str, Any]]:
-    """The Tenants in the cluster by name; none while the Tenant CRD is not served."""
+    """The Tenants in the cluster by name, less those being deleted; none while the Tenant CRD is not
+    served. A Tenant being deleted adopts nothing: on Capsule >= 0.13 its finalizer deletes the namespaces
+    its status lists, and the garbage collector those it owns once it is gone."""
     try:
         items = (await ctx.client.get(TENANTS_PATH)).get("items") or []
     except ApiError as exc:
         if exc.status != 404:
             raise
         return {}
-    return {t["metadata"]["name"]: t for t in items}
+    return {t["metadata"]["name"]: t for t in items if not t["metadata"].get("deletionTimestamp")}
 
 
 async def _all_namespaces(ctx: StepContext) -> dict[str, dict[str, Any]]:
@@ -808,7 +810,8 @@ class RestoreCapsule:
         pending = await self.wait_reconciled(ctx, float(ctx.params.get("reconcileTimeout", 120)))
         data = {"replicas": replicas, "tenants_not_reconciled": pending}
         if pending:
-            ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet: {', '.join(pending[:5])}"
+            ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet, or are being deleted (Capsule "
+                    f"would delete what they list): {', '.join(pending[:5])}"
                     + ("; the namespace hold stays (remove it with `responder undo`)" if await self.own_hold(ctx)
                        else ""),
                     level="warning")
@@ -828,19 +831,12 @@ class RestoreCapsule:
         return bool(await holds_of(ctx.client, ctx.journal.incident_id))
 
     async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
-        """Tenants whose status does not list every known namespace of theirs that exists."""
+        """Tenants that do not own their known namespaces again (recovery.tenants_not_reconciled)."""
         known = known_namespaces(ctx)
         deadline = time.monotonic() + timeout
         pending: list[str] = []
         while time.monotonic() < deadline:
-            live = await _all_namespaces(ctx)
-            tenants = await live_tenants(ctx)
-            pending = []
-            for name in sorted(set(known.values())):
-                expected = {ns for ns, t in known.items() if t == name and ns in live}
-                listed = set(recovery.tenant_lists_namespaces(tenants.get(name) or {}))
-                if not expected <= listed:
-                    pending.append(name)
+            pending = recovery.tenants_not_reconciled(known, await _all_namespaces(ctx), await live_tenants(ctx))
             if not pending:
                 return []
             await asyncio.sleep(1.0)

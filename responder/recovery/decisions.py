@@ -414,6 +414,22 @@ def webhook_differences(before: Mapping[str, Mapping[str, Any]], after: Mapping[
     return diffs
 
 
+def tenants_not_reconciled(known: Mapping[str, str], namespaces: Mapping[str, Any],
+                           tenants: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The Tenants (of `known`: namespace -> Tenant) that do not own their namespaces again: absent, being
+    deleted, or whose status does not list every known namespace of theirs that exists (`namespaces`, by
+    name). A Tenant being deleted never counts, whatever its status lists: Capsule >= 0.13's finalizer
+    deletes every namespace it lists, the moment nothing refuses the DELETE any more."""
+    pending = []
+    for name in sorted(set(known.values())):
+        tenant = tenants.get(name) or {}
+        expected = {ns for ns, t in known.items() if t == name and ns in namespaces}
+        deleting = bool((tenant.get("metadata") or {}).get("deletionTimestamp"))
+        if (deleting and expected) or not expected <= set(tenant_lists_namespaces(tenant)):
+            pending.append(name)
+    return pending
+
+
 def tenant_lists_namespaces(tenant: Mapping[str, Any]) -> list[str]:
     """The namespaces a Tenant's status lists (Capsule 0.12: status.namespaces; 0.14 also status.spaces)."""
     status = tenant.get("status") or {}

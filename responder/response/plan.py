@@ -28,7 +28,9 @@ def build_plan(session: Session) -> dict[str, Any]:
         if step.action == "trip-breaker":
             what = (f"scale {session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} "
                     f"to 0; exempt {session.identity} in {len(hooks)} Capsule webhook configurations"
-                    if guarding else "breaker unavailable (no fail-closed namespace webhook): rely on speed")
+                    if guarding else f"breaker unavailable (no fail-closed namespace DELETE webhook): scale "
+                    f"{session.options.capsule.namespace}/{session.options.capsule.deployment} from {replicas} to 0; "
+                    f"exempt {session.identity} in Capsule's webhooks that still fail closed; rely on speed")
             what += ("; mark the armed namespace hold" if session.hold_not_armed is None
                      else f"; create the namespace hold (not armed: {session.hold_not_armed})")
             if something_to_save(view) is None:

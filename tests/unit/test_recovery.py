@@ -203,3 +203,19 @@ def test_webhook_differences_and_tenant_status():
     changed = {"ValidatingWebhookConfiguration/capsule": {"webhooks": [{"name": "a", "matchConditions": []}]}}
     assert recovery.webhook_differences(before, changed) == ["ValidatingWebhookConfiguration/capsule: webhooks differ"]
     assert recovery.tenant_lists_namespaces({"status": {"namespaces": ["a"], "spaces": [{"name": "b"}]}}) == ["a", "b"]
+
+
+def test_a_tenant_being_deleted_never_counts_as_reconciled():
+    """restore-capsule lifts the namespace hold only once every Tenant owns its namespaces again. A Tenant
+    still being deleted lists them too (Capsule 0.14's status.spaces), and its finalizer deletes them the
+    moment the hold is lifted: not reconciled."""
+    known = {"a-1": "a", "a-2": "a", "b-1": "b", "c-1": "c"}
+    namespaces = {"a-1": {}, "a-2": {}, "b-1": {}}  # c-1 does not exist (lost)
+    listing = {"status": {"spaces": [{"name": "a-1"}, {"name": "a-2"}]}}
+    tenants = {"a": listing, "b": {"status": {"namespaces": []}}, "c": {}}
+    assert recovery.tenants_not_reconciled(known, namespaces, tenants) == ["b"]
+    dying = {"metadata": {"deletionTimestamp": "2026-12-02T18:41:55Z"}, **listing}
+    assert recovery.tenants_not_reconciled(known, namespaces, tenants | {"a": dying}) == ["a", "b"]
+    assert recovery.tenants_not_reconciled(known, namespaces, {"b": {"status": {"namespaces": ["b-1"]}}}) == ["a"]
+    # Being deleted with none of its namespaces left: nothing for its finalizer to take.
+    assert recovery.tenants_not_reconciled({"c-1": "c"}, namespaces, {"c": dying}) == []
