@@ -275,13 +275,17 @@ class Lab:
         records = self._records()
         if "kubelet" in records and processes.stop(records["kubelet"]):
             stopped.append("kubelet")
+        # Wiped state needs no graceful shutdown: SIGKILL (the kubelet above still stops its Pods itself).
+        stop = processes.kill if wipe else processes.stop
         capsule = self.capsule_process()
-        if capsule and processes.stop(capsule):
+        if capsule and processes.is_running(capsule):
+            stop(capsule)
             stopped.append("capsule")
         self.capsule_record_file.unlink(missing_ok=True)
         stopped += pods.stop_recorded(self.dir)  # none unless the kubelet died before stopping them
         for name in ["alertmanager", "velero", "s3", *order[1:]]:
-            if name in records and processes.stop(records[name]):
+            if name in records and processes.is_running(records[name]):
+                stop(records[name])
                 stopped.append(name)
         state = self.state()
         if state:
