@@ -489,6 +489,9 @@ class TuiState:
         for sid in status.get("approvalSteps") or []:
             if sid not in self.steps:
                 self.steps[sid] = StepView(sid, note="waits for approval")
+        for sid, step in self.steps.items():  # shown waiting at the last look: approved since, or no longer asked
+            if step.status == "waiting":
+                step.status, step.note = "pending", "approved" if sid in self.approvals else ""
         for entry in status.get("steps") or []:
             sid = str(entry.get("id") or "")
             if not sid:
@@ -827,9 +830,11 @@ def guard_phase(incident: Mapping[str, Any]) -> tuple[str, str]:
     ran_recovery = any(s.get("phase") == "recover" for s in status.get("steps") or [])
     tui_phase = GUARD_PHASES.get(phase, "not-recovered" if ran_recovery else "not-contained")
     counts = status.get("namespaces") or {}
-    parts = [f"{phase} (guard {holder_role(str(status.get('leader') or ''))[1] or status.get('leader') or '?'})"]
-    if phase == "WaitingForApproval" and status.get("waitingFor"):
-        parts.append(f"waiting for approval of {status['waitingFor']}")
+    guard = holder_role(str(status.get("leader") or ""))[1] or status.get("leader") or "?"
+    if phase == "WaitingForApproval" and status.get("waitingFor"):  # first: what the on-call is asked
+        parts = [f"waiting for approval of {status['waitingFor']} (guard {guard})"]
+    else:
+        parts = [f"{phase} (guard {guard})"]
     if status.get("reason"):
         parts.append(str(status["reason"]))
     listed = [f"{s} {counts[s]}" for s in ("detached", "at-risk", "terminating", "gone") if counts.get(s)]

@@ -60,6 +60,9 @@ def test_the_model_follows_the_guards_incident():
     assert model.steps["recreate-tenants"].status == "waiting"
 
     approval = {"step": "recreate-tenants", "approver": "oncall@example.com", "approvedAt": "2026-12-02T10:05:00Z"}
+    model.apply_guard_incident(guard_incident("Recovering", approvals=[approval]), at=1001.5)
+    assert model.waiting_confirmation is None  # approved: the guard has not started it yet
+    assert (model.steps["recreate-tenants"].status, model.steps["recreate-tenants"].note) == ("pending", "approved")
     running = [*guard_incident("Recovering")["status"]["steps"],
                {"id": "recreate-tenants", "phase": "recover", "status": "running", "startedAt": "2026-12-02T10:05:01Z"}]
     model.apply_guard_incident(guard_incident("Recovering", approvals=[approval], steps=running), at=1002.0)
@@ -140,8 +143,11 @@ async def test_attached_the_tui_shows_the_guards_incident_and_its_confirmation_i
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the approval modal")
         await pilot.pause(0.3)
         assert app.screen.request.step == "recreate-tenants" and app.screen.request.answer == "recreate-tenants"
+        assert app.screen.request.writes == (f"add {{step: recreate-tenants, approver: {session.identity}}} to "
+                                             "spec.approvals of Incident inc-20261202t100000z-ab12",)
         text = screen_text(app)
-        assert "spec.approvals of Incident inc-20261202t100000z-ab12" in text, text
+        assert "spec.approvals" in text and "Confirm step recreate-tenants" in text, text
+        assert app.screen.request.summary.startswith("The guard responder-guard-7c9d-x2 waits for the approval of")
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="refused")
         await pilot.pause(0.3)  # several looks later: not asked again on its own
@@ -149,7 +155,8 @@ async def test_attached_the_tui_shows_the_guards_incident_and_its_confirmation_i
         assert any("approval of recreate-tenants refused" in line.detail for line in app.model.feed)
         await app.settle()
         await pilot.pause()
-        assert "awaiting your approval (recreate-tenants)" in screen_text(app)
+        assert "waiting for approval of recreate-tenants" in screen_text(app)  # the banner says so
+        assert app.model.waiting_confirmation == "recreate-tenants"
 
         # `a` asks again; confirmed, it is approved (once), as the on-call, and the guard goes on.
         await pilot.press("a")
