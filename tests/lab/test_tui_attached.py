@@ -86,7 +86,11 @@ async def test_the_tui_attaches_to_the_guards_incident_and_approves_a_step(lab_m
             text = text_of(app)
             assert "RECOVERING" in text and f"waiting for approval of {step}" in text, text
             assert app.model.guard_counts.get("detached", 0) > 0, app.model.guard_counts
+            # The table: the namespaces the guard detached show as detached (its snapshot and the cluster say so).
+            await until(pilot, lambda: all(app.model.rows.get(ns) is not None and app.model.rows[ns].state
+                                           == "detached" for ns in seeded.namespaces), 30, "rows detached")
             print(f"\nattached TUI: the guard {place} contained ({app.model.guard_counts}); asked to approve {step}")
+            print("\n".join(text.splitlines()[:3]))
 
             await pilot.pause(0.3)  # the modal focuses its input once mounted
             await pilot.press(*[KEY_NAMES.get(c, c) for c in step])
@@ -125,7 +129,6 @@ async def test_the_tui_attaches_to_the_guards_incident_and_approves_a_step(lab_m
         async with lab.admin_client() as admin:
             lease = (await admin.get(LEASE_PATH))["spec"]
         assert lease["holderIdentity"] == guard.identity() and lease.get("leaseTransitions", 0) == transitions, lease
-        assert seeded.namespaces  # the cluster the guard contained
     finally:
         if session is not None:
             await session.close()
