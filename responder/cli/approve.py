@@ -1,5 +1,6 @@
-"""`responder approve INCIDENT STEP`: approve a recovery step the guard waits on (for scripts; the TUI's
-confirmation does the same). The approver is who the API server says the caller is (SelfSubjectReview).
+"""`responder approve INCIDENT STEP`: approve a recovery step the guard waits on (for scripts; the TUI attached
+to the guard's incident approves through the same `responder.response.approval.approve_step`). The approver is
+who the API server says the caller is (SelfSubjectReview).
 
 It writes only the Incident's spec.approvals (responder's own record, which the guard leading the cluster
 reads), so it takes no writer Lease. Bad input (no such Incident, an ended one, a step that does not wait for
@@ -16,11 +17,9 @@ from typing import Any
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_OK, ConfigError
-from responder.names import RESPONDER_NAMESPACE
+from responder.response.approval import approve_step
 from responder.response.console import emit
-from responder.response.incident_object import (INCIDENT_CRD, INCIDENT_RESOURCE, IncidentStore, approval_refused,
-                                                approvals_of, incident_name)
-from responder.response.session import whoami
+from responder.response.incident_object import INCIDENT_CRD, incident_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,26 +55,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with KubeClient(access) as client:
-            store = IncidentStore(client)
-            incident = await store.get(name)
-            if incident is None:
-                raise ConfigError(f"no Incident {name} in {RESPONDER_NAMESPACE}",
-                                  fix=f"kubectl get {INCIDENT_RESOURCE} -n {RESPONDER_NAMESPACE} lists them")
-            refused = approval_refused(incident, args.step)
-            if refused is not None:
-                raise refused
-            earlier = approvals_of(incident).get(args.step)
-            if earlier is not None:
-                return {"incident": name, "step": args.step, "approver": earlier.get("approver"),
-                        "approvedAt": earlier.get("approvedAt"), "already": True, "dry_run": args.dry_run}
-            approver = await whoami(client)
-            if not approver:
-                raise ConfigError("the API server did not say who you are (SelfSubjectReview)",
-                                  fix="check the kubeconfig's credentials")
-            updated = await store.add_approval(name, args.step, approver, dry_run=args.dry_run)
-            approval = approvals_of(updated).get(args.step) or {}
-            return {"incident": name, "step": args.step, "approver": approver,
-                    "approvedAt": approval.get("approvedAt"), "already": False, "dry_run": args.dry_run}
+            return await approve_step(client, name, args.step, dry_run=args.dry_run)
 
     result = asyncio.run(go())
     if args.output:

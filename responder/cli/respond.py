@@ -85,7 +85,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             confirmer = TuiConfirmer()  # shows the confirmation modal once the app runs
             session = Session(access, options, confirmer=confirmer)
             try:
-                await session.preflight()  # before the UI: a refused or unreachable cluster fails in plain text
+                # Before the UI: a refused or unreachable cluster fails in plain text. Where a guard leads, the
+                # TUI attaches to its incident (approvals only) instead of refusing.
+                await session.preflight(attach=True)
                 return await run_tui_async(session, confirmer=confirmer)
             finally:
                 await session.close()

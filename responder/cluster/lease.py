@@ -42,9 +42,10 @@ LEASE_API = "/apis/coordination.k8s.io/v1"
 
 
 class LeaseHeld(ResponderError):
-    """Another live responder holds the cluster's Lease: this process must not write."""
+    """Another live responder holds the cluster's Lease: this process must not write. `holder`: its identity."""
 
     exit_code = EXIT_LEASE_HELD
+    holder = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,16 @@ def holder_identity(role: str) -> str:
     same machine see that a crashed holder is dead (`dead_here`); the random part keeps a restarted process
     from renewing its predecessor's record."""
     return f"{role}/{process_place()}/{boot_id() or 'unknown'}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+def holder_role(holder: str) -> tuple[str, str]:
+    """(role, place) of a holder identity `ROLE/PLACE/BOOT.PID.RANDOM` (`holder_identity`): ("guard", the pod's
+    name) for a guard replica; ("", "") for an identity not written that way (another tool's, or none)."""
+    role, _, rest = holder.partition("/")
+    place, _, process = rest.rpartition("/")
+    if not role or not place or not process:
+        return "", ""
+    return role, place
 
 
 def dead_here(holder: str, *, place: str, boot: str, alive: Callable[[int], bool]) -> bool:
@@ -384,11 +395,13 @@ class LeaseElector:
             await asyncio.sleep(poll)
 
     def held_error(self, record: LeaseRecord) -> LeaseHeld:
-        return LeaseHeld(f"another responder holds this cluster's Lease {self.namespace}/{self.name}: "
-                         f"{record.holder} (renewed {_ago(record.renewed_at)}); one writer per cluster, so this one "
-                         "writes nothing",
-                         fix="let the holder handle the incident (a guard contains on its own), or stop it first; "
-                             f"`kubectl get lease -n {self.namespace} {self.name} -o yaml` shows it")
+        error = LeaseHeld(f"another responder holds this cluster's Lease {self.namespace}/{self.name}: "
+                           f"{record.holder} (renewed {_ago(record.renewed_at)}); one writer per cluster, so this one "
+                           "writes nothing",
+                           fix="let the holder handle the incident (a guard contains on its own), or stop it first; "
+                               f"`kubectl get lease -n {self.namespace} {self.name} -o yaml` shows it")
+        error.holder = record.holder
+        return error
 
     async def release(self) -> None:
         """Give the Lease up now if we hold it (graceful stop): the standby need not wait for it to expire."""

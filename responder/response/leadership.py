@@ -3,8 +3,9 @@ first write and off the detection hot path, renewed in the background, released 
 
 A guard replica brings its own elector (it leads or stands by, and manages it); a headless `run`/`watch`
 or the TUI takes the Lease once, or refuses with LeaseHeld (exit 6) naming the live holder, before any
-write. A dry run writes nothing, so it takes no Lease. Leadership changes are journaled while the
-session has an incident journal.
+write; where that holder is a guard, the TUI attaches to its incident instead (responder.response.attach).
+A dry run writes nothing, so it takes no Lease. Leadership changes are journaled while the session has an
+incident journal.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from responder.actions.breaker import NOT_NEEDED, read_armed_hold
 from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
+from responder.cluster.lease import LeaseHeld
 from responder.incident.detect import DETECTION_LOGGER, INCIDENT, NOTICE, ROUTINE, Decision, Detector, Trigger, late_start
 from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
@@ -30,6 +31,7 @@ from responder.incident.observe import CapsuleTarget, ClusterObserver
 from responder.runbook.schema import Runbook, load_runbook
 from responder.incident.shadow import Shadow
 from responder.report import capsule_down_warning, capsule_left_down
+from responder.response.attach import attach_target
 from responder.response.leadership import WriterLease, hold_writer_lease
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,8 @@ class Session:
         self.leadership: WriterLease | None = None  # the cluster's writer Lease (a guard sets its own before preflight)
         # Whether a detected incident opens here now (a standby guard replica: not until it leads).
         self.may_open: Callable[[], bool] | None = None
+        # The guard replica leading the cluster that this session is attached to ("": none, it acts itself).
+        self.attached_to = ""
 
     def set_dry_run(self, dry_run: bool) -> None:
         """Switch dry-run before an incident opens (the TUI's toggle): options and client together,
@@ -172,8 +176,9 @@ class Session:
         self.options.dry_run = dry_run
         self.client.dry_run = dry_run
 
-    async def preflight(self) -> None:
-        """Reachability and identity, before anything else (and before any UI starts)."""
+    async def preflight(self, *, attach: bool = False) -> None:
+        """Reachability and identity, before anything else (and before any UI starts). `attach` (the TUI):
+        where a live guard holds the writer Lease, attach to it (`attached_to`) instead of refusing."""
         # An unreachable cluster should fail the preflight fast, not after the write-retry deadline.
         deadline, self.client.retry_deadline = self.client.retry_deadline, 10.0
         try:
@@ -205,7 +210,25 @@ class Session:
         # add what is alive, which says nothing of what existed before an incident.
         self.known_before = dict(self.observer.shadow.namespace_tenants())
         # One writer per cluster: the Lease is held from here, before the first write (or LeaseHeld, exit 6).
-        self.leadership = await hold_writer_lease(self)
+        await self.hold_lease(attach=attach)
+
+    async def hold_lease(self, *, attach: bool = False) -> None:
+        """Hold the writer Lease (LeaseHeld when another live responder holds it); with `attach`, a guard
+        holding it is followed instead (`attach_to`)."""
+        try:
+            self.leadership = await hold_writer_lease(self)
+        except LeaseHeld as exc:
+            if not attach or attach_target(exc.holder) is None:
+                raise
+            self.attach_to(exc.holder)
+
+    def attach_to(self, holder: str) -> None:
+        """A guard leads: this session opens no incident and runs no step (it writes nothing); the TUI shows
+        the guard's incident and approves its steps (responder.response.attach)."""
+        self.attached_to = holder
+        self.may_open = lambda: False
+        log.warning("a guard leads this cluster (%s): attached to its incident; this responder writes nothing "
+                    "but the approvals given", holder)
 
     async def load_tenant_record(self) -> None:
         """With no shadow copy of its own (responder never ran here, or ran elsewhere), the guard's in-cluster
@@ -300,7 +323,7 @@ class Session:
         decision = late_start(self.view(), self.runbook.detection)
         if decision is None:
             return None
-        if decision.is_incident and self.trigger is None:
+        if decision.is_incident and self.trigger is None and (self.may_open is None or self.may_open()):
             self._open_or_fail(decision.trigger())
         self._record_decision(decision)
         return decision.trigger() if decision.is_incident else None
@@ -459,6 +482,9 @@ class Session:
                     self.results[step.id] = await engine.run_step(step)
 
     def make_engine(self) -> Engine:
+        if self.attached_to:  # the guard writes; an attached session runs no step
+            raise ResponderError(f"attached to the guard {self.attached_to}: this responder runs no step",
+                                 fix="approve the guard's steps, or take the Lease over first")
         assert self.journal is not None
         engine = Engine(self.runbook, ACTIONS, client=self.client, observer=self.observer, journal=self.journal,
                         options=EngineOptions(dry_run=self.options.dry_run, auto=self.options.auto,

@@ -7,6 +7,11 @@ burst of thousands of events costs one screen update per frame, not one per even
 
 A "session" is anything with the attributes of `responder.response.session.Session` used below (see
 `SessionLike`); the tests and the demo pass `responder.tui.replay.ReplaySession`.
+
+Attached (the session's `attached_to`: a guard leads the cluster, responder.response.attach): the app runs no
+step. It follows the guard's Lease and Incident object, shows them with the cluster its watches see, and asks
+for each step the guard waits on in the same modal; a confirmed one is approved on the Incident
+(`responder.response.approval.approve_step`, as `responder approve`), the only write it makes.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from textual.widgets import Footer
 from responder.cluster.watch import WatchEvent
 from responder.incident.detect import DETECTION_LOGGER
 from responder.incident.engine import ConfirmationRequest, EngineEvent
-from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK
+from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ResponderError
+from responder.response.approval import approve_step
+from responder.response.attach import GuardFollower, awaiting_approval
+from responder.response.incident_object import is_open
 from responder.response.session import recovery_summary
 from responder.tui.screens.confirm import ConfirmScreen, QuitScreen
 from responder.tui.screens.help import HelpScreen
@@ -52,6 +60,7 @@ FLUSH_LIMIT = 2500  # namespaces re-triaged per frame at most (a 10k re-triage s
 JOURNAL_POLL = 0.25  # while no incident is open
 JOURNAL_POLL_INCIDENT = 0.1  # its latest lines; frames with rows to re-triage read it first anyway
 JOURNAL_LINES = 200
+ATTACH_POLL = 1.0  # attached: how often the guard's Lease and Incident are read (the guard writes it <= 1/s)
 
 
 class SessionLike(Protocol):
@@ -183,15 +192,23 @@ class ResponderApp(App[int]):
         Binding("d", "toggle_dry_run", "Dry-run"),
         Binding("p", "plan", "Plan"),
         Binding("u", "undo", "Undo"),
+        Binding("a", "approve", "Approve", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
     def __init__(self, session: SessionLike, *, confirmer: TuiConfirmer | None = None,
                  clock: Callable[[], float] = time.time, flush_interval: float = FLUSH_INTERVAL,
                  flush_limit: int = FLUSH_LIMIT, track_latency: bool = False, cursor_blink: bool = True,
-                 journal_poll: float = JOURNAL_POLL) -> None:
+                 journal_poll: float = JOURNAL_POLL, follower: Any = None, approve: Any = approve_step,
+                 attach_poll: float = ATTACH_POLL) -> None:
         super().__init__()
         self.session = session
+        # Attached to the guard leading the cluster: `follower.look()` reads its Lease and Incident,
+        # `approve(client, incident, step, dry_run=)` approves one of its steps (the tests pass fakes).
+        self.attached_to = str(getattr(session, "attached_to", "") or "")
+        self.follower = follower
+        self.approve = approve
+        self.attach_poll = attach_poll
         self.clock = clock
         self.flush_interval = flush_interval
         self.flush_limit = flush_limit
@@ -210,6 +227,8 @@ class ResponderApp(App[int]):
                               identity=session.identity, dry_run=bool(options.dry_run),
                               auto=bool(getattr(options, "auto", True)), yes=bool(getattr(options, "yes", False)),
                               journal_limit=JOURNAL_LINES, track_latency=track_latency)
+        if self.attached_to:
+            self.model.set_attached(self.attached_to)
         self._read_hold()
         self.latency_samples: list[float] | None = [] if track_latency else None
         self.flush_seconds: deque[float] = deque(maxlen=10_000)  # recent frame times (the benchmark reads them)
@@ -280,6 +299,9 @@ class ResponderApp(App[int]):
     @work(group="session", exclusive=True, name="session")
     async def _drive(self) -> None:
         session, model = self.session, self.model
+        if self.attached_to:
+            await self._follow_guard()
+            return
         try:
             model.set_phase("starting", "listing the cluster")
             await session.start()
@@ -326,6 +348,95 @@ class ResponderApp(App[int]):
             self.failure = exc
             log.exception("the session failed")
             model.set_phase("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    async def _follow_guard(self) -> None:
+        """Attached: the cluster from the watches, the incident from the guard's Incident; no step runs here."""
+        session, model = self.session, self.model
+        try:
+            model.set_phase("starting", "listing the cluster")
+            await session.start()
+            self._read_hold()
+            model.seed(session.view())
+            model.set_phase("watching")
+            model.add_note(f"attached to the guard {model.attached_place}: it leads this cluster (holds the "
+                           "Lease); this TUI writes nothing but the approvals you confirm", at=self.clock(), alert=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc
+            log.exception("the session failed")
+            model.set_phase("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            return
+        follower = self.follower or GuardFollower(session.client, self.attached_to)  # type: ignore[attr-defined]
+        asked: set[tuple[str, str]] = set()
+        failing = ""
+        while True:
+            try:
+                seen = await follower.look()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next look may work: said once, not every second
+                if str(exc) != failing:
+                    failing = str(exc)
+                    model.add_note(f"reading the guard's Incident failed: {type(exc).__name__}: {exc}",
+                                   at=self.clock(), alert=True)
+            else:
+                failing = ""
+                model.set_attached(seen.holder, at=self.clock())
+                if seen.incident is not None:
+                    incident = seen.incident
+                    self.incident_open = is_open(incident)
+                    model.apply_guard_incident(incident, at=self.clock())
+                    model.mark_guard_detached(seen.owners)
+                    step = awaiting_approval(incident)
+                    key = (incident["metadata"]["name"], step or "")
+                    if step and key not in asked:
+                        asked.add(key)  # asked once on its own; refused, `a` asks again
+                        self._ask_approval(key[0], step)
+            await asyncio.sleep(self.attach_poll)
+
+    @work(group="approve", exclusive=True, name="approve")
+    async def _ask_approval(self, name: str, step: str) -> None:
+        """The confirmation modal for a step the guard waits on; confirmed, the approval is written."""
+        model = self.model
+        runbook_step = next((s for s in getattr(getattr(self.session, "runbook", None), "steps", ())
+                             if s.id == step), None)
+        identity = model.identity or "you"
+        request = ConfirmationRequest(
+            step, getattr(runbook_step, "action", "") or "approval",
+            f"The guard {model.attached_place} waits for the approval of its recovery step {step!r} "
+            f"({getattr(runbook_step, 'description', '') or 'see its runbook'}). Confirmed, the guard runs it. "
+            f"This TUI writes only the approval, as {identity}.",
+            (f"add {{step: {step}, approver: {identity}}} to spec.approvals of Incident {name}",), step)
+        if not await self.confirm(request):
+            model.add_note(f"approval of {step} refused: the guard keeps waiting (press a to approve it)",
+                           at=self.clock(), alert=True)
+            return
+        try:
+            result = await self.approve(self.session.client, name, step,  # type: ignore[attr-defined]
+                                        dry_run=bool(self.session.options.dry_run))
+        except ResponderError as exc:
+            model.add_note(f"approval of {step} not written: {exc.message}", at=self.clock(), alert=True)
+            self.notify(f"approval of {step} not written: {exc.message}", severity="error")
+            return
+        except Exception as exc:
+            model.add_note(f"approval of {step} failed: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
+            self.notify(f"approval of {step} failed: {exc}", severity="error")
+            return
+        what = "was already approved" if result.get("already") else (
+            "approved (dry run: not persisted)" if result.get("dry_run") else "approved")
+        model.add_note(f"step {step} {what} by {result.get('approver')} at {result.get('approvedAt')}",
+                       at=self.clock())
+
+    def action_approve(self) -> None:
+        """Attached: ask again for the step the guard waits on (after a refusal)."""
+        step, name = self.model.waiting_confirmation, self.model.guard_incident
+        if not self.attached_to or not step or not name:
+            self.notify("no step waits for approval", severity="warning")
+            return
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        self._ask_approval(name, step)
 
     def _outcome_line(self) -> str:
         counts = self.model.counts
@@ -451,7 +562,8 @@ class ResponderApp(App[int]):
     # ----------------------------------------------------------------------------- actions
 
     def action_request_quit(self) -> None:
-        if not self.incident_open:  # nothing to interrupt: quit at once
+        # Nothing to interrupt: no incident, or attached (the guard handles it whether this TUI runs or not).
+        if not self.incident_open or self.attached_to:
             self.exit(self.exit_code, return_code=self.exit_code)
             return
         journal = getattr(getattr(self.session, "journal", None), "path", None)
@@ -481,7 +593,7 @@ class ResponderApp(App[int]):
     def exit_code(self) -> int:
         if self.failure is not None:
             return int(getattr(self.failure, "exit_code", EXIT_NOT_CONTAINED))
-        if not self.incident_open:
+        if not self.incident_open or self.attached_to:
             return EXIT_OK
         if self.contain_done and (self.contained or self.model.dry_run) and self.recovered is not False:
             return EXIT_OK
@@ -521,6 +633,10 @@ class ResponderApp(App[int]):
         await self.push_screen(PlanScreen(plan))
 
     def action_undo(self) -> None:
+        if self.attached_to:
+            self.notify("attached: the guard leads and writes; this TUI writes only approvals (undo: `responder "
+                        "undo` on the guard's journal, once it no longer leads)", severity="warning")
+            return
         if self.containing:
             self.notify("containment is running: undo after it finished", severity="warning")
             return

@@ -45,6 +45,8 @@ from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
 from responder.incident.engine import EngineEvent
 from responder.incident.observe import VELERO_STREAM
+from responder.cluster.lease import holder_role
+from responder.response.attach import awaiting_approval
 
 NO_TENANT = ""
 # The streams whose initial lists must be in before a verdict means anything: a namespace listed
@@ -279,6 +281,13 @@ class TuiState:
         self.waiting_confirmation: str | None = None
         self.header_version = 0
         self.steps_version = 0
+        # Attached to a guard (responder.response.attach): the Lease's holder, the Incident object followed,
+        # its phase, counts and approvals as the guard writes them.
+        self.attached = ""
+        self.guard_incident = ""
+        self.guard_phase = ""
+        self.guard_counts: dict[str, int] = {}
+        self.approvals: dict[str, str] = {}  # step -> approver
 
     # ---------------------------------------------------------------------------------- inputs
 
@@ -438,6 +447,81 @@ class TuiState:
             self.header_version += 1
         self.steps_version += 1
 
+    def set_attached(self, holder: str, *, at: float | None = None) -> None:
+        """The guard replica holding the writer Lease, which this TUI follows (a new one after a failover)."""
+        if holder == self.attached:
+            return
+        if self.attached and at is not None:
+            self.add_note(f"the Lease now names {holder or 'nobody'} (was {self.attached})", at=at, alert=True)
+        self.attached = holder
+        self.header_version += 1
+
+    @property
+    def attached_place(self) -> str:
+        """The leading guard's pod (from its holder identity), or the identity itself when it has no place."""
+        return holder_role(self.attached)[1] or self.attached
+
+    def apply_guard_incident(self, incident: Mapping[str, Any], *, at: float) -> None:
+        """The guard's Incident object as last read: the incident, its phase, steps, counts and approvals."""
+        meta, spec, status = incident.get("metadata") or {}, incident.get("spec") or {}, incident.get("status") or {}
+        name = str(meta.get("name") or "")
+        trigger = status.get("trigger") or spec.get("trigger") or {}
+        if name != self.guard_incident:
+            self.guard_incident = name
+            self.approvals = {}
+            opened = trigger.get("event_received") or _epoch(meta.get("creationTimestamp")) or at
+            self.incident = Incident(str(spec.get("incidentId") or name), str(trigger.get("kind") or "?"),
+                                     str(trigger.get("reason") or ""), float(opened))
+            self.add_note(f"the guard's incident: Incident {name} ({trigger.get('reason') or '?'})", at=at, alert=True)
+        phase = str(status.get("phase") or "Detected")
+        if phase != self.guard_phase:
+            self.guard_phase = phase
+            self.add_note(f"Incident {name}: {phase}" + (f" ({status['waitingFor']})" if status.get("waitingFor")
+                                                         and phase == "WaitingForApproval" else ""),
+                          at=at, alert=phase in ("Failed", "WaitingForApproval"))
+        for approval in spec.get("approvals") or []:
+            step, who = str(approval.get("step") or ""), str(approval.get("approver") or "")
+            if step and step not in self.approvals:
+                self.approvals[step] = who
+                self.add_note(f"step {step} approved by {who} at {approval.get('approvedAt', '?')}", at=at)
+        self.guard_counts = {k: int(v) for k, v in (status.get("namespaces") or {}).items()}
+        # Steps: the ones waiting for approval listed ahead of time, then what the guard ran.
+        for sid in status.get("approvalSteps") or []:
+            if sid not in self.steps:
+                self.steps[sid] = StepView(sid, note="waits for approval")
+        for sid, step in self.steps.items():  # shown waiting at the last look: approved since, or no longer asked
+            if step.status == "waiting":
+                step.status, step.note = "pending", "approved" if sid in self.approvals else ""
+        for entry in status.get("steps") or []:
+            sid = str(entry.get("id") or "")
+            if not sid:
+                continue
+            step = self.steps.get(sid)
+            if step is None:
+                step = self.steps[sid] = StepView(sid)
+            step.status = str(entry.get("status") or step.status)
+            step.summary = str(entry.get("summary") or "")
+            step.started_at = _epoch(entry.get("startedAt")) or step.started_at
+            step.finished_at = _epoch(entry.get("finishedAt")) if step.status != "running" else None
+            step.note = ""
+        waiting = awaiting_approval(incident)
+        if waiting is not None:
+            step = self.steps.setdefault(waiting, StepView(waiting))
+            step.status, step.note = "waiting", "waiting for approval (the guard runs it once approved)"
+        if waiting != self.waiting_confirmation:
+            self.waiting_confirmation = waiting
+        self.phase, self.phase_detail = guard_phase(incident)
+        self.header_version += 1
+        self.steps_version += 1
+
+    def mark_guard_detached(self, owners: Mapping[str, str]) -> None:
+        """Namespaces the guard's snapshot lists with a Tenant owner that carry no Tenant reference now: the
+        guard detached them (its journal, which would say so, is on its own disk)."""
+        for name, tenant in owners.items():
+            obj = self.namespaces.get(name)
+            if obj is not None and name not in self.detached and not triage.tenant_refs(obj):
+                self._detached(name, tenant)
+
     def open_incident(self, incident_id: str, kind: str, reason: str, at: float) -> None:
         self.incident = Incident(incident_id, kind, reason, at)
         self.phase = "containing"
@@ -564,6 +648,8 @@ class TuiState:
         return capsule_version(self.deployment)
 
     def mode(self) -> str:
+        if self.attached:
+            return "attached, dry-run" if self.dry_run else "attached"
         if self.dry_run:
             return "dry-run"
         if not self.auto:
@@ -721,6 +807,40 @@ class TuiState:
     def _add_feed(self, line: FeedLine) -> None:
         self.feed.append(line)
         self.feed_total += 1
+
+
+# The guard's Incident phase -> the TUI's phase (header banner).
+GUARD_PHASES = {"Detected": "containing", "Containing": "containing", "Contained": "contained",
+                "WaitingForApproval": "recovering", "Recovering": "recovering", "Recovered": "recovered"}
+
+
+def _epoch(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def guard_phase(incident: Mapping[str, Any]) -> tuple[str, str]:
+    """(the TUI's phase, the banner's detail) for the guard's Incident: whose it is, its phase, its counts."""
+    status = incident.get("status") or {}
+    phase = str(status.get("phase") or "Detected")
+    ran_recovery = any(s.get("phase") == "recover" for s in status.get("steps") or [])
+    tui_phase = GUARD_PHASES.get(phase, "not-recovered" if ran_recovery else "not-contained")
+    counts = status.get("namespaces") or {}
+    guard = holder_role(str(status.get("leader") or ""))[1] or status.get("leader") or "?"
+    if phase == "WaitingForApproval" and status.get("waitingFor"):  # first: what the on-call is asked
+        parts = [f"waiting for approval of {status['waitingFor']} (guard {guard})"]
+    else:
+        parts = [f"{phase} (guard {guard})"]
+    if status.get("reason"):
+        parts.append(str(status["reason"]))
+    listed = [f"{s} {counts[s]}" for s in ("detached", "at-risk", "terminating", "gone") if counts.get(s)]
+    if listed:
+        parts.append(", ".join(listed))
+    return tui_phase, "; ".join(parts)
 
 
 __all__ = ["TuiState", "Row", "TableChanges", "FeedLine", "StepView", "Incident", "capsule_version",

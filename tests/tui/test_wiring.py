@@ -23,8 +23,8 @@ class FakeSession:
         FakeSession.instances.append(self)
         FakeSession.calls.append("session")
 
-    async def preflight(self) -> None:
-        FakeSession.calls.append("preflight")
+    async def preflight(self, *, attach: bool = False) -> None:
+        FakeSession.calls.append("preflight attach" if attach else "preflight")
         if FakeSession.fail_preflight:
             raise ResponderError("the cluster refused responder's identity check")
 
@@ -51,7 +51,8 @@ def wired(monkeypatch, tmp_path):
 
 def test_watch_runs_preflight_before_the_tui(wired):
     assert commands.cmd_watch(wired) == 1, "the TUI's exit code is the command's"
-    assert FakeSession.calls == ["credentials", "session", "preflight", "tui", "close"]
+    # The TUI attaches where a guard leads (a headless watch refuses, LeaseHeld).
+    assert FakeSession.calls == ["credentials", "session", "preflight attach", "tui", "close"]
 
 
 def test_watch_preflight_failure_never_starts_the_tui(wired):

@@ -15,6 +15,7 @@ KEYS = [
     ("d", "toggle dry-run (only before an incident opens)"),
     ("p", "plan: what responder sees now and what it would do"),
     ("u", "undo the reversible writes of this incident (asks first)"),
+    ("a", "attached to a guard: approve the step it waits on (asks first)"),
     ("?", "this help"),
     ("ctrl+p", "command palette: every action by name"),
     ("tab", "move focus between the table and the event feed"),

@@ -1,5 +1,6 @@
-"""The header: who and where responder is, Capsule's version, the mode, the breaker, whether the namespace
-hold is armed ahead of the incident, the incident; and, first, any watch stream that stopped (BLIND)."""
+"""The header: who and where responder is (attached: the guard that leads), Capsule's version, the mode, the
+breaker, whether the namespace hold is armed ahead of the incident, the incident; and, first, any watch stream
+that stopped (BLIND)."""
 
 from __future__ import annotations
 
@@ -88,13 +89,17 @@ class HeaderBar(Vertical):
 
     def show(self, model: TuiState) -> None:
         self._model = model
+        # Attached to a guard (it leads the cluster): said first after the name, before where and who.
+        attached = [(f"ATTACHED to guard {model.attached_place or '(no leader)'}", "bold reverse")] \
+            if model.attached else []
         set_text(self.query_one("#ident", Static), _line(
-            ("responder", "bold"), (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
+            ("responder", "bold"), *attached, (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
             (model.server or "-", "dim")))
         breaker, why = model.breaker()
         hold, _ = model.hold()
         velero = model.velero()
-        waiting = f"awaiting your confirmation ({model.waiting_confirmation})" if model.waiting_confirmation else ""
+        waiting = (f"awaiting your {'approval' if model.attached else 'confirmation'} ({model.waiting_confirmation})"
+                   if model.waiting_confirmation else "")
         status = self.query_one("#status", Static)
         # Narrow terminals (80 columns) drop Capsule's version, then Velero's phase, before the mode, the breaker
         # or the hold would be cut.
@@ -120,7 +125,8 @@ class HeaderBar(Vertical):
             detail = model.phase_detail or f"{inc.kind}: {inc.reason}"
             text = _line((label, "bold"), (inc.id, ""), (f"at {utc_clock(inc.at, millis=False)}Z", ""), (detail, ""))
         else:
-            detail = model.phase_detail or ("no incident; press d to toggle dry-run, p for the plan"
-                                            if model.phase == "watching" else "listing the cluster")
+            idle = (f"no incident; the guard {model.attached_place} leads: its incident shows here, its steps are "
+                    "approved here" if model.attached else "no incident; press d to toggle dry-run, p for the plan")
+            detail = model.phase_detail or (idle if model.phase == "watching" else "listing the cluster")
             text = _line((label, "bold"), (detail, ""))
         set_text(banner, text)
