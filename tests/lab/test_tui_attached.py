@@ -101,8 +101,12 @@ async def test_the_tui_attaches_to_the_guards_incident_and_approves_a_step(lab_m
             async def step_ran() -> dict | None:
                 async with lab.admin_client() as admin:
                     current = await admin.get(f"{INCIDENTS_PATH}/{name}")
-                ran = [s for s in (current.get("status") or {}).get("steps") or [] if s.get("id") == step]
-                return current if ran and ran[0].get("status") in ("running", "finished") else None
+                status = current.get("status") or {}
+                ran = [s for s in status.get("steps") or [] if s.get("id") == step]
+                # The guard records the step started and the approval it acted on in its status (not always in
+                # one write): wait for both.
+                recorded = any(a.get("step") == step for a in status.get("approvals") or [])
+                return current if ran and ran[0].get("status") in ("running", "finished") and recorded else None
 
             deadline = time.monotonic() + 120
             current = await step_ran()
