@@ -303,11 +303,7 @@ class ResponderApp(App[int]):
             await self._follow_guard()
             return
         try:
-            model.set_phase("starting", "listing the cluster")
-            await session.start()
-            self._read_hold()
-            model.seed(session.view())
-            model.set_phase("watching")
+            await self._start_watching()
             session.check_late_start()
             await session.wait_for_incident()
             self.incident_open = True
@@ -349,15 +345,19 @@ class ResponderApp(App[int]):
             log.exception("the session failed")
             model.set_phase("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
 
+    async def _start_watching(self) -> None:
+        """The watches started, the table seeded from them, the hold read."""
+        self.model.set_phase("starting", "listing the cluster")
+        await self.session.start()
+        self._read_hold()
+        self.model.seed(self.session.view())
+        self.model.set_phase("watching")
+
     async def _follow_guard(self) -> None:
         """Attached: the cluster from the watches, the incident from the guard's Incident; no step runs here."""
         session, model = self.session, self.model
         try:
-            model.set_phase("starting", "listing the cluster")
-            await session.start()
-            self._read_hold()
-            model.seed(session.view())
-            model.set_phase("watching")
+            await self._start_watching()
             model.add_note(f"attached to the guard {model.attached_place}: it leads this cluster (holds the "
                            "Lease); this TUI writes nothing but the approvals you confirm", at=self.clock(), alert=True)
         except asyncio.CancelledError:

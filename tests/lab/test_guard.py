@@ -125,6 +125,20 @@ async def set_lease_holder(lab, holder: str) -> None:
     raise AssertionError("the Lease could not be updated")
 
 
+async def fresh_incident_lab(lab_manager):
+    """A fresh Capsule 0.14 lab with responder's Incident CRD and no writer Lease: where a guard is started."""
+    from responder.lab.apply import wait_crds_established
+    from responder.response.incident_object import INCIDENT_CRD, incident_crd
+
+    lab = await lab_manager.get("0.14", fresh=True)
+    async with lab.admin_client() as admin:
+        await apply_objects(admin, [incident_crd()])
+        await wait_crds_established(admin, [INCIDENT_CRD])
+        if await admin.get_or_none(LEASE_PATH) is not None:
+            await admin.delete(LEASE_PATH)
+    return lab
+
+
 def poll(condition, timeout: float, every: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -22,17 +22,15 @@ import yaml
 
 from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD
 from responder.errors import EXIT_BAD_INPUT
-from responder.lab.apply import apply_objects, wait_crds_established
 from responder.lab.control_plane import ADMIN_USER
 from responder.guard.takeover import INHERITED
 from responder.lab.incident import persisted_writes_by
 from responder.lab.seed import seed
-from responder.response.incident_object import (INCIDENT_CRD, INCIDENTS_PATH, RECOVERED, WAITING,
-                                                incident_crd)
+from responder.response.incident_object import INCIDENTS_PATH, RECOVERED, WAITING
 from responder.response.session import REPO_RUNBOOKS, DEFAULT_RUNBOOK
 
 from .incident_helpers import namespace_states, read_journal, run_responder, trigger
-from .test_guard import LEASE_PATH, GuardProcess, guard_kubeconfig, poll, sa_user, start_guard
+from .test_guard import GuardProcess, fresh_incident_lab, guard_kubeconfig, poll, sa_user, start_guard
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
@@ -81,12 +79,8 @@ async def incident_now(admin) -> dict:
 
 
 async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approved(lab_manager, tmp_path):
-    lab = await lab_manager.get("0.14", fresh=True)
+    lab = await fresh_incident_lab(lab_manager)
     async with lab.admin_client() as admin:
-        await apply_objects(admin, [incident_crd()])
-        await wait_crds_established(admin, [INCIDENT_CRD])
-        if await admin.get_or_none(LEASE_PATH) is not None:
-            await admin.delete(LEASE_PATH)
         seeded = await seed(admin, tenants=NAMESPACES // PER_TENANT, namespaces_per_tenant=PER_TENANT,
                             prefix="failover", with_content=False)
         # One ServiceAccount for both replicas, as the chart runs them: the breaker's exemption names it.

@@ -13,10 +13,10 @@ import pytest
 from textual.widgets import Input
 
 from responder.cluster.kubeconfig import load_cluster_access
-from responder.lab.apply import apply_objects, bind_cluster_admin, wait_crds_established
+from responder.lab.apply import bind_cluster_admin
 from responder.lab.incident import persisted_writes_by
 from responder.lab.seed import seed
-from responder.response.incident_object import INCIDENT_CRD, INCIDENT_RESOURCE, INCIDENTS_PATH, incident_crd
+from responder.response.incident_object import INCIDENT_RESOURCE, INCIDENTS_PATH
 from responder.response.session import Session, SessionOptions, resolve_runbook
 from responder.tui.app import ResponderApp, TuiConfirmer
 from responder.tui.screens.confirm import ConfirmScreen
@@ -24,7 +24,7 @@ from responder.tui.screens.confirm import ConfirmScreen
 from ..tui.conftest import screen_text as text_of
 from ..tui.conftest import wait_until as until
 from .incident_helpers import trigger
-from .test_guard import LEASE_PATH, guard_kubeconfig, start_guard
+from .test_guard import LEASE_PATH, fresh_incident_lab, guard_kubeconfig, start_guard
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -33,12 +33,8 @@ ONCALL = "oncall-alice"
 
 
 async def test_the_tui_attaches_to_the_guards_incident_and_approves_a_step(lab_manager, tmp_path):
-    lab = await lab_manager.get("0.14", fresh=True)
+    lab = await fresh_incident_lab(lab_manager)
     async with lab.admin_client() as admin:
-        await apply_objects(admin, [incident_crd()])
-        await wait_crds_established(admin, [INCIDENT_CRD])
-        if await admin.get_or_none(LEASE_PATH) is not None:
-            await admin.delete(LEASE_PATH)
         seeded = await seed(admin, tenants=3, namespaces_per_tenant=3, prefix="attach", with_content=False)
         kubeconfig = await guard_kubeconfig(lab, admin, "guard", tmp_path)
         await bind_cluster_admin(admin, ONCALL)
