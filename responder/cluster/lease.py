@@ -82,6 +82,10 @@ def parse_time(value: str | None) -> float | None:
         return None
 
 
+def lease_path(namespace: str, name: str) -> str:
+    return f"{LEASE_API}/namespaces/{namespace}/leases/{name}"
+
+
 def record_from(obj: dict[str, Any]) -> LeaseRecord:
     spec = obj.get("spec") or {}
     return LeaseRecord(holder=str(spec.get("holderIdentity") or ""),
@@ -243,7 +247,7 @@ class LeaseElector:
 
     @property
     def path(self) -> str:
-        return f"{LEASE_API}/namespaces/{self.namespace}/leases/{self.name}"
+        return lease_path(self.namespace, self.name)
 
     @property
     def leader(self) -> str:

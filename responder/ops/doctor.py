@@ -44,7 +44,7 @@ from responder.cluster.client import KubeClient
 from responder.response.console import positive_number
 from responder.errors import (EXIT_BAD_INPUT, EXIT_FORBIDDEN, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_UNREACHABLE, ApiError,
                              ResponderError)
-from responder.cluster.lease import LEASE_API, record_from
+from responder.cluster.lease import lease_path, record_from
 from responder.names import DEFAULT_VELERO_NAMESPACE, RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.ops.manifests import AccessCheck, access_checks, missing_role, missing_rules
 from responder.incident.observe import TENANT_CRD, TENANTS_PATH, WEBHOOK_STREAMS, CapsuleTarget, capsule_webhooks_in
@@ -399,7 +399,7 @@ async def run_checks(client: KubeClient, options: DoctorOptions) -> dict[str, An
 
     async def writer_lease() -> list[CheckResult]:
         namespace = await client.get_or_none(f"/api/v1/namespaces/{RESPONDER_NAMESPACE}")
-        lease = await client.get_or_none(f"{LEASE_API}/namespaces/{RESPONDER_NAMESPACE}/leases/{WRITER_LEASE}")
+        lease = await client.get_or_none(lease_path(RESPONDER_NAMESPACE, WRITER_LEASE))
         return [writer_lease_result(namespace, lease, time.time())]
 
     await _guarded("capsule", results, capsule())

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from responder.cluster.client import KubeClient
-from responder.cluster.lease import LEASE_API, holder_role, record_from
+from responder.cluster.lease import holder_role, lease_path, record_from
 from responder.errors import NotFound
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.response.incident_object import (INCIDENTS_PATH, WAITING, IncidentStore, approval_refused,
                                                 approvals_of, is_open)
 
 GUARD_ROLE = "guard"
-LEASE_PATH = f"{LEASE_API}/namespaces/{RESPONDER_NAMESPACE}/leases/{WRITER_LEASE}"
+LEASE_PATH = lease_path(RESPONDER_NAMESPACE, WRITER_LEASE)
 
 
 def attach_target(holder: str) -> str | None:

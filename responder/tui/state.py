@@ -45,7 +45,7 @@ from responder.incident import triage
 from responder.cluster.watch import ADDED, DELETED, MODIFIED, SYNCED, TYPE_GONE, WatchEvent
 from responder.incident.engine import EngineEvent
 from responder.incident.observe import VELERO_STREAM
-from responder.cluster.lease import holder_role
+from responder.cluster.lease import holder_role, parse_time
 from responder.response.attach import awaiting_approval
 
 NO_TENANT = ""
@@ -469,7 +469,7 @@ class TuiState:
         if name != self.guard_incident:
             self.guard_incident = name
             self.approvals = {}
-            opened = trigger.get("event_received") or _epoch(meta.get("creationTimestamp")) or at
+            opened = trigger.get("event_received") or parse_time(meta.get("creationTimestamp")) or at
             self.incident = Incident(str(spec.get("incidentId") or name), str(trigger.get("kind") or "?"),
                                      str(trigger.get("reason") or ""), float(opened))
             self.add_note(f"the guard's incident: Incident {name} ({trigger.get('reason') or '?'})", at=at, alert=True)
@@ -501,15 +501,14 @@ class TuiState:
                 step = self.steps[sid] = StepView(sid)
             step.status = str(entry.get("status") or step.status)
             step.summary = str(entry.get("summary") or "")
-            step.started_at = _epoch(entry.get("startedAt")) or step.started_at
-            step.finished_at = _epoch(entry.get("finishedAt")) if step.status != "running" else None
+            step.started_at = parse_time(entry.get("startedAt")) or step.started_at
+            step.finished_at = parse_time(entry.get("finishedAt")) if step.status != "running" else None
             step.note = ""
         waiting = awaiting_approval(incident)
         if waiting is not None:
             step = self.steps.setdefault(waiting, StepView(waiting))
             step.status, step.note = "waiting", "waiting for approval (the guard runs it once approved)"
-        if waiting != self.waiting_confirmation:
-            self.waiting_confirmation = waiting
+        self.waiting_confirmation = waiting
         self.phase, self.phase_detail = guard_phase(incident)
         self.header_version += 1
         self.steps_version += 1
@@ -812,15 +811,6 @@ class TuiState:
 # The guard's Incident phase -> the TUI's phase (header banner).
 GUARD_PHASES = {"Detected": "containing", "Containing": "containing", "Contained": "contained",
                 "WaitingForApproval": "recovering", "Recovering": "recovering", "Recovered": "recovered"}
-
-
-def _epoch(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def guard_phase(incident: Mapping[str, Any]) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from responder.response.incident_object import INCIDENTS_PATH, RECOVERED, WAITIN
 from responder.response.session import REPO_RUNBOOKS, DEFAULT_RUNBOOK
 
 from .incident_helpers import namespace_states, read_journal, run_responder, trigger
-from .test_guard import GuardProcess, fresh_incident_lab, guard_kubeconfig, poll, sa_user, start_guard
+from .test_guard import GuardProcess, _epoch, fresh_incident_lab, guard_kubeconfig, poll, sa_user, start_guard
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
@@ -64,12 +64,6 @@ def kill_mid_detach(guard: GuardProcess, journal_dir: Path, timeout: float) -> d
                 return {"intents": len(detach), "ok": ok}
         time.sleep(0.002)
     raise AssertionError(f"no detach within {timeout}s: {guard.stderr()[-3000:]}")
-
-
-def _received(event: dict) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
 
 
 async def incident_now(admin) -> dict:
@@ -158,7 +152,7 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
                       if e["objectRef"].get("resource") == "namespaces" and e["verb"] == "patch"]
             answered = Counter(e["objectRef"]["name"] for e in events
                                if (e.get("responseStatus") or {}).get("code", 0) < 300)
-            by_dead = {e["objectRef"]["name"] for e in events if _received(e) < killed_epoch}
+            by_dead = {e["objectRef"]["name"] for e in events if _epoch(e["requestReceivedTimestamp"]) < killed_epoch}
             return answered, by_dead
 
         deadline = time.monotonic() + 15
