@@ -20,31 +20,43 @@ MACHINE_LAB_LOCK = Path(os.environ.get("RESPONDER_LAB_LOCK", "/tmp/responder-lab
 
 
 # What the lab tests start: the Kubernetes parts, helm, both Capsule lines, Velero and Alertmanager.
-LAB_COMPONENTS = ["k8s", "helm", "capsule-0.14", "capsule-0.12", "velero", "alertmanager"]
+LAB_COMPONENTS = ["k8s", "helm", "capsule-0.14", "capsule-0.12", "alertmanager", "velero"]
+# What a `while_building` test needs: all but Velero, which `responder lab build` builds last.
+EARLY_COMPONENTS = LAB_COMPONENTS[:-1]
 
 
 def _is_lab(item: pytest.Item) -> bool:
     return item.get_closest_marker("lab") is not None
 
 
-def _lab_binaries_ready() -> None:
-    """Build what is missing of the lab, or wait for the build `./dev test` runs in the background: no lab
-    test starts while the machine compiles (its timings would be the build's)."""
-    ensure_built(LAB_COMPONENTS, out=sys.__stderr__)
+def _is_early(item: pytest.Item) -> bool:
+    return _is_lab(item) and item.get_closest_marker("while_building") is not None
+
+
+def _lab_binaries_ready(components: list[str]) -> None:
+    """Build what is missing of the lab, or wait for the build `./dev test` runs in the background. Only a
+    `while_building` test (no Velero, nothing timed) starts while Velero still compiles; every other lab test
+    starts once the machine is no longer compiling (its timings would be the build's)."""
+    ensure_built(components, out=sys.__stderr__)
+
+
+def _needs(item: pytest.Item) -> list[str]:
+    return EARLY_COMPONENTS if _is_early(item) else LAB_COMPONENTS
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The lab tests last (in their order), so the others run while the lab's binaries build."""
-    items.sort(key=_is_lab)
+    """The lab tests last (in their order, the `while_building` ones first), so the others run while the
+    lab's binaries build."""
+    items.sort(key=lambda item: (_is_lab(item), not _is_early(item)))
     if items and _is_lab(items[0]) and not config.option.collectonly:
-        _lab_binaries_ready()
+        _lab_binaries_ready(_needs(items[0]))
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     # Waited for here, outside any lab test, so the wait counts against no test's timeout.
-    if nextitem is not None and _is_lab(nextitem) and not _is_lab(item):
-        _lab_binaries_ready()
+    if nextitem is not None and _is_lab(nextitem) and (not _is_lab(item) or _is_early(item) != _is_early(nextitem)):
+        _lab_binaries_ready(_needs(nextitem))
 
 
 class LabManager:

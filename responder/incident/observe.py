@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from responder.incident import triage
 from responder.cluster.client import KubeClient
 from responder.cluster.watch import DELETED, SYNCED, TYPE_GONE, ResourceWatch, WatchEvent
-from responder.incident.shadow import Shadow
+from responder.incident.shadow import FORGET_DELETED_AFTER_S, Shadow
 from responder.errors import ApiError, ClusterUnreachable
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class ClusterObserver:
         # Set while containment is about to start: each stream then hands the loop over after every event,
         # so a burst of buffered watch events (the CRD deletion brings hundreds) cannot delay the breaker.
         self.yield_each_event = False
+        # Routine deletions leave the shadow copy after a while; an open incident keeps everything (its
+        # recovery reads what was deleted): the session sets this False when it opens one.
+        self.forget_deleted = True
         self._tasks: list[asyncio.Task] = []
         # Streams that stopped after their first list and are being restarted: name -> why.
         self.stream_errors: dict[str, str] = {}
@@ -161,10 +165,15 @@ class ClusterObserver:
 
     def _update_shadow(self, name: str, event: WatchEvent) -> None:
         obj = event.object
+        meta = obj.get("metadata") or {}
         if name == "tenants" and event.type != DELETED:
             self.shadow.observe_tenant(obj)
-        elif name == "namespaces" and event.type != DELETED and not (obj.get("metadata") or {}).get("deletionTimestamp"):
+        elif name == "tenants":
+            self.shadow.observe_gone("tenant", meta.get("name", ""), time.time())
+        elif name == "namespaces" and event.type != DELETED and not meta.get("deletionTimestamp"):
             self.shadow.observe_namespace(obj)
+        elif name == "namespaces":
+            self.shadow.observe_gone("namespace", meta.get("name", ""), time.time())
         elif name == "deployment" and event.type != DELETED:
             self.shadow.observe_capsule_replicas(int((obj.get("spec") or {}).get("replicas", 1)))
         elif name == "crd" and event.type != DELETED:
@@ -180,6 +189,11 @@ class ClusterObserver:
     async def _save_shadow_periodically(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if self.forget_deleted:
+                forgotten = self.shadow.forget_gone(time.time() - FORGET_DELETED_AFTER_S)
+                if forgotten:
+                    log.info("shadow copy: forgot %d deleted %s long ago (e.g. %s)", len(forgotten),
+                             "objects" if len(forgotten) > 1 else "object", forgotten[0])
             if self.shadow_path is None or not self.shadow.dirty:
                 continue
             text = self.shadow.snapshot()  # here, on the loop: the watches change the copy meanwhile

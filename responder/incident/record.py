@@ -61,7 +61,7 @@ def record_from_cluster(*, tenants: list[dict[str, Any]], namespaces: list[dict[
                         webhooks: list[tuple[str, dict[str, Any]]], capsule_replicas: int | None,
                         tenant_crd: dict[str, Any] | None) -> Shadow:
     """The record of the cluster as it is now, from live objects (not the shadow copy, which keeps what
-    was deleted routinely). Terminating namespaces are left out: they are on their way out."""
+    was deleted for a while). Terminating namespaces are left out: they are on their way out."""
     record = Shadow()
     for tenant in tenants:
         record.observe_tenant(tenant)

@@ -3,6 +3,12 @@
 Every Tenant (spec, UID, metadata), which namespace belongs to which Tenant, Capsule's webhook
 configurations and the controller's replicas, and the Tenant CRD itself. Written atomically (temp
 file, fsync, rename) so a crash never leaves half a file.
+
+A Tenant or namespace seen deleted is kept for FORGET_DELETED_AFTER_S, then forgotten unless an incident
+is open: routine deletions (an owner's namespace, an offboarded Tenant) must not come back as "lost" in
+a later incident, nor make a backup that never held them unusable, and a long-running guard's copy must
+not grow with churn. The deletion times live in memory only: a copy loaded from disk forgets nothing
+until this process itself sees the deletion.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from responder.incident import triage
+
+# Twice the longest detection window a runbook may set (runbook.schema.MAX_DETECTION_WINDOW): an incident
+# that opens on its Nth signal still finds what its first signals deleted.
+FORGET_DELETED_AFTER_S = 1200.0
 
 _STRIP_META = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "selfLink")
 
@@ -38,6 +48,8 @@ class Shadow:
     tenant_crd: dict[str, Any] | None = None
     updated: float = 0.0
     dirty: bool = field(default=False, repr=False)
+    # "tenant/<name>" or "namespace/<name>" -> when its deletion was seen (epoch seconds); not persisted.
+    gone: dict[str, float] = field(default_factory=dict, repr=False)
 
     # -- updates from watch events ----------------------------------------------------------------
 
@@ -46,6 +58,8 @@ class Shadow:
         meta = tenant.get("metadata") or {}
         if meta.get("deletionTimestamp") and meta.get("name") in self.tenants:
             return
+        if not meta.get("deletionTimestamp"):
+            self.gone.pop(f"tenant/{meta.get('name')}", None)
         clean = _clean(tenant)
         clean.pop("status", None)
         self.tenants[meta["name"]] = clean
@@ -59,6 +73,7 @@ class Shadow:
         if not tenant:
             # A namespace responder detached keeps its place: it still belongs to its tenant.
             return
+        self.gone.pop(f"namespace/{name}", None)
         entry = {"tenant": tenant, "uid": meta.get("uid"), "labels": meta.get("labels") or {}}
         # The reference exactly as Capsule wrote it (less the UID): re-adoption writes the same form.
         owner = {k: v for k, v in refs[0].items() if k != "uid"} if refs else \
@@ -89,6 +104,24 @@ class Shadow:
         clean.pop("status", None)
         self.tenant_crd = clean
         self._touch()
+
+    def observe_gone(self, kind: str, name: str, at: float) -> None:
+        """A Tenant deleted, or a namespace deleted or Terminating (kind "tenant" or "namespace"), seen at
+        `at`: kept until forget_gone drops it."""
+        known = self.tenants if kind == "tenant" else self.namespaces
+        if name in known:
+            self.gone.setdefault(f"{kind}/{name}", at)
+
+    def forget_gone(self, before: float) -> list[str]:
+        """Drop what was seen deleted before `before` ("tenant/<name>", "namespace/<name>", returned)."""
+        dropped = [key for key, at in self.gone.items() if at < before]
+        for key in dropped:
+            kind, name = key.split("/", 1)
+            (self.tenants if kind == "tenant" else self.namespaces).pop(name, None)
+            del self.gone[key]
+        if dropped:
+            self._touch()
+        return dropped
 
     def _touch(self) -> None:
         self.updated = time.time()

@@ -119,14 +119,15 @@ def ensure_built(names: list[str], *, out: TextIO = sys.stderr) -> dict[str, Pat
     started = time.monotonic()
     targets = {name: component_dir(COMPONENTS[name], go_version) for name in names}
     built_any = False
-    if any(not (t / ".complete").exists() for t in targets.values()):
-        # Held for the whole build: whoever waits on it (`./dev test`'s lab tests wait for the build it runs
-        # in the background) starts only once the machine is no longer compiling.
-        with _build_lock(out):
-            for name, target in targets.items():
-                if not (target / ".complete").exists():  # another process may have built it meanwhile
-                    built_any = True
-                    _build(go, COMPONENTS[name], target, out)
+    for name, target in targets.items():
+        if (target / ".complete").exists():
+            continue
+        # Held per component: whoever needs only some components (`./dev test`'s first lab tests wait for the
+        # build it runs in the background) goes on once those are built, while the rest still builds.
+        with _build_lock(out, name):
+            if not (target / ".complete").exists():  # another process may have built it meanwhile
+                built_any = True
+                _build(go, COMPONENTS[name], target, out)
     paths: dict[str, Path] = {}
     for name, target in targets.items():
         for binary in COMPONENTS[name].binaries:
@@ -137,7 +138,7 @@ def ensure_built(names: list[str], *, out: TextIO = sys.stderr) -> dict[str, Pat
 
 
 @contextmanager
-def _build_lock(out: TextIO) -> Iterator[None]:
+def _build_lock(out: TextIO, component: str) -> Iterator[None]:
     """One builder at a time per cache: a second waits for the first rather than building the same thing."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ def _build_lock(out: TextIO) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print("lab build: another build of the lab is running; waiting for it", file=out, flush=True)
+            print(f"lab build: another build of the lab is running; waiting for it ({component})", file=out, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -362,6 +362,7 @@ class Session:
             self._snapshot = self.capture_snapshot()
             self.journal_snapshot()
         self.observer.yield_each_event = True  # until containment starts (contain())
+        self.observer.forget_deleted = False  # recovery reads what the incident deleted
         self.incident_opened.set()
         self._wake_waiters()
         return self.journal

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 LINE = "0.12"
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{RESPONDER_NAMESPACE}/leases/{WRITER_LEASE}"
-WINDOW_S = 60  # the issue's 120 s is `responder bench detect --settle 120`'s; kept short for CI
+WINDOW_S = 120  # >= 99 % alive 120 s after the CRD's deletion, polled every 2 s
 SOAK_S = 180
 
 
@@ -143,6 +143,8 @@ async def test_chart_two_replicas_one_leader_kubelet_restart_failover_containmen
         await asyncio.to_thread(lab.uninstall_guard)
 
 
+# Times nothing and needs no Velero: on a fresh machine it runs while Velero still builds (tests/conftest.py).
+@pytest.mark.while_building
 async def test_soak_routine_corpus_against_the_chart(lab_manager):
     lab, _ = await guarded_lab(lab_manager)
     try:

@@ -60,7 +60,9 @@ async def test_the_snapshot_is_taken_at_opening_and_journaled_once_the_first_wri
                       SessionOptions(runbook=resolve_runbook(None), journal_dir=tmp_path / "incidents"))
     try:
         session.observer.shadow.observe_namespace(_namespace("team-a-web", "team-a"))
+        assert session.observer.forget_deleted  # routine deletions leave the shadow copy after a while
         session.open_incident(Trigger("crd-deleting", "the Tenant CRD is being deleted", time.time()))
+        assert not session.observer.forget_deleted  # but nothing while the incident is open: recovery reads it
         session.observer.shadow.observe_namespace(_namespace("team-a-late", "team-a"))  # after opening: not in it
         assert not [r for r in session.journal.records() if r["kind"] == "snapshot"]  # the breaker goes first
         session._journal_snapshot_after_first_write(EngineEvent("write", "breaker", {}))
