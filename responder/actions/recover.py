@@ -535,7 +535,9 @@ class RestoreNamespaces:
     spec = ActionSpec(
         name="velero-restore",
         description="Restore the lost namespaces with Velero (never overwriting), following its progress and warnings.",
-        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900),
+        params={**VELERO_PARAMS, "restoreTimeout": ParamSpec((int, float), default=900,
+                                                                description="seconds the Restore may go "
+                                                                            "without progress"),
                 "veleroIdentity": ParamSpec(str, default="system:serviceaccount:velero:velero",
                                             description="the username Velero's server writes as"),
                 "capsuleNamespace": ParamSpec(str, default="capsule-system"),
@@ -672,9 +674,11 @@ class RestoreNamespaces:
                 "failure_reason": status.get("failureReason"), "validation_errors": status.get("validationErrors")}
 
     async def follow(self, ctx: StepContext, name: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        """The Restore once finished; TimeoutError once its phase and item count have not changed for
+        `timeout` seconds (Velero stuck, or running another restore first)."""
+        changed_at = time.monotonic()
         last = None
-        while time.monotonic() < deadline:
+        while time.monotonic() - changed_at < timeout:
             restore = await ctx.client.get(_velero(ctx, "restores", name))
             status = restore.get("status") or {}
             progress = status.get("progress") or {}
@@ -682,11 +686,12 @@ class RestoreNamespaces:
             if now != last:
                 ctx.progress(int(progress.get("itemsRestored") or 0), int(progress.get("totalItems") or 0),
                              f"restore {status.get('phase') or 'New'}")
-                last = now
+                last, changed_at = now, time.monotonic()
             if status.get("phase") in ("Completed", "PartiallyFailed", "Failed", "FailedValidation"):
                 return restore
             await asyncio.sleep(0.5)
-        raise TimeoutError(f"Restore {name} did not finish within {timeout:.0f}s (Velero runs one restore at a time)")
+        raise TimeoutError(f"Restore {name} made no progress for {timeout:.0f}s (Velero runs one restore at a "
+                           "time)")
 
 
 # -- 5. re-adopt -----------------------------------------------------------------------------------
@@ -755,7 +760,12 @@ class RestoreCapsule:
                     "reconciles the Tenants.",
         params={"capsuleNamespace": ParamSpec(str, default="capsule-system"),
                 "capsuleDeployment": ParamSpec(str, default="capsule-controller-manager"),
-                "reconcileTimeout": ParamSpec((int, float), default=120)},
+                "reconcileTimeout": ParamSpec((int, float), default=120,
+                                              description="seconds Capsule may go without listing one more "
+                                                          "namespace in a Tenant's status"),
+                "reconcileSecondsPerNamespace": ParamSpec((int, float), default=1.0,
+                                                          description="the wait in all is at most "
+                                                                      "reconcileTimeout plus this per namespace")},
     )
 
     @staticmethod
@@ -795,6 +805,7 @@ class RestoreCapsule:
         return lines
 
     async def run(self, ctx: StepContext) -> StepOutcome:
+        started = time.monotonic()
         target = capsule_target(ctx)
         for key, undo, ops in await self.webhook_patches(ctx):
             if not ctx.done_before("restore-webhooks", key):
@@ -807,7 +818,10 @@ class RestoreCapsule:
                             body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
         if ctx.dry_run:
             return StepOutcome("finished", "dry run: Capsule not restarted", {})
-        pending = await self.wait_reconciled(ctx, float(ctx.params.get("reconcileTimeout", 120)))
+        # Within the step's own timeout, so a wait that gives up still says why.
+        budget = float(ctx.step.timeout) - (time.monotonic() - started) - 5.0
+        pending = await self.wait_reconciled(ctx, float(ctx.params.get("reconcileTimeout", 120)),
+                                             float(ctx.params.get("reconcileSecondsPerNamespace", 1.0)), budget)
         data = {"replicas": replicas, "tenants_not_reconciled": pending}
         if pending:
             ctx.log(f"{len(pending)} Tenants do not list all their namespaces yet, or are being deleted (Capsule "
@@ -830,17 +844,33 @@ class RestoreCapsule:
         """This incident's namespace hold is in the cluster."""
         return bool(await holds_of(ctx.client, ctx.journal.incident_id))
 
-    async def wait_reconciled(self, ctx: StepContext, timeout: float) -> list[str]:
-        """Tenants that do not own their known namespaces again (recovery.tenants_not_reconciled)."""
+    async def wait_reconciled(self, ctx: StepContext, timeout: float, per_namespace: float = 0.0,
+                              budget: float = float("inf")) -> list[str]:
+        """Tenants that do not own their known namespaces again (recovery.tenants_not_reconciled), once
+        Capsule has listed no further namespace for `timeout` seconds, or after the overall cap
+        (recovery.reconcile_cap, at most `budget`); [] as soon as every Tenant lists its namespaces."""
         known = known_namespaces(ctx)
-        deadline = time.monotonic() + timeout
-        pending: list[str] = []
-        while time.monotonic() < deadline:
-            pending = recovery.tenants_not_reconciled(known, await _all_namespaces(ctx), await live_tenants(ctx))
+        clock: recovery.ReconcileClock | None = None
+        while True:
+            namespaces, tenants = await _all_namespaces(ctx), await live_tenants(ctx)
+            pending = recovery.tenants_not_reconciled(known, namespaces, tenants)
             if not pending:
                 return []
+            listed, expected = recovery.namespaces_listed(known, namespaces, tenants)
+            now = time.monotonic()
+            if clock is None:
+                cap = min(recovery.reconcile_cap(timeout, expected, per_namespace), max(budget, 1.0))
+                clock = recovery.ReconcileClock(idle=timeout, cap=cap, started=now)
+            if clock.observe(listed, now):
+                ctx.progress(listed, expected, f"namespaces listed by their Tenants ({len(pending)} Tenants to go)")
+            if clock.expired(now):
+                idle = now - clock.progressed_at >= clock.idle
+                ctx.log(f"waited {now - clock.started:.0f}s for Capsule: "
+                        + (f"no namespace newly listed for {clock.idle:.0f}s" if idle
+                           else f"the limit of {clock.cap:.0f}s for {expected} namespaces reached")
+                        + f" ({listed} of {expected} listed)", level="warning")
+                return pending
             await asyncio.sleep(1.0)
-        return pending
 
 
 # -- 7. verify -------------------------------------------------------------------------------------

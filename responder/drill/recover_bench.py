@@ -34,11 +34,12 @@ from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
 from responder.lab.incident import CRD_PATH, delete_tenant_crd
-from responder.lab.seed import seed
+from responder.lab.seed import CONTENT_KINDS, seed
 from responder.lab.velero import create_backup, velero_path
 from responder.incident.observe import WEBHOOK_STREAMS, capsule_webhooks_in
 
 PER_TENANT = 10
+SEED_CONCURRENCY = 32  # namespaces in creation at once, each followed by its content
 BACKUP = "bench-recover-before"
 IDENTITY = "responder"
 
@@ -99,16 +100,22 @@ async def recover_once(lab: Lab, namespaces: int) -> dict[str, Any]:
         await bind_cluster_admin(admin, IDENTITY)
         progress(f"seeding {namespaces // PER_TENANT} Tenants x {PER_TENANT} namespaces with content")
 
+        counts: dict[str, int] = {}
+        objects = namespaces * sum(CONTENT_KINDS.values())
+
         async def seeding_progress() -> None:
             started = time.monotonic()
             while True:
                 await asyncio.sleep(10)
-                present = len(await _tenant_namespaces(admin))
-                progress(f"seeding: {present} of {namespaces} tenant namespaces ({time.monotonic() - started:.0f}s)")
+                progress(f"seeding: {counts.get('namespaces', 0)} of {namespaces} tenant namespaces, "
+                         f"{counts.get('objects', 0)} of {objects} objects in them "
+                         f"({time.monotonic() - started:.0f}s)")
 
         ticker = asyncio.create_task(seeding_progress())
         try:
-            seeded = await seed(admin, tenants=namespaces // PER_TENANT, namespaces_per_tenant=PER_TENANT, prefix="rb")
+            # Namespaces and their content side by side (see seed); Capsule then lists every namespace.
+            seeded = await seed(admin, tenants=namespaces // PER_TENANT, namespaces_per_tenant=PER_TENANT, prefix="rb",
+                                concurrency=SEED_CONCURRENCY, timeout=max(600.0, 2.0 * namespaces), counts=counts)
         finally:
             ticker.cancel()
         progress(f"seeded in {seeded.seconds:.0f}s; backing up")

@@ -430,6 +430,51 @@ def tenants_not_reconciled(known: Mapping[str, str], namespaces: Mapping[str, An
     return pending
 
 
+def namespaces_listed(known: Mapping[str, str], namespaces: Mapping[str, Any],
+                      tenants: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    """(listed, expected): of the known namespaces that exist (`namespaces`, by name), how many their Tenant's
+    status lists, a Tenant being deleted listing none. Capsule reconciling makes `listed` grow."""
+    expected = [ns for ns in known if ns in namespaces]
+    listed = 0
+    by_tenant: dict[str, set[str]] = {}
+    for ns in expected:
+        name = known[ns]
+        if name not in by_tenant:
+            tenant = tenants.get(name) or {}
+            deleting = bool((tenant.get("metadata") or {}).get("deletionTimestamp"))
+            by_tenant[name] = set() if deleting else set(tenant_lists_namespaces(tenant))
+        listed += ns in by_tenant[name]
+    return listed, len(expected)
+
+
+@dataclass
+class ReconcileClock:
+    """When to stop waiting for Capsule to reconcile: after `idle` seconds with no progress (the count of
+    namespaces listed never grew), or after `cap` seconds in all, whichever comes first."""
+
+    idle: float
+    cap: float
+    started: float
+    best: int = -1
+    progressed_at: float = 0.0
+
+    def observe(self, listed: int, now: float) -> bool:
+        """Record a count; True when it is higher than any seen before (progress)."""
+        if listed > self.best:
+            self.best, self.progressed_at = listed, now
+            return True
+        return False
+
+    def expired(self, now: float) -> bool:
+        since = self.progressed_at if self.best >= 0 else self.started
+        return now - since >= self.idle or now - self.started >= self.cap
+
+
+def reconcile_cap(idle: float, expected: int, per_namespace: float) -> float:
+    """The overall limit on waiting for Capsule: the idle timeout plus an allowance per namespace to list."""
+    return idle + max(0, expected) * max(0.0, per_namespace)
+
+
 def tenant_lists_namespaces(tenant: Mapping[str, Any]) -> list[str]:
     """The namespaces a Tenant's status lists (Capsule 0.12: status.namespaces; 0.14 also status.spaces)."""
     status = tenant.get("status") or {}

@@ -429,7 +429,8 @@ class Session:
         if step is None:
             return
         log.warning("recovery stopped before Capsule was back: bringing Capsule back now")
-        quick = dataclasses.replace(step, params={**step.params, "reconcileTimeout": 30})
+        quick = dataclasses.replace(step, params={**step.params, "reconcileTimeout": 30,
+                                                       "reconcileSecondsPerNamespace": 0})
         self.results[step.id] = await engine.run_step(quick)
 
     async def guard_escalation(self, engine: Engine, stop: asyncio.Event, *, every: float = 0.5) -> None:

@@ -219,3 +219,33 @@ def test_a_tenant_being_deleted_never_counts_as_reconciled():
     assert recovery.tenants_not_reconciled(known, namespaces, {"b": {"status": {"namespaces": ["b-1"]}}}) == ["a"]
     # Being deleted with none of its namespaces left: nothing for its finalizer to take.
     assert recovery.tenants_not_reconciled({"c-1": "c"}, namespaces, {"c": dying}) == []
+
+
+def test_namespaces_listed_counts_what_capsule_has_reconciled():
+    known = {"a-1": "a", "a-2": "a", "b-1": "b", "c-1": "c"}
+    namespaces = {"a-1": {}, "a-2": {}, "b-1": {}}  # c-1 lost: not expected
+    tenants = {"a": {"status": {"spaces": [{"name": "a-1"}]}}, "b": {"status": {"namespaces": ["b-1"]}}}
+    assert recovery.namespaces_listed(known, namespaces, tenants) == (2, 3)
+    dying = {"metadata": {"deletionTimestamp": "2026-12-02T18:41:55Z"}, "status": {"namespaces": ["b-1"]}}
+    assert recovery.namespaces_listed(known, namespaces, tenants | {"b": dying}) == (1, 3)
+    assert recovery.namespaces_listed(known, namespaces, {}) == (0, 3)
+
+
+def test_reconcile_clock_times_out_on_no_progress_or_the_cap():
+    """Capsule slow but listing more namespaces keeps the wait going; no growth for `idle` seconds, or the
+    overall cap, ends it (and the hold stays)."""
+    clock = recovery.ReconcileClock(idle=120, cap=recovery.reconcile_cap(120, 1000, 1.0), started=0.0)
+    assert clock.cap == 1120
+    assert clock.observe(0, 0.0) and not clock.expired(119.0)
+    assert clock.expired(120.0)  # nothing listed for 120 s
+    for t in range(100, 1100, 100):  # ten more namespaces every 100 s: slow but progressing
+        assert clock.observe(t // 10, float(t)) and not clock.expired(t + 99.0)
+    assert not clock.observe(100, 1050.0)  # the same count is no progress
+    assert clock.expired(1120.0)  # progressing, but the cap is reached
+    stalled = recovery.ReconcileClock(idle=120, cap=1120, started=0.0)
+    stalled.observe(50, 0.0)
+    assert not stalled.observe(40, 100.0)  # fewer listed is no progress either
+    assert stalled.expired(120.0)
+    # The session's quick wait: 30 s, no allowance per namespace.
+    assert recovery.reconcile_cap(30, 1000, 0) == 30
+    assert recovery.reconcile_cap(120, -1, 1.0) == 120
