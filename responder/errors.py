@@ -51,6 +51,12 @@ class LabError(ResponderError):
     """The local lab could not be built, started or reached."""
 
 
+class NotLeading(ResponderError):
+    """The writer Lease names another holder now (it was taken over): this process must not write."""
+
+    exit_code = EXIT_LEASE_HELD
+
+
 class ClusterUnreachable(ResponderError):
     exit_code = EXIT_UNREACHABLE
 

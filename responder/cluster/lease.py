@@ -146,6 +146,21 @@ def next_record(current: LeaseRecord | None, me: str, wall_now: float, duration:
                    transitions=current.transitions + 1)
 
 
+def takeover_refusal(current: LeaseRecord | None, expected: str, me: str) -> str | None:
+    """Why a deliberate takeover of the Lease from `expected` (the holder the operator confirmed taking it
+    from) must not be written now, or None. It overwrites only that holder: a Lease gone, released, already
+    ours, or naming anyone else since (a failover, another TUI) is not what was confirmed."""
+    if current is None:
+        return "there is no writer Lease to take over"
+    if current.holder == me:
+        return "this responder holds the Lease already"
+    if not current.holder:
+        return "the Lease was released (nobody holds it)"
+    if current.holder != expected:
+        return f"the Lease changed hands since the takeover was confirmed: it names {current.holder} now"
+    return None
+
+
 def released_record(current: LeaseRecord, wall_now: float) -> LeaseRecord:
     """client-go's release on a graceful stop: no holder, a 1 s duration, so the next process takes it at once."""
     return replace(current, holder="", duration=1.0, renewed_at=wall_now, acquired_at=wall_now)
@@ -217,7 +232,8 @@ def lease_client(client_or_access) -> KubeClient:
 
 @dataclass(frozen=True)
 class LeadershipChange:
-    """`acquired`, `lost` (stopped leading without releasing) or `released`."""
+    """`acquired`, `taken-over` (deliberately, from a live holder: `previous_holder`), `lost` (stopped leading
+    without releasing) or `released`."""
 
     event: str
     holder: str
@@ -299,6 +315,41 @@ class LeaseElector:
         self.observation = observe(self.observation, record_from(written), time.monotonic())
         self.last_renewed = time.monotonic()
         return True
+
+    async def take_over(self, expected: str, *, attempts: int = 5) -> LeadershipChange:
+        """Overwrite the Lease's holder `expected` (a live guard) with this process, deliberately, without
+        waiting for it to expire: the operator confirmed it. The holder notices at its next round (the record
+        names someone else: it stops leading and never writes the Lease back) and stops writing. Written as
+        an update on the resourceVersion read; a renewal by the holder in between is read again (a few
+        times). LeaseHeld (naming the holder) when `takeover_refusal` says no."""
+        for attempt in range(attempts):
+            current = await self._read()
+            refusal = takeover_refusal(current, expected, self.me)
+            if refusal is not None:
+                error = LeaseHeld(f"the Lease {self.namespace}/{self.name} was not taken over: {refusal}",
+                                  fix="look again (the attached TUI's header names the holder) and take over "
+                                      "from the holder named there, or let it lead")
+                error.holder = current.holder if current is not None else ""
+                raise error
+            assert current is not None
+            wanted = next_record(current, self.me, time.time(), self.duration)
+            try:
+                written = await self.client.replace(self.path, lease_object(self.namespace, self.name, wanted),
+                                                    dry_run=False)
+            except Conflict:
+                if attempt + 1 == attempts:
+                    raise
+                continue  # the holder renewed between our read and our write: read it again
+            self.observation = observe(self.observation, record_from(written), time.monotonic())
+            self.state_known = True
+            self.last_renewed = time.monotonic()
+            self.leading = True
+            change = LeadershipChange("taken-over", self.me, self.transitions, expected)
+            log.warning("Lease %s/%s: taken over from %s (%d transitions)", self.namespace, self.name, expected,
+                        self.transitions)
+            self._emit(change)
+            return change
+        raise AssertionError("unreachable")
 
     def _namespace_missing(self) -> ConfigError:
         return ConfigError(f"the namespace {self.namespace} holding responder's Lease ({self.name}) does not exist",

@@ -270,6 +270,15 @@ class IncidentKeeper:
                       f"{self.name or '(the incident)'} {request.step}", file=sys.stderr, flush=True)
             await asyncio.sleep(every)
 
+    def waiting_here(self, step: str) -> None:
+        """A leader that asks its operator itself (the TUI that took over): the Incident says the step waits."""
+        self._set_phase(WAITING, step)
+        self._dirty.set()
+
+    def confirmed_here(self, step: str, approver: str) -> None:
+        """That operator confirmed the step: recorded as its approval, as acted on (status.approvals)."""
+        self._approved(step, {"approver": approver, "approvedAt": now_rfc3339()})
+
     def _approved(self, step: str, approval: dict[str, Any]) -> None:
         if not any(a.get("step") == step for a in self.approved):
             self.approved.append({"step": step, "approver": approval.get("approver", ""),

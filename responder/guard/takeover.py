@@ -11,21 +11,34 @@ cluster shows are recorded as done, with the undo payloads the snapshot gives:
   journaled for the steps after them (status.recoveryRecords: the backup chosen, the Tenants recreated, ...).
 The engine then runs what is left: a finished step is not run again, a step in progress is resumed (its
 actions look at the cluster before writing), and an approved recovery step runs without a second approval.
+
+The TUI attached to a guard takes over the same way (`take_over_from_guard`), on the operator's confirmed
+action: it overwrites the Lease's holder (the guard notices at its next round, stops writing and exits, so its
+pod restarts as a standby; the standby sees the Lease renewed and waits), waits out that round, resumes the
+Incident as a new guard leader does, keeps it current, and from then runs the steps itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from responder.actions.breaker import EXEMPTION_NAME, exemption_patch, webhook_path
+from responder.cluster.lease import RETRY_PERIOD, lease_client
+from responder.errors import ResponderError
+from responder.guard.incident_keeper import IncidentKeeper
 from responder.incident import triage
 from responder.incident.detect import Trigger
 from responder.incident.journal import Journal
 from responder.incident.observe import CapsuleTarget
+from responder.incident.engine import ConfirmationRequest
+from responder.response.attach import attach_target
 from responder.response.incident_object import IncidentStore
+from responder.response.leadership import journal_leadership, take_over_writer_lease
 from responder.response.session import Session
 
 log = logging.getLogger(__name__)
@@ -130,3 +143,95 @@ async def resume_open_incident(session: Session, store: IncidentStore, *, leader
     session.open_incident(trigger, journal=journal)
     journal.record("resumed", pending=[], inherited_writes=len(writes))
     return incident
+
+
+# After overwriting the Lease, how long the new holder waits before it reads the incident and writes: the old
+# leader renews every RETRY_PERIOD, and its next round reads another holder's name, stops leading and cancels
+# its run (a request already in flight then may still land). Its Lease reads failing instead, it would stop
+# only once its renew deadline passed (lease.RENEW_DEADLINE after its last renewal).
+HANDOVER_WAIT = RETRY_PERIOD + 1.0
+
+
+def takeover_refusal(*, attached_to: str, holder: str, dry_run: bool) -> str | None:
+    """Why the attached TUI must not take the Lease over now (one message), or None."""
+    if not attached_to:
+        return "this responder is not attached to a guard: it is the cluster's writer itself, or another one holds " \
+               "the Lease (it refused at start); there is nothing to take over"
+    if attach_target(holder) is None:
+        return (f"the Lease is held by {holder or 'nobody'}, not by a guard replica: only a guard's Lease is taken "
+                "over from the TUI (one writer per cluster; let that responder finish, or stop it)")
+    if dry_run:
+        return "a dry run takes no Lease and writes nothing: start `responder watch` without --dry-run to take over"
+    return None
+
+
+@dataclass
+class TakenOver:
+    """What the takeover leaves running: the Lease (the session's), the Incident resumed and kept current."""
+
+    previous: str  # the guard replica's holder identity the Lease was taken from
+    me: str
+    incident: dict[str, Any] | None  # None: the guard had no open incident (this responder detects the next one)
+    keeper: IncidentKeeper | None
+    store: IncidentStore
+
+    async def finish(self, code: int) -> None:
+        if self.keeper is not None:
+            await self.keeper.finish(code)
+
+    async def close(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.close()
+        await self.store.client.aclose()
+
+
+async def take_over_from_guard(session: Session, holder: str, *, handover_wait: float = HANDOVER_WAIT,
+                               store: IncidentStore | None = None) -> TakenOver:
+    """The attached session takes the writer Lease over from the guard `holder` and leads its incident: the
+    Lease overwritten (LeaseHeld when it names anyone else now), journaled as a leadership change naming the
+    guard, the open Incident resumed from the cluster (inherited writes, finished steps, approvals), its status
+    kept by this process from then. The session's confirmations run steps from here on."""
+    refusal = takeover_refusal(attached_to=session.attached_to, holder=holder, dry_run=session.options.dry_run)
+    if refusal is not None:
+        raise ResponderError(refusal, fix="`kubectl get lease -n responder-system responder` names the holder")
+    lease = await take_over_writer_lease(session.client, holder, listener=journal_leadership(session))
+    me = lease.elector.me
+    session.leadership = lease
+    session.attached_to = ""
+    log.warning("took the writer Lease over from the guard %s: this responder is the cluster's writer now", holder)
+    store = store or IncidentStore(lease_client(session.access))
+    try:
+        await asyncio.sleep(handover_wait)  # the old leader's next round: it reads our name and stops
+        incident = await resume_open_incident(session, store, leader=me)
+    except BaseException:
+        # Not led here after all: the Lease is released at once, so a guard replica leads again and resumes the
+        # Incident; this session follows it again (attached), as before.
+        await store.client.aclose()
+        session.leadership = None
+        await lease.close()
+        session.attached_to = holder
+        raise
+    if incident is None:
+        session.may_open = None  # no incident open: this responder detects and opens the next one itself
+        return TakenOver(holder, me, None, None, store)
+    assert session.journal is not None
+    session.journal.record("leadership", event="taken-over", holder=me, previous_holder=holder,
+                           transitions=lease.elector.transitions, incident_object=incident["metadata"]["name"])
+    keeper = IncidentKeeper(session, store, leader=me, recovery="approval")
+    keeper.adopt(incident)
+    session.engine_listeners.append(keeper.on_engine_event)
+    recover_steps = {step.id for step in session.runbook.steps if step.phase == "recover"}
+    ask = session.confirmer
+
+    async def confirm(request: ConfirmationRequest) -> bool:
+        # The Incident says what waits on this operator, and who confirmed it (as a guard's approvals do).
+        if request.step in recover_steps:
+            keeper.waiting_here(request.step)
+        ok = bool(await ask(request)) if ask is not None else False
+        if ok and request.step in recover_steps:
+            keeper.confirmed_here(request.step, session.identity)
+        return ok
+
+    session.confirmer = confirm
+    keeper.start()
+    return TakenOver(holder, me, incident, keeper, store)

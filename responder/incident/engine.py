@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from responder.cluster.client import KubeClient
-from responder.errors import ApiError, JournalError, ResponderError
+from responder.errors import ApiError, JournalError, NotLeading, ResponderError
 from responder.incident.journal import Journal
 from responder.incident.observe import ClusterObserver
 from responder.runbook.schema import ActionSpec, Runbook, Step
@@ -133,10 +133,21 @@ class StepContext:
         state from before the incident, which a resumed run must not overwrite."""
         return self.journal.first_intent(self.step.id, action, target)
 
+    def check_leading(self) -> None:
+        """Every write goes out only while this process may write under the cluster's writer Lease (the
+        session's gate): once another holder's name is in it, NotLeading, and nothing more is sent."""
+        if not self.engine.may_write():
+            raise NotLeading("this responder no longer holds the cluster's writer Lease (another holder's name is "
+                             "in it): it sends no more writes",
+                             fix="the holder carries the incident on; `kubectl get lease -n responder-system "
+                                 "responder` names it")
+
     async def write(self, action: str, target: str, method: str, path: str, *, body: Any = None,
                     content_type: str = "application/json", params: dict[str, Any] | None = None,
                     undo: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Journal, send, journal. Raises the ApiError after journaling it as failed."""
+        """Journal, send, journal. Raises the ApiError after journaling it as failed; NotLeading, with nothing
+        journaled or sent, once the Lease names another holder."""
+        self.check_leading()
         seq = self.journal.intent(self.step.id, action, target,
                                   request={"method": method, "path": path, "body": body},
                                   undo=undo, dry_run=self.dry_run)
@@ -161,6 +172,7 @@ class StepContext:
         in a crash leaves its intent pending, and a resumed run re-checks it against the cluster).
         `bulk=False` sends them over the watches' connection rather than the bulk pool, which opens its
         connections on first use: for a few writes that must leave at once."""
+        self.check_leading()
         seqs = [self.journal.intent(self.step.id, r.action, r.target,
                                     request={"method": r.method, "path": r.path, "body": r.body},
                                     undo=r.undo, dry_run=self.dry_run, sync=False) for r in requests]
@@ -169,6 +181,10 @@ class StepContext:
 
         async def send(seq: int, r: WriteRequest) -> dict[str, Any] | ApiError:
             async with limit:
+                if not self.engine.may_write():  # the Lease was taken while this batch went out
+                    self.journal.outcome(seq, "failed", detail="not sent: the writer Lease names another holder",
+                                         sync=False)
+                    self.check_leading()
                 try:
                     response = await self.client.request(r.method, r.path, body=r.body, content_type=r.content_type,
                                                          bulk=bulk)
@@ -235,7 +251,7 @@ async def _refuse(_: ConfirmationRequest) -> bool:
 class Engine:
     def __init__(self, runbook: Runbook, actions: Mapping[str, Action], *, client: KubeClient,
                  observer: ClusterObserver, journal: Journal, options: EngineOptions,
-                 confirmer: Confirmer | None = None) -> None:
+                 confirmer: Confirmer | None = None, may_write: Callable[[], bool] | None = None) -> None:
         self.runbook = runbook
         self.actions = actions
         self.client = client
@@ -243,6 +259,8 @@ class Engine:
         self.journal = journal
         self.options = options
         self.confirmer = confirmer or _refuse
+        # Whether writes may go out now (the session's writer Lease: not once another holder's name is in it).
+        self.may_write = may_write or (lambda: True)
         self.listeners: list[Callable[[EngineEvent], None]] = []
         self.results: dict[str, StepOutcome] = {}
 

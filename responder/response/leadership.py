@@ -43,6 +43,23 @@ class WriterLease:
             raise
         self._renewing = asyncio.create_task(self.elector.run(), name="writer-lease")
 
+    def may_write(self) -> bool:
+        """Whether the session may still write under this Lease. Not once the Lease names another holder
+        (taken over, or a standby's view): that one writes now, so this one stops at once. Renewals that merely
+        fail leave a one-shot writer writing mid-incident (a guard exits when its Lease is lost)."""
+        elector = self.elector
+        return elector.leading or not (elector.leader and elector.leader != elector.me)
+
+    async def take_over(self, expected: str) -> None:
+        """Take the Lease over from `expected` (a live guard, confirmed by the operator), then keep it renewed
+        until close(); LeaseHeld when it names someone else now."""
+        try:
+            await self.elector.take_over(expected)
+        except BaseException:
+            await self.elector.client.aclose()
+            raise
+        self._renewing = asyncio.create_task(self.elector.run(), name="writer-lease")
+
     async def close(self) -> None:
         if not self.owned:
             return
@@ -75,6 +92,19 @@ async def hold_writer_lease(session: Any) -> WriterLease | None:
     if session.options.dry_run:
         return None
     return await take_writer_lease(session.client, listener=journal_leadership(session))
+
+
+async def take_over_writer_lease(client: KubeClient, expected: str, *,
+                                 listener: Callable[[LeadershipChange], None] | None = None) -> WriterLease:
+    """The attached TUI's takeover: the Lease overwritten from the live guard `expected`, held when this
+    returns (LeaseHeld otherwise), renewed until its close()."""
+    elector = LeaseElector(lease_client(client), namespace=RESPONDER_NAMESPACE, name=WRITER_LEASE,
+                           me=holder_identity("responder"))
+    if listener is not None:
+        elector.listeners.append(listener)
+    lease = WriterLease(elector, owned=True)
+    await lease.take_over(expected)
+    return lease
 
 
 async def take_writer_lease(client: KubeClient, *,

@@ -483,6 +483,11 @@ class Session:
                 if step.phase == "contain" and (step.action != "trip-breaker" or untripped):
                     self.results[step.id] = await engine.run_step(step)
 
+    def may_write(self) -> bool:
+        """The engine's gate: no write once the writer Lease names another holder (taken over); a dry run,
+        which holds no Lease, writes nothing that persists anyway."""
+        return self.leadership is None or self.leadership.may_write()
+
     def make_engine(self) -> Engine:
         if self.attached_to:  # the guard writes; an attached session runs no step
             raise ResponderError(f"attached to the guard {self.attached_to}: this responder runs no step",
@@ -492,7 +497,7 @@ class Session:
                         options=EngineOptions(dry_run=self.options.dry_run, auto=self.options.auto,
                                               yes=self.options.yes, protected=self.protected,
                                               identity=self.identity, hold_armed=self.hold_not_armed is None),
-                        confirmer=self.confirmer)
+                        confirmer=self.confirmer, may_write=self.may_write)
         engine.listeners.append(self._journal_snapshot_after_first_write)
         engine.listeners.extend(self.engine_listeners)
         self.engine = engine

@@ -11,7 +11,9 @@ A "session" is anything with the attributes of `responder.response.session.Sessi
 Attached (the session's `attached_to`: a guard leads the cluster, responder.response.attach): the app runs no
 step. It follows the guard's Lease and Incident object, shows them with the cluster its watches see, and asks
 for each step the guard waits on in the same modal; a confirmed one is approved on the Incident
-(`responder.response.approval.approve_step`, as `responder approve`), the only write it makes.
+(`responder.response.approval.approve_step`, as `responder approve`), the only write it makes. `T` takes the
+writer Lease over from that guard, once confirmed in the same modal (`responder.guard.takeover`): from then
+the app leads the guard's incident as a new guard leader would, and its confirmations run the steps.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from textual.widgets import Footer
 from responder.cluster.watch import WatchEvent
 from responder.incident.detect import DETECTION_LOGGER
 from responder.incident.engine import ConfirmationRequest, EngineEvent
+from responder.cluster.lease import RETRY_PERIOD
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ResponderError
+from responder.guard.takeover import take_over_from_guard, takeover_refusal
 from responder.response.approval import approve_step
 from responder.response.attach import GuardFollower, awaiting_approval
 from responder.response.incident_object import is_open
@@ -193,6 +197,7 @@ class ResponderApp(App[int]):
         Binding("p", "plan", "Plan"),
         Binding("u", "undo", "Undo"),
         Binding("a", "approve", "Approve", show=False),
+        Binding("T", "take_over", "Take over"),
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
@@ -200,7 +205,7 @@ class ResponderApp(App[int]):
                  clock: Callable[[], float] = time.time, flush_interval: float = FLUSH_INTERVAL,
                  flush_limit: int = FLUSH_LIMIT, track_latency: bool = False, cursor_blink: bool = True,
                  journal_poll: float = JOURNAL_POLL, follower: Any = None, approve: Any = approve_step,
-                 attach_poll: float = ATTACH_POLL) -> None:
+                 attach_poll: float = ATTACH_POLL, take_over: Any = take_over_from_guard) -> None:
         super().__init__()
         self.session = session
         # Attached to the guard leading the cluster: `follower.look()` reads its Lease and Incident,
@@ -209,6 +214,11 @@ class ResponderApp(App[int]):
         self.follower = follower
         self.approve = approve
         self.attach_poll = attach_poll
+        # `take_over(session, holder)` takes the Lease over from the guard and resumes its incident (the tests
+        # pass a fake); what it returns (`TakenOver`) is kept, finished and closed by the app.
+        self.take_over = take_over
+        self.taking_over = ""  # "asking": its modal is shown; "taking": the Lease is changing hands
+        self.taken_over: Any = None
         self.clock = clock
         self.flush_interval = flush_interval
         self.flush_limit = flush_limit
@@ -271,6 +281,11 @@ class ResponderApp(App[int]):
         self._drive()
         self._tail_journal()
 
+    async def on_unmount(self) -> None:
+        # Taken over: the Incident's keeper stops (the session's close releases the Lease afterwards).
+        if self.taken_over is not None:
+            await self.taken_over.close()
+
     # ------------------------------------------------------------------------ the session
 
     def _read_hold(self) -> None:
@@ -298,12 +313,17 @@ class ResponderApp(App[int]):
 
     @work(group="session", exclusive=True, name="session")
     async def _drive(self) -> None:
-        session, model = self.session, self.model
         if self.attached_to:
             await self._follow_guard()
             return
+        await self._respond(start=True)
+
+    async def _respond(self, *, start: bool) -> None:
+        """Watch (`start`: the watches are started first), open or resume the incident, contain, recover."""
+        session, model = self.session, self.model
         try:
-            await self._start_watching()
+            if start:
+                await self._start_watching()
             session.check_late_start()
             await session.wait_for_incident()
             self.incident_open = True
@@ -338,6 +358,8 @@ class ResponderApp(App[int]):
                 model.set_phase("recovered" if self.recovered else "not-recovered", line)
             else:
                 model.set_phase("contained", self._outcome_line())
+            if self.taken_over is not None:  # the guard's Incident: its final phase, as a guard would write it
+                await self.taken_over.finish(EXIT_OK if self.exit_code == EXIT_OK else EXIT_NOT_CONTAINED)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # shown, not swallowed: the operator must see why responder stopped
@@ -382,6 +404,9 @@ class ResponderApp(App[int]):
                                    at=self.clock(), alert=True)
             else:
                 failing = ""
+                if self.taking_over == "taking":  # the Lease is changing hands to this TUI: nothing to show meanwhile
+                    await asyncio.sleep(self.attach_poll)
+                    continue
                 model.set_attached(seen.holder, at=self.clock())
                 if seen.incident is not None:
                     incident = seen.incident
@@ -390,7 +415,7 @@ class ResponderApp(App[int]):
                     model.mark_guard_detached(seen.owners)
                     step = awaiting_approval(incident)
                     key = (incident["metadata"]["name"], step or "")
-                    if step and key not in asked:
+                    if step and key not in asked and not self.taking_over:
                         asked.add(key)  # asked once on its own; refused, `a` asks again
                         self._ask_approval(key[0], step)
             await asyncio.sleep(self.attach_poll)
@@ -437,6 +462,74 @@ class ResponderApp(App[int]):
         if isinstance(self.screen, ConfirmScreen):
             return
         self._ask_approval(name, step)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # `T` only while attached (footer and key); the command palette still says why it cannot take over.
+        if action == "take_over":
+            return bool(self.attached_to)
+        return True
+
+    def action_take_over(self) -> None:
+        """Attached: take the writer Lease over from the guard and lead its incident here (asks first)."""
+        holder = self.model.attached or self.attached_to
+        refusal = takeover_refusal(attached_to=self.attached_to, holder=holder,
+                                   dry_run=bool(self.session.options.dry_run))
+        if refusal is not None:
+            self.notify(f"take over refused: {refusal}", severity="warning")
+            self.model.add_note(f"take over refused: {refusal}", at=self.clock(), alert=True)
+            return
+        if self.taking_over or isinstance(self.screen, (ConfirmScreen, QuitScreen)):
+            return
+        self._take_over(holder)
+
+    @work(group="takeover", exclusive=True, name="take-over")
+    async def _take_over(self, holder: str) -> None:
+        """The confirmation modal, then the takeover; the incident is then led here (`_lead`)."""
+        model = self.model
+        place = model.attached_place
+        name = model.guard_incident
+        incident = f"the incident {model.incident.id} (Incident {name})" if model.incident and name \
+            else "no open incident yet (this TUI then detects and contains the next one itself)"
+        request = ConfirmationRequest(
+            "take-over", "the writer Lease",
+            f"Take the cluster's writer Lease responder-system/responder over from the guard {place}, which leads "
+            f"{incident}. The guard replicas then stop writing and stand by: the leader sees this TUI's name in the "
+            f"Lease at its next renewal (within {RETRY_PERIOD:.0f} s), stops and restarts as a standby. This "
+            "terminal becomes the one writer for the cluster: it resumes the incident from the Incident and the "
+            "cluster, and runs each step you confirm here, until you quit it and it releases the Lease.",
+            (f"update Lease responder-system/responder: holderIdentity {holder} -> this TUI (as "
+             f"{model.identity or 'you'})",
+             f"then, once the guard stopped: keep Incident {name or '(none)'} current and run the steps you confirm"),
+            "take-over")
+        self.taking_over = "asking"
+        try:
+            if not await self.confirm(request):
+                model.add_note(f"take over refused: the guard {place} keeps leading", at=self.clock())
+                return
+            self.taking_over = "taking"
+            model.add_note(f"taking the writer Lease over from the guard {place} ...", at=self.clock(), alert=True)
+            try:
+                taken = await self.take_over(self.session, holder)
+            except ResponderError as exc:
+                model.add_note(f"take over failed: {exc.message}", at=self.clock(), alert=True)
+                self.notify(f"take over failed: {exc.message}", severity="error")
+                return
+            except Exception as exc:
+                model.add_note(f"take over failed: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
+                self.notify(f"take over failed: {exc}", severity="error")
+                return
+        finally:
+            self.taking_over = ""
+        self.taken_over = taken
+        self.attached_to = ""
+        self.refresh_bindings()
+        model.set_took_over(getattr(taken, "previous", holder), at=self.clock())
+        self._lead()
+
+    @work(group="session", exclusive=True, name="session")
+    async def _lead(self) -> None:
+        """After the takeover (the follower's worker is cancelled): the guard's incident, resumed, led here."""
+        await self._respond(start=False)
 
     def _outcome_line(self) -> str:
         counts = self.model.counts
@@ -693,6 +786,8 @@ class ResponderApp(App[int]):
         yield SystemCommand("Show plan", "What responder sees now and what it would do", self.action_plan)
         yield SystemCommand("Undo incident writes", "Revert the reversible writes of this incident (asks first)",
                             self.action_undo)
+        yield SystemCommand("Take over from the guard", "Attached: take the writer Lease over and lead the "
+                            "guard's incident here (asks first)", self.action_take_over)
         yield SystemCommand("Help: keys", "Key bindings and what the states mean", self.action_help)
 
 

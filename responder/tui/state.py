@@ -288,6 +288,8 @@ class TuiState:
         self.guard_phase = ""
         self.guard_counts: dict[str, int] = {}
         self.approvals: dict[str, str] = {}  # step -> approver
+        # Once this TUI took the Lease over from the guard it followed: that guard's pod (it leads now).
+        self.took_over_from = ""
 
     # ---------------------------------------------------------------------------------- inputs
 
@@ -454,6 +456,16 @@ class TuiState:
         if self.attached and at is not None:
             self.add_note(f"the Lease now names {holder or 'nobody'} (was {self.attached})", at=at, alert=True)
         self.attached = holder
+        self.header_version += 1
+
+    def set_took_over(self, previous: str, *, at: float) -> None:
+        """This TUI took the writer Lease over from the guard `previous`: it is no longer attached, it leads."""
+        self.took_over_from = holder_role(previous)[1] or previous
+        self.attached = ""
+        self.waiting_confirmation = None
+        self.add_note(f"took the writer Lease over from the guard {self.took_over_from}: this TUI leads the cluster "
+                      "now (the guard replicas stand by); its confirmations run the steps here; quitting releases the "
+                      "Lease", at=at, alert=True)
         self.header_version += 1
 
     @property

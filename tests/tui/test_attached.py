@@ -181,3 +181,138 @@ async def test_attached_the_tui_shows_the_guards_incident_and_its_confirmation_i
         await pilot.press("q")  # the guard handles the incident whether this TUI runs or not: quits at once
         await asyncio.sleep(0)
     assert app.return_code == 0
+
+
+# -- taking over -----------------------------------------------------------------------------------
+
+
+class FakeTakeover:
+    """What `take_over_from_guard` leaves running (responder.guard.takeover.TakenOver), recorded."""
+
+    def __init__(self, previous: str) -> None:
+        self.previous = previous
+        self.finished: list[int] = []
+        self.closed = 0
+
+    async def finish(self, code: int) -> None:
+        self.finished.append(code)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_not_attached_taking_over_is_refused_with_one_message(make_app):
+    app, session = make_app(idle_scenario())
+    calls: list[Any] = []
+
+    async def take_over(*args: Any) -> Any:
+        calls.append(args)
+
+    app.take_over = take_over
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.model.phase == "watching", what="watching")
+        assert "Take over" not in screen_text(app)  # the key is offered only while attached
+        await pilot.press("T")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, ConfirmScreen) and calls == []
+        assert not any(line.detail.startswith("take over refused") for line in app.model.feed)  # the key is inert
+        app.action_take_over()  # as the command palette's "Take over from the guard" calls it
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, ConfirmScreen) and calls == []
+        refusals = [line.detail for line in app.model.feed if line.detail.startswith("take over refused")]
+        assert refusals == ["take over refused: this responder is not attached to a guard: it is the cluster's "
+                            "writer itself, or another one holds the Lease (it refused at start); there is nothing "
+                            "to take over"], refusals
+        await pilot.press("q")
+
+
+async def test_attached_taking_over_asks_first_cancel_changes_nothing_confirm_leads(tmp_path):
+    from responder.incident.detect import Trigger
+    from responder.tui.replay import ReplayJournal
+
+    session = ReplaySession(idle_scenario(), journal_dir=tmp_path / "journal", clock=frozen_clock, speed=0)
+    session.attached_to = GUARD  # type: ignore[attr-defined]
+    guard = ScriptedGuard()
+    guard.incident = guard_incident("WaitingForApproval", waiting="recreate-tenants")
+    calls: list[tuple[Any, str]] = []
+    taken = FakeTakeover(GUARD)
+
+    async def take_over(sess: Any, holder: str) -> FakeTakeover:
+        calls.append((sess, holder))
+        # As take_over_from_guard leaves the session: no longer attached, the guard's incident open here.
+        sess.attached_to = ""
+        sess.trigger = Trigger("crd-deleting", "the Tenant CRD is being deleted", frozen_clock())
+        sess.journal = ReplayJournal(tmp_path / "journal", "inc-20261202T100000Z-ab12", frozen_clock, [])
+        sess.incident_opened.set()
+        return taken
+
+    async def approve(*args: Any, **kw: Any) -> dict[str, Any]:
+        raise AssertionError("no approval is written in this test")
+
+    app = ResponderApp(session, clock=frozen_clock, cursor_blink=False, follower=guard, approve=approve,
+                       attach_poll=0.02, take_over=take_over)
+    async with app.run_test(size=(120, 40)) as pilot:
+        # The guard waits for an approval: its modal comes first; refused, the guard keeps waiting.
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the approval modal")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="refused")
+
+        # T (in the footer while attached) asks first, naming the guard's pod, the incident and what it means.
+        assert "Take over" in screen_text(app), screen_text(app)
+        await pilot.press("T")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the takeover modal")
+        await pilot.pause(0.3)
+        request = app.screen.request
+        assert (request.step, request.answer) == ("take-over", "take-over")
+        for words in ("from the guard responder-guard-7c9d-x2", "inc-20261202T100000Z-ab12",
+                      "Incident inc-20261202t100000z-ab12", "stop writing and stand by", "the one writer for the "
+                      "cluster", "until you quit it and it releases the Lease"):
+            assert words in request.summary, (words, request.summary)
+        assert request.writes[0] == f"update Lease responder-system/responder: holderIdentity {GUARD} -> this TUI " \
+                                    f"(as {session.identity})"
+        text = screen_text(app)
+        assert "Confirm step take-over" in text and "LIVE" in text, text
+        # A stray key does not confirm: Enter with nothing typed rings the bell; Escape cancels.
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, ConfirmScreen) and calls == []
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), what="cancelled")
+        await pilot.pause(0.2)
+        assert calls == [] and app.attached_to == GUARD and app.model.attached == GUARD
+        assert session.attached_to == GUARD and not session.incident_opened.is_set()
+        assert any("take over refused: the guard responder-guard-7c9d-x2 keeps leading" == line.detail
+                   for line in app.model.feed)
+        await app.settle()
+        await pilot.pause()
+        assert "ATTACHED to guard responder-guard-7c9d-x2" in screen_text(app)
+
+        # Confirmed (the answer typed): the takeover runs once, and the TUI leads the incident itself.
+        await pilot.press("T")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the takeover modal again")
+        await pilot.pause(0.3)
+        await pilot.press(*[KEY_NAMES.get(c, c) for c in "take-over"])
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: session.contain_finished, what="containment resumed here")
+        await wait_until(pilot, lambda: app.model.phase == "contained", what="led here")
+        assert calls == [(session, GUARD)]
+        assert app.attached_to == "" and app.model.attached == "" and app.taken_over is taken
+        assert taken.finished == [0]
+        await app.settle()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "LEADING (took over from guard responder-guard-7c9d-x2)" in text and "ATTACHED" not in text, text
+        assert "mode auto" in text, text
+        assert any(line.detail.startswith("took the writer Lease over from the guard responder-guard-7c9d-x2")
+                   for line in app.model.feed)
+        looks = guard.looks
+        await pilot.pause(0.2)
+        assert guard.looks == looks  # the guard's Incident is no longer followed: this TUI leads it
+        assert "Take over" not in text  # not attached any more: no longer offered, and refused
+        await pilot.press("T")
+        app.action_take_over()
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, ConfirmScreen) and len(calls) == 1
+        assert app.model.feed[-1].detail.startswith("take over refused: this responder is not attached")
+        app.exit(0)
+    assert taken.closed == 1

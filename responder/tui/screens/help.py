@@ -16,6 +16,8 @@ KEYS = [
     ("p", "plan: what responder sees now and what it would do"),
     ("u", "undo the reversible writes of this incident (asks first)"),
     ("a", "attached to a guard: approve the step it waits on (asks first)"),
+    ("T", "attached to a guard: take its writer Lease over and lead its incident from this terminal (asks first; "
+          "the guard replicas stand by until this TUI quits)"),
     ("?", "this help"),
     ("ctrl+p", "command palette: every action by name"),
     ("tab", "move focus between the table and the event feed"),

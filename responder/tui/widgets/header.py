@@ -92,6 +92,8 @@ class HeaderBar(Vertical):
         # Attached to a guard (it leads the cluster): said first after the name, before where and who.
         attached = [(f"ATTACHED to guard {model.attached_place or '(no leader)'}", "bold reverse")] \
             if model.attached else []
+        if not model.attached and model.took_over_from:  # the Lease taken over from that guard: this TUI leads
+            attached = [(f"LEADING (took over from guard {model.took_over_from})", "bold reverse")]
         set_text(self.query_one("#ident", Static), _line(
             ("responder", "bold"), *attached, (f"ctx {model.context or '-'}", ""), (f"as {model.identity or '?'}", ""),
             (model.server or "-", "dim")))
