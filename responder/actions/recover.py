@@ -736,18 +736,21 @@ class ReadoptNamespaces:
 
     async def run(self, ctx: StepContext) -> StepOutcome:
         known = known_namespaces(ctx)
+        # Re-adopted in this incident before this run: journaled (a resumed run, or inherited from a dead leader).
+        before = sum(1 for ns in known if ctx.done_before("readopt", ns))
         requests, absent, missing_tenant = await self.planned(ctx)
         results = await ctx.write_many(requests, in_flight=int(ctx.params.get("concurrency", 32)))
         failed = [(r.target, res) for r, res in zip(requests, results) if isinstance(res, ApiError)]
         for r, res in zip(requests, results):
             if not isinstance(res, ApiError):
                 ctx.emit("readopt", target=r.target, tenant=known[r.target])
-        data = {"readopted": len(requests) - len(failed), "absent": absent, "tenant_missing": missing_tenant,
-                "failed": [t for t, _ in failed]}
+        data = {"readopted": len(requests) - len(failed), "readopted_before": before, "absent": absent,
+                "tenant_missing": missing_tenant, "failed": [t for t, _ in failed]}
         for target, exc in failed[:10]:
             ctx.log(f"re-adopting {target} failed: {exc.status} {exc.api_message[:200]}", level="warning")
         status = "failed" if failed or missing_tenant else "finished"
         return StepOutcome(status, f"{data['readopted']} namespaces re-adopted by their recreated Tenants"
+                                   + (f" ({before} more before this run)" if before else "")
                                    + (f"; {len(absent)} absent" if absent else ""), data)
 
 

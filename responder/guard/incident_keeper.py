@@ -18,7 +18,7 @@ from typing import Any
 from responder.actions import ACTIONS
 from responder.errors import ResponderError
 from responder.incident import triage
-from responder.incident.engine import ConfirmationRequest, EngineEvent
+from responder.incident.engine import RESUMED_DONE, ConfirmationRequest, EngineEvent
 from responder.response.incident_object import (CONTAINED, CONTAINING, DETECTED, FAILED, RECOVERED, RECOVERING,
                                                 WAITING, IncidentStore, approvals_of, new_incident,
                                                 now_rfc3339)
@@ -98,8 +98,9 @@ class IncidentKeeper:
             entry = self.steps.setdefault(event.step, {"id": event.step, "phase": self._phase_of.get(event.step, ""),
                                                        "leader": self.leader})
             status = str(event.data.get("status", ""))
-            if entry.get("status") == "finished" and status == "skipped":
-                return  # finished by a leader before this one: the engine skips it, the record stays
+            if status == "skipped" and (entry.get("status") == "finished" or (
+                    entry.get("status") == "skipped" and event.data.get("summary") == RESUMED_DONE)):
+                return  # ended by a leader before this one: the engine skips it, the record stays
             entry.update(status=status, summary=str(event.data.get("summary", ""))[:500],
                          finishedAt=now_rfc3339(event.at))
             if event.step == self._last_contain and self.phase in (DETECTED, CONTAINING):

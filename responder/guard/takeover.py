@@ -7,8 +7,12 @@ cluster shows are recorded as done, with the undo payloads the snapshot gives:
 - the breaker: Capsule at 0 replicas (the replicas to return to from the snapshot), responder's exemption
   in Capsule's webhook configurations (their matchConditions from before, from the snapshot);
 - detach: each namespace the snapshot saw with a Tenant ownerReference that no longer carries one;
-- every step the Incident lists as finished (or failed, or skipped), and what the finished recovery steps
-  journaled for the steps after them (status.recoveryRecords: the backup chosen, the Tenants recreated, ...).
+- re-adoption under way (approved, not finished): each known namespace that already carries the ownerReference
+  and label of its Tenant recreated in this incident (the Tenant created at or after the trigger), so the
+  resumed step does not write it again (its undo payload is the step's own: none, as for the leader's writes);
+- every step the Incident lists as finished (or failed, or skipped: finished when its action had nothing to
+  do, skipped when its confirmation was declined), and what the finished recovery steps journaled for the
+  steps after them (status.recoveryRecords: the backup chosen, the Tenants recreated, ...).
 The engine then runs what is left: a finished step is not run again, a step in progress is resumed (its
 actions look at the cluster before writing), and an approved recovery step runs without a second approval.
 
@@ -28,16 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from responder.actions.breaker import EXEMPTION_NAME, exemption_patch, webhook_path
-from responder.cluster.lease import RETRY_PERIOD, lease_client
-from responder.errors import ResponderError
+from responder.cluster.lease import RETRY_PERIOD, lease_client, parse_time
+from responder.errors import ApiError, ResponderError
 from responder.guard.incident_keeper import IncidentKeeper
 from responder.incident import triage
 from responder.incident.detect import Trigger
+from responder.incident.engine import DECLINED
 from responder.incident.journal import Journal
-from responder.incident.observe import CapsuleTarget
 from responder.incident.engine import ConfirmationRequest
+from responder.incident.observe import TENANTS_PATH, CapsuleTarget
+from responder.recovery import decisions as recovery
 from responder.response.attach import attach_target
-from responder.response.incident_object import IncidentStore
+from responder.response.incident_object import IncidentStore, approvals_of
 from responder.response.leadership import journal_leadership, take_over_writer_lease
 from responder.response.session import Session
 
@@ -87,6 +93,78 @@ def inherited_writes(snapshot: dict[str, Any], *, namespaces: dict[str, dict[str
     return writes
 
 
+def inherited_readopts(known: dict[str, str], *, templates: dict[str, dict[str, Any]],
+                       namespaces: dict[str, dict[str, Any]], tenants: dict[str, dict[str, Any]],
+                       since: float, step: str) -> list[dict[str, Any]]:
+    """The previous leader's re-adoption writes the cluster shows, as journal intents: each known namespace
+    (name -> Tenant) alive and already adopted by its Tenant as the step would adopt it (readopt_patch is
+    empty: ownerReference to the live UID and the tenant label), where that Tenant was created at or after
+    `since` (the incident's trigger, epoch seconds): a Tenant recreated in this incident. A namespace still
+    owned by a Tenant that outlived the incident was never re-adopted and is not inherited."""
+    floor = int(since)  # creationTimestamp has whole seconds
+    writes: list[dict[str, Any]] = []
+    for name, tenant_name in sorted(known.items()):
+        ns, tenant = namespaces.get(name), tenants.get(tenant_name)
+        if ns is None or tenant is None:
+            continue
+        if (ns.get("metadata") or {}).get("deletionTimestamp") or tenant["metadata"].get("deletionTimestamp"):
+            continue
+        created = parse_time(tenant["metadata"].get("creationTimestamp"))
+        if created is None or created < floor:
+            continue
+        if recovery.readopt_patch(ns, tenant, templates.get(name)):
+            continue  # not adopted yet (or only in part): the resumed step writes it
+        writes.append({"step": step, "action": "readopt", "target": name,
+                       "request": {"method": "PATCH", "path": f"/api/v1/namespaces/{name}"}, "undo": None})
+    return writes
+
+
+def readopt_under_way(incident: dict[str, Any], runbook_steps: list[Any]) -> str | None:
+    """The re-adoption step a previous leader started and may have written in: the Incident lists it started,
+    not ended, and approved (or the incident recovers without approvals)."""
+    step = next((s for s in runbook_steps if s.action == "readopt-namespaces"), None)
+    if step is None:
+        return None
+    entry = next((s for s in (incident.get("status") or {}).get("steps") or [] if s.get("id") == step.id), None)
+    if entry is None or entry.get("status") in STEP_ENDS:
+        return None
+    auto = ((incident.get("spec") or {}).get("recovery") or "") == "auto"
+    return step.id if auto or step.id in approvals_of(incident) else None
+
+
+async def readopt_writes(session: Session, incident: dict[str, Any], snapshot: dict[str, Any],
+                         records: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
+    """inherited_readopts against the cluster as it is now (read, not from the watches: the Tenant CRD was
+    recreated), with what the finished recovery steps recorded (`records`: the backup's known namespaces)."""
+    plan = next((r for r in reversed(records) if r.get("kind") == "recovery-plan"), None) or {}
+    witnessed = snapshot.get("namespaces") or session.observer.shadow.namespace_tenants()
+    known, _ = recovery.merge_known(witnessed, plan.get("known_from_backup") or {}, session.protected)
+    templates = (plan.get("owners_from_backup") or {}) | (snapshot.get("owners") or {})
+    namespaces = {n["metadata"]["name"]: n
+                  for n in (await session.client.get("/api/v1/namespaces")).get("items") or []}
+    try:
+        tenants = {t["metadata"]["name"]: t for t in (await session.client.get(TENANTS_PATH)).get("items") or []}
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        tenants = {}
+    since = float(((incident.get("spec") or {}).get("trigger") or {}).get("event_received") or 0)
+    if not since:
+        return []  # no time to tell a recreated Tenant from one that outlived the incident
+    return inherited_readopts(known, templates=templates, namespaces=namespaces, tenants=tenants, since=since,
+                              step=step)
+
+
+def journaled_end(step: dict[str, Any]) -> str:
+    """How the previous leader's engine journaled a step the Incident lists as ended. A step whose action had
+    nothing to do shows skipped and was journaled finished (not run again); only a declined confirmation is
+    journaled skipped (asked again)."""
+    status = str(step.get("status") or "")
+    if status == "skipped" and step.get("summary") != DECLINED:
+        return "finished"
+    return status
+
+
 def takeover_journal(directory: Path, incident: dict[str, Any], *, meta: dict[str, Any]) -> Journal:
     """A journal of this replica's own for the incident (one left on this disk by an earlier run of this
     replica is set aside: the cluster is the record now)."""
@@ -116,6 +194,7 @@ async def resume_open_incident(session: Session, store: IncidentStore, *, leader
     journal.record("takeover", incident_object=incident["metadata"]["name"], leader=leader,
                    previous_leader=status.get("leader"), phase=status.get("phase"),
                    snapshot="cluster" if snapshot is not None else "none (this replica's shadow copy instead)")
+    writes: list[dict[str, Any]] = []
     if snapshot is not None:
         journal.record("snapshot", **snapshot)
         steps = {s.action: s.id for s in session.runbook.steps if s.phase == "contain"}
@@ -126,20 +205,27 @@ async def resume_open_incident(session: Session, store: IncidentStore, *, leader
             deployment=deployments[0] if deployments else None, webhooks=observer.capsule_webhooks(),
             capsule=session.options.capsule, identity=session.identity,
             breaker_step=steps.get("trip-breaker"), detach_step=steps.get("detach-namespaces"))
-        for write in writes:
-            seq = journal.intent(write["step"], write["action"], write["target"], request=write["request"],
-                                 undo=write["undo"], sync=False)
-            journal.outcome(seq, "ok", detail=INHERITED, sync=False)
-        journal.sync()
     else:
-        writes = []
         log.warning("the Incident %s has no snapshot (its leader died before writing it): recovery returns to this "
                     "replica's shadow copy", incident["metadata"]["name"])
-    for record in store.read_packed(incident, "recoveryRecords") or []:
+    records = store.read_packed(incident, "recoveryRecords") or []
+    readopt = readopt_under_way(incident, session.runbook.steps)
+    if readopt is not None:
+        try:
+            writes += await readopt_writes(session, incident, snapshot or {}, records, readopt)
+        except ApiError as exc:  # the resumed step still re-checks the cluster: nothing is written twice
+            log.warning("the previous leader's re-adoptions could not be read (%s %s): the resumed step finds them "
+                        "adopted, but this journal does not hold them", exc.status, exc.api_message)
+    for write in writes:
+        seq = journal.intent(write["step"], write["action"], write["target"], request=write["request"],
+                             undo=write["undo"], sync=False)
+        journal.outcome(seq, "ok", detail=INHERITED, sync=False)
+    journal.sync()
+    for record in records:
         journal.record(record["kind"], **{k: v for k, v in record.items() if k not in ("seq", "ts", "incident", "kind")})
     for step in status.get("steps") or []:
         if step.get("status") in STEP_ENDS and step.get("id"):
-            journal.step(step["id"], step["status"], detail=f"{INHERITED}: {step.get('summary', '')}"[:500])
+            journal.step(step["id"], journaled_end(step), detail=f"{INHERITED}: {step.get('summary', '')}"[:500])
     session.open_incident(trigger, journal=journal)
     journal.record("resumed", pending=[], inherited_writes=len(writes))
     return incident

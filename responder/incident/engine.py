@@ -23,6 +23,10 @@ from responder.runbook.schema import ActionSpec, Runbook, Step
 log = logging.getLogger(__name__)
 
 
+RESUMED_DONE = "resumed: done"  # the summary of a step skipped because the journal shows it finished
+DECLINED = "not confirmed"  # the summary of a step whose confirmation was declined: asked again on resume
+
+
 @dataclass(frozen=True)
 class EngineEvent:
     kind: str  # step-started | step-progress | step-finished | log | write | confirm
@@ -279,7 +283,7 @@ class Engine:
             # Only a finished step is done: "skipped" is a declined confirmation, asked again on resume.
             if finished.get(step.id) == "finished":
                 self.results[step.id] = StepOutcome("skipped", "already finished in this incident's journal")
-                self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": "resumed: done"}))
+                self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": RESUMED_DONE}))
                 continue
             outcome = await self.run_step(step)
             self.results[step.id] = outcome
@@ -298,7 +302,7 @@ class Engine:
             ok = await ctx.confirm(f"run step {step.id} ({step.action}): {step.description}",
                                    await _preview(action, ctx), step.id)
             if not ok:
-                outcome = StepOutcome("skipped", "not confirmed")
+                outcome = StepOutcome("skipped", DECLINED)
                 self.journal.step(step.id, "skipped", detail=outcome.summary)
                 self.emit(EngineEvent("step-finished", step.id, {"status": "skipped", "summary": outcome.summary}))
                 return outcome

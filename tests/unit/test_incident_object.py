@@ -10,7 +10,7 @@ import pytest
 from responder.actions.breaker import EXEMPTION_NAME, exemption_condition
 from responder.cli.approve import object_name
 from responder.errors import ConfigError
-from responder.guard.takeover import inherited_writes
+from responder.guard.takeover import inherited_readopts, inherited_writes, journaled_end, readopt_under_way
 from responder.incident.observe import CapsuleTarget
 from responder.ops.manifests import incident_crd_yaml, rbac_rules
 from responder.response.incident_object import (CONTAINED, RECOVERED, SNAPSHOT_MAX_CHARS, WAITING, approval_refused,
@@ -128,3 +128,106 @@ def test_a_new_leader_inherits_the_previous_leaders_writes_the_cluster_shows():
     assert inherited_writes(snapshot, namespaces={}, deployment={"spec": {"replicas": 3}},
                             webhooks=[("ValidatingWebhookConfiguration", hook_before)], capsule=CapsuleTarget(),
                             identity="sa:guard", breaker_step="breaker", detach_step="detach") == []
+
+
+def _tenant(name: str, uid: str, created: str, deleting: bool = False) -> dict:
+    meta = {"name": name, "uid": uid, "creationTimestamp": created}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    return {"metadata": meta}
+
+
+def _adopted(name: str, tenant: str, tenant_uid: str, *, label: bool = True, uid: str = "ns-uid") -> dict:
+    meta = {"name": name, "uid": uid, "ownerReferences": [
+        {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant", "name": tenant, "uid": tenant_uid,
+         "controller": True, "blockOwnerDeletion": True}]}
+    if label:
+        meta["labels"] = {"capsule.clastix.io/tenant": tenant}
+    return {"metadata": meta}
+
+
+def test_a_new_leader_inherits_the_re_adoptions_the_cluster_shows_and_no_other():
+    trigger = 1767225600.0  # 2026-01-01T00:00:00Z, the incident's trigger
+    template = {"apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant", "name": "t1", "controller": True,
+                "blockOwnerDeletion": True}
+    known = {"done": "t1", "detached": "t1", "old-uid": "t1", "no-label": "t1", "gone": "t1", "dying": "t1",
+             "kept": "old", "no-tenant": "t9", "deleting-tenant": "t2"}
+    tenants = {"t1": _tenant("t1", "new-uid", "2026-01-01T00:05:00Z"),  # recreated in this incident
+               "old": _tenant("old", "old-tenant-uid", "2025-12-01T00:00:00Z"),  # outlived the incident
+               "t2": _tenant("t2", "t2-uid", "2026-01-01T00:05:00Z", deleting=True)}
+    namespaces = {"done": _adopted("done", "t1", "new-uid"),
+                  "detached": _ns("detached"),  # not re-adopted yet: the resumed step writes it
+                  "old-uid": _adopted("old-uid", "t1", "t1-before"),  # still the dangling reference
+                  "no-label": _adopted("no-label", "t1", "new-uid", label=False),  # the patch sets both at once
+                  "dying": {"metadata": {**_adopted("dying", "t1", "new-uid")["metadata"],
+                                         "deletionTimestamp": "2026-01-01T00:06:00Z"}},
+                  "kept": _adopted("kept", "old", "old-tenant-uid"),  # never detached, never re-adopted
+                  "no-tenant": _ns("no-tenant"),
+                  "deleting-tenant": _adopted("deleting-tenant", "t2", "t2-uid")}
+    writes = inherited_readopts(known, templates={n: template for n in known}, namespaces=namespaces,
+                                tenants=tenants, since=trigger, step="readopt")
+    assert [(w["step"], w["action"], w["target"]) for w in writes] == [("readopt", "readopt", "done")]
+    assert writes[0]["request"] == {"method": "PATCH", "path": "/api/v1/namespaces/done"}
+    assert writes[0]["undo"] is None  # as the leader's own re-adoption writes: not reverted by undo
+    # A Tenant created in the trigger's second counts as recreated (creationTimestamp has whole seconds).
+    same_second = {"t1": _tenant("t1", "new-uid", "2026-01-01T00:00:00Z")}
+    assert [w["target"] for w in inherited_readopts({"done": "t1"}, templates={}, namespaces=namespaces,
+                                                    tenants=same_second, since=trigger + 0.7,
+                                                    step="readopt")] == ["done"]
+    before = {"t1": _tenant("t1", "new-uid", "2025-12-31T23:59:59Z")}
+    assert inherited_readopts({"done": "t1"}, templates={}, namespaces=namespaces, tenants=before, since=trigger,
+                              step="readopt") == []
+
+
+def test_re_adoption_is_inherited_only_while_under_way_and_approved():
+    from responder.actions import ACTIONS
+    from responder.runbook.schema import load_runbook
+    from responder.response.session import DEFAULT_RUNBOOK, REPO_RUNBOOKS
+
+    steps = load_runbook(REPO_RUNBOOKS / DEFAULT_RUNBOOK, {k: v.spec for k, v in ACTIONS.items()}).steps
+    running = [{"id": "recreate-tenants", "status": "finished"}, {"id": "readopt", "status": "running"}]
+    approved = [{"step": "readopt", "approver": "alice"}]
+    assert readopt_under_way(incident(steps=running, approvals=approved), steps) == "readopt"
+    assert readopt_under_way(incident(steps=running), steps) is None  # waiting for its approval: nothing written
+    auto = incident(steps=running)
+    auto["spec"]["recovery"] = "auto"
+    assert readopt_under_way(auto, steps) == "readopt"
+    finished = [{"id": "readopt", "status": "finished"}]
+    assert readopt_under_way(incident(steps=finished, approvals=approved), steps) is None  # not run again
+    assert readopt_under_way(incident(steps=running[:1], approvals=approved), steps) is None  # not started
+    assert readopt_under_way(incident(steps=running, approvals=approved),
+                             [s for s in steps if s.action != "readopt-namespaces"]) is None
+
+
+async def test_re_adoptions_are_read_from_the_cluster_with_the_backup_s_known_namespaces():
+    from types import SimpleNamespace
+
+    from responder.guard.takeover import readopt_writes
+
+    items = {"/api/v1/namespaces": [_adopted("done", "t1", "new-uid"), _adopted("from-backup", "t1", "new-uid"),
+                                    _ns("detached"), _adopted("kube-system", "t1", "new-uid")],
+             "/apis/capsule.clastix.io/v1beta2/tenants": [_tenant("t1", "new-uid", "2026-01-01T00:05:00Z")]}
+
+    class Client:
+        async def get(self, path):
+            return {"items": items[path]}
+
+    session = SimpleNamespace(client=Client(), protected=frozenset({"kube-system"}),
+                              observer=SimpleNamespace(shadow=SimpleNamespace(namespace_tenants=lambda: {})))
+    inc = incident()
+    inc["spec"]["trigger"] = {"event_received": 1767225600.0}
+    snapshot = {"namespaces": {"done": "t1", "detached": "t1", "kube-system": "t1"}}
+    records = [{"kind": "recovery-plan", "known_from_backup": {"from-backup": "t1"}}]
+    writes = await readopt_writes(session, inc, snapshot, records, "readopt")
+    assert [w["target"] for w in writes] == ["done", "from-backup"]  # protected never; detached not yet
+    inc["spec"]["trigger"] = {}
+    assert await readopt_writes(session, inc, snapshot, records, "readopt") == []  # no trigger time: none
+
+
+def test_a_step_the_previous_leader_ended_is_journaled_as_its_engine_journaled_it():
+    # The action had nothing to do (no backup to restore): the engine journaled it finished; not run again.
+    assert journaled_end({"id": "restore", "status": "skipped", "summary": "no backup: nothing to restore"}) == "finished"
+    # A declined confirmation is asked again on resume.
+    assert journaled_end({"id": "restore", "status": "skipped", "summary": "not confirmed"}) == "skipped"
+    assert journaled_end({"id": "verify", "status": "failed", "summary": "x"}) == "failed"
+    assert journaled_end({"id": "readopt", "status": "finished", "summary": "x"}) == "finished"
