@@ -98,7 +98,9 @@ class Shadow:
             self._touch()
 
     def observe_crd(self, crd: dict[str, Any]) -> None:
-        if (crd.get("metadata") or {}).get("deletionTimestamp"):
+        # A CRD being deleted still holds its schema: the best copy left to a responder that starts late
+        # (it never saw the CRD whole), never one to replace a copy taken before the deletion.
+        if (crd.get("metadata") or {}).get("deletionTimestamp") and self.tenant_crd is not None:
             return
         clean = _clean(crd)
         clean.pop("status", None)

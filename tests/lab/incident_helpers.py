@@ -114,3 +114,46 @@ def breaker_held(records: list[dict[str, Any]]) -> float | None:
         if r["kind"] == "intent" and r.get("action") == "scale-capsule" and outcomes.get(r["seq"], {}).get("status") == "ok":
             return datetime.fromisoformat(outcomes[r["seq"]]["ts"].replace("Z", "+00:00")).timestamp()
     return None
+
+
+def losses_unexplained(audit_log: Path, *, since: float, held: float, prefix: str,
+                       lost: set[str]) -> str | None:
+    """Why the namespaces `lost` (of those named `prefix`...) are not all the cascade's own before the breaker
+    held (None: they are). On 0.14 Capsule deletes the namespaces of its dying Tenants until its process stops
+    (CAPSULE_STOP_S after the scale to 0 held): a DELETE sent before then may win, none accepted after it may.
+    A DELETE answered with a server error counts as sent (Capsule stopped mid-request: the deletion can reach
+    etcd while its answer is lost); one refused (4xx) never does."""
+    from datetime import datetime
+
+    from responder.lab.incident import read_audit
+
+    def epoch(e: dict[str, Any]) -> float:
+        return datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+
+    def code(e: dict[str, Any]) -> int:
+        return int((e.get("responseStatus") or {}).get("code", 500))
+
+    deletes = [e for e in read_audit(audit_log, since=since)
+               if e.get("verb") == "delete" and (e.get("objectRef") or {}).get("resource") == "namespaces"
+               and not e["objectRef"].get("subresource") and e["objectRef"].get("name", "").startswith(prefix)
+               and "dryRun=" not in e.get("requestURI", "")]
+    late = {e["objectRef"]["name"]: round(epoch(e) - held, 3) for e in deletes
+            if code(e) < 300 and epoch(e) > held + CAPSULE_STOP_S}
+    if late:
+        return f"namespaces deleted after the breaker held (s after): {late}"
+    sent_before_stop = {e["objectRef"]["name"] for e in deletes
+                        if (code(e) < 300 or code(e) >= 500) and epoch(e) <= held + CAPSULE_STOP_S}
+    if not lost <= sent_before_stop:
+        return (f"lost with no DELETE sent before Capsule stopped: {sorted(lost - sent_before_stop)}; DELETEs: "
+                f"{[(e['objectRef']['name'], e['user']['username'], code(e)) for e in deletes]}")
+    return None
+
+
+def deleted_names(audit_log: Path, *, since: float, prefix: str) -> set[str]:
+    """Namespaces named `prefix`... that a DELETE was sent for (the gone ones are named only there)."""
+    from responder.lab.incident import read_audit
+
+    return {e["objectRef"]["name"] for e in read_audit(audit_log, since=since)
+            if e.get("verb") == "delete" and (e.get("objectRef") or {}).get("resource") == "namespaces"
+            and not e["objectRef"].get("subresource") and e["objectRef"].get("name", "").startswith(prefix)
+            and "dryRun=" not in e.get("requestURI", "")}

@@ -30,7 +30,7 @@ from responder.lab.seed import seed
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.response.session import DEFAULT_RUNBOOK, REPO_RUNBOOKS
 
-from .incident_helpers import RESPONDER, namespace_states, run_responder, trigger
+from .incident_helpers import RESPONDER, breaker_held, losses_unexplained, namespace_states, run_responder, trigger
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -242,20 +242,27 @@ async def test_two_guards_one_leader_failover_containment_and_a_refused_run(lab_
         assert summary["contained"], summary
         assert re.search(r"^responder_incidents_total 1\.0$", c.get("/metrics").text, re.M)
         assert 'responder_breaker{responder_breaker="tripped"} 1.0' in c.get("/metrics").text
-        # Observed a while after the delete: the namespaces stay alive (polled, every poll >= 99 %).
+        # Observed a while after the delete: the namespaces stay alive (polled), but for those Capsule 0.14
+        # deleted before its process stopped: its finalizer races the breaker (usually none, 3 of 100 once in
+        # CI); none may go after, nor any DELETE be accepted after (the audit log).
+        journal = [json.loads(line) for line in next((tmp_path / "journal-c").glob("inc-*.jsonl")).read_text().splitlines()]
+        held = breaker_held(journal)
+        assert held is not None
+        lost: set[str] = set()
         async with lab.admin_client() as admin:
             while True:
                 states = await namespace_states(admin, namespaces)
-                alive = sum(1 for s in states.values() if s == "alive")
-                assert alive / len(namespaces) >= 0.99, (alive, len(namespaces))
+                lost |= {n for n, state in states.items() if state != "alive"}
+                assert losses_unexplained(lab.audit_log, since=started - 5, held=held, prefix="guard-",
+                                          lost=lost) is None
                 if time.time() >= started + 20:
                     break
                 await asyncio.sleep(2)
+        assert len(lost) <= 10, sorted(lost)  # a gross bound: the race is Capsule's first second
         assert persisted_writes_by(lab.audit_log, sa_user("guard-a"), since=started)
         assert persisted_writes_by(lab.audit_log, sa_user("guard-b"), since=standby_since) == []
         assert d.leader_metric() == 0.0
         # The Lease was held before the incident: the breaker's first write follows detection at once.
-        journal = [json.loads(line) for line in next((tmp_path / "journal-c").glob("inc-*.jsonl")).read_text().splitlines()]
         detected = next(r for r in journal if r["kind"] == "trigger")["trigger"]["event_received"]
         first_write = next(r for r in journal if r["kind"] == "intent")
         first_write_ms = (_epoch(first_write["ts"]) - detected) * 1000

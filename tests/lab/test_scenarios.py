@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from responder.actions.breaker import fails_closed, guards_namespace_delete
 from responder.lab.control_plane import LAB_CONTEXT, Lab
-from responder.lab.incident import read_audit
 from responder.drill.scenarios import _capsule_webhook_configurations
 
-from .incident_helpers import CAPSULE_STOP_S, breaker_held, namespace_states, read_journal, run_responder
+from .incident_helpers import (breaker_held, deleted_names, losses_unexplained, namespace_states, read_journal,
+                               run_responder)
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -56,10 +55,6 @@ def _run_on_existing(lab: Lab, tmp_path, scenario: str) -> tuple[dict, dict[str,
     states = asyncio.run(_states(lab, f"responder.dev/drill={card['options']['drill_id']}"))
     assert len(states) <= SEEDED
     return card, states, proc.stderr
-
-
-def _epoch(timestamp: str) -> float:
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _trigger(card: dict) -> dict:
@@ -96,24 +91,12 @@ def test_tenant_mass_deletion(lab_manager, tmp_path, line):
         held = breaker_held(read_journal(Path(card["journal"])))
         assert held is not None, card
         prefix = f"drill-{card['options']['drill_id'].rsplit('-', 1)[-1]}-"
-        deletes = [e for e in read_audit(lab.audit_log, since=_trigger(card)["event_received"] - 60)
-                   if e.get("verb") == "delete" and (e.get("objectRef") or {}).get("resource") == "namespaces"
-                   and not e["objectRef"].get("subresource") and e["objectRef"].get("name", "").startswith(prefix)
-                   and "dryRun=" not in e.get("requestURI", "")]
-        code = lambda e: (e.get("responseStatus") or {}).get("code", 500)  # noqa: E731
-        deleted = {e["objectRef"]["name"]: _epoch(e["requestReceivedTimestamp"]) for e in deletes if code(e) < 300}
-        late = {n: round(t - held, 3) for n, t in deleted.items() if t > held + CAPSULE_STOP_S}
-        assert not late, f"namespaces deleted after the breaker held (s after): {late}"
-        # Every loss is a DELETE sent before Capsule stopped: accepted, or answered with a server error (Capsule
-        # stopped mid-request: the deletion can reach etcd while the answer is lost), never one refused (4xx).
-        sent_before_stop = {e["objectRef"]["name"] for e in deletes
-                            if (code(e) < 300 or code(e) >= 500) and _epoch(e["requestReceivedTimestamp"]) <= held + CAPSULE_STOP_S}
+        since = _trigger(card)["event_received"] - 60
         # The lost: Terminating, or gone (named only by their DELETE); every one of them named.
-        lost = {n for n, s in states.items() if s != "alive"} | {e["objectRef"]["name"] for e in deletes
-                                                                 if e["objectRef"]["name"] not in states}
+        lost = {n for n, s in states.items() if s != "alive"} | (deleted_names(lab.audit_log, since=since, prefix=prefix)
+                                                                 - set(states))
         assert len(lost) == SEEDED - len(alive), (sorted(lost), states)
-        assert lost <= sent_before_stop, (sorted(lost - sent_before_stop),
-                                          [(e["objectRef"]["name"], e["user"]["username"], code(e)) for e in deletes])
+        assert losses_unexplained(lab.audit_log, since=since, held=held, prefix=prefix, lost=lost) is None
         if len(alive) == SEEDED:
             assert card["passed"], stderr[-3000:]
     # Every namespace responder saved was re-adopted by its recreated Tenant.

@@ -83,3 +83,22 @@ def test_a_snapshot_written_from_a_worker_thread_that_fails_leaves_the_copy_dirt
     assert errors and shadow.dirty
     shadow.write_snapshot(tmp_path / "shadow.json", text)
     assert json.loads((tmp_path / "shadow.json").read_text())["namespaces"].keys() == {"ns-1"}
+
+
+def _crd(group: str, deleting: bool = False) -> dict:
+    meta = {"name": "tenants.capsule.clastix.io", "uid": f"uid-{group}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {"group": group}, "status": {"storedVersions": ["v1beta2"]}}
+
+
+def test_a_crd_being_deleted_is_kept_when_nothing_better_is_held_and_never_replaces_a_whole_one():
+    # A responder started late sees the CRD only while it is being deleted: its spec is all that is left to
+    # recreate it from (no backup holds it); one copied before the deletion stays the copy.
+    late = Shadow()
+    late.observe_crd(_crd("seen-deleting", deleting=True))
+    assert late.tenant_crd["spec"] == {"group": "seen-deleting"} and "status" not in late.tenant_crd
+    early = Shadow()
+    early.observe_crd(_crd("before"))
+    early.observe_crd(_crd("seen-deleting", deleting=True))
+    assert early.tenant_crd["spec"] == {"group": "before"}
