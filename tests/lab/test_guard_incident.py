@@ -233,6 +233,20 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
             assert proc.stderr.count("error:") == 1, proc.stderr
         assert persisted_writes_by(lab.audit_log, ADMIN_USER, since=since) == []
 
+        # Contained, no recovery approved yet: >= 99 % alive at every poll until 120 s after the CRD's deletion.
+        polls = 0
+        async with lab.admin_client() as admin:
+            while True:
+                states = await namespace_states(admin, namespaces)
+                alive = sum(1 for s in states.values() if s == "alive")
+                assert alive / len(namespaces) >= 0.99, (round(time.time() - started), Counter(states.values()))
+                polls += 1
+                if time.time() >= started + 120:
+                    break
+                await asyncio.sleep(2)
+            assert ((await incident_now(admin)).get("status") or {}).get("phase") == WAITING
+        print(f"guard failover: {alive}/{len(namespaces)} alive 120 s after the CRD's deletion ({polls} polls)")
+
         # Each recovery step waits for its approval, and runs once approved. The leader is SIGKILLed at its first
         # answered re-adoption write; the third replica leads and finishes it with no second approval.
         c.wait_for("standby")
