@@ -440,13 +440,8 @@ class ResponderApp(App[int]):
         try:
             result = await self.approve(self.session.client, name, step,  # type: ignore[attr-defined]
                                         dry_run=bool(self.session.options.dry_run))
-        except ResponderError as exc:
-            model.add_note(f"approval of {step} not written: {exc.message}", at=self.clock(), alert=True)
-            self.notify(f"approval of {step} not written: {exc.message}", severity="error")
-            return
         except Exception as exc:
-            model.add_note(f"approval of {step} failed: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
-            self.notify(f"approval of {step} failed: {exc}", severity="error")
+            self.say_failed(exc, f"approval of {step} not written", f"approval of {step} failed")
             return
         what = "was already approved" if result.get("already") else (
             "approved (dry run: not persisted)" if result.get("dry_run") else "approved")
@@ -510,13 +505,8 @@ class ResponderApp(App[int]):
             model.add_note(f"taking the writer Lease over from the guard {place} ...", at=self.clock(), alert=True)
             try:
                 taken = await self.take_over(self.session, holder)
-            except ResponderError as exc:
-                model.add_note(f"take over failed: {exc.message}", at=self.clock(), alert=True)
-                self.notify(f"take over failed: {exc.message}", severity="error")
-                return
             except Exception as exc:
-                model.add_note(f"take over failed: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
-                self.notify(f"take over failed: {exc}", severity="error")
+                self.say_failed(exc, "take over failed", "take over failed")
                 return
         finally:
             self.taking_over = ""
@@ -535,6 +525,16 @@ class ResponderApp(App[int]):
         counts = self.model.counts
         parts = [f"{s} {counts[s]}" for s in ("detached", "at-risk", "terminating", "gone") if counts.get(s)]
         return "; ".join(parts) or "no namespace was at risk"
+
+    def say_failed(self, exc: Exception, refused: str, failed: str) -> None:
+        """An on-call action that did not happen, in the feed and as a notification: a ResponderError (the
+        cluster refused, with its reason) after `refused`, anything else (a bug, a lost connection) after `failed`."""
+        if isinstance(exc, ResponderError):
+            self.model.add_note(f"{refused}: {exc.message}", at=self.clock(), alert=True)
+            self.notify(f"{refused}: {exc.message}", severity="error")
+        else:
+            self.model.add_note(f"{failed}: {type(exc).__name__}: {exc}", at=self.clock(), alert=True)
+            self.notify(f"{failed}: {exc}", severity="error")
 
     async def confirm(self, request: ConfirmationRequest) -> bool:
         """The Confirmer: push the modal and wait for the operator's answer."""
