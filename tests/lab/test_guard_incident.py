@@ -5,7 +5,7 @@ shows Contained, then WaitingForApproval. `responder approve` refuses bad input 
 each recovery step runs once it is approved, once. A third replica stands by; the second leader is SIGKILLed in the
 middle of the approved re-adoption (the recovery step with the most writes here): the third leads, inherits what
 the dead leader re-adopted, re-adopts the rest without a second approval, no namespace written twice; the Incident
-ends Recovered.
+ends Recovered. Every namespace stays alive (>= 99 % at each poll) until 120 s after the CRD's deletion.
 
 The namespace count is lean for CI ($RESPONDER_GUARD_FAILOVER_NAMESPACES, default 60); detach runs at 4 requests
 in flight and re-adoption at 1, so the kills land mid-step. 1,000 namespaces: set the variable (docs/guard.md)."""
@@ -141,6 +141,7 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
     namespaces = set(seeded.namespaces)
     runbook = lean_runbook(tmp_path)
     guards: list[GuardProcess] = []
+    alive_poll: asyncio.Task | None = None
     try:
         a = start_guard("a", kubeconfig, tmp_path, "--runbook", str(runbook))
         guards.append(a)
@@ -233,19 +234,18 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
             assert proc.stderr.count("error:") == 1, proc.stderr
         assert persisted_writes_by(lab.audit_log, ADMIN_USER, since=since) == []
 
-        # Contained, no recovery approved yet: >= 99 % alive at every poll until 120 s after the CRD's deletion.
-        polls = 0
-        async with lab.admin_client() as admin:
-            while True:
-                states = await namespace_states(admin, namespaces)
-                alive = sum(1 for s in states.values() if s == "alive")
-                assert alive / len(namespaces) >= 0.99, (round(time.time() - started), Counter(states.values()))
-                polls += 1
-                if time.time() >= started + 120:
-                    break
-                await asyncio.sleep(2)
-            assert ((await incident_now(admin)).get("status") or {}).get("phase") == WAITING
-        print(f"guard failover: {alive}/{len(namespaces)} alive 120 s after the CRD's deletion ({polls} polls)")
+        # >= 99 % alive at every poll until 120 s after the CRD's deletion, polled beside the recovery below.
+        async def alive_until(until: float) -> tuple[int, int]:
+            fewest, polls = len(namespaces), 0
+            async with lab.admin_client() as admin:
+                while True:
+                    states = await namespace_states(admin, namespaces)
+                    fewest, polls = min(fewest, sum(1 for s in states.values() if s == "alive")), polls + 1
+                    if time.time() >= until:
+                        return fewest, polls
+                    await asyncio.sleep(2)
+
+        alive_poll = asyncio.create_task(alive_until(started + 120))
 
         # Each recovery step waits for its approval, and runs once approved. The leader is SIGKILLed at its first
         # answered re-adoption write; the third replica leads and finishes it with no second approval.
@@ -359,8 +359,14 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
         for ns in alive_names:
             refs = triage.tenant_refs(live[ns])
             assert len(refs) == 1 and refs[0]["uid"] == tenants.get(refs[0]["name"]), (ns, refs)
+        fewest, polls = await alive_poll
+        print(f"guard failover: at least {fewest}/{len(namespaces)} alive at each of {polls} polls until 120 s after "
+              "the CRD's deletion")
+        assert fewest / len(namespaces) >= 0.99, fewest
         assert c.stop() == 0, c.stderr()[-3000:]
     finally:
+        if alive_poll is not None:
+            alive_poll.cancel()
         for guard in guards:
             if guard.proc.poll() is None:
                 guard.proc.kill()
