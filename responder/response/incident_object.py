@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from responder.cluster.client import JSON_PATCH, MERGE_PATCH, KubeClient
-from responder.errors import Conflict, ConfigError, NotFound
+from responder.errors import ApiError, Conflict, ConfigError, NotFound
 from responder.names import RESPONDER_NAMESPACE
 
 INCIDENT_GROUP = "responder.dev"
@@ -226,21 +226,29 @@ class IncidentStore:
 
     async def add_approval(self, name: str, step: str, approver: str, *, dry_run: bool = False,
                            at: str | None = None) -> dict[str, Any]:
-        """Append an approval to spec.approvals, guarded by the object's resourceVersion (retried on conflict)."""
+        """Append an approval to spec.approvals, guarded by the list as read (retried when another approval
+        landed meanwhile). The guard rewrites the status about once a second: a guard on the resourceVersion
+        would fail on each of those, spec.approvals changes only with an approval."""
         approval = {"step": step, "approver": approver, "approvedAt": at or now_rfc3339()}
         for _ in range(10):
             incident = await self.client.get(self.path(name))
-            rv = incident["metadata"]["resourceVersion"]
-            has_list = isinstance((incident.get("spec") or {}).get("approvals"), list)
-            ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                   {"op": "add", "path": "/spec/approvals/-", "value": approval} if has_list else
-                   {"op": "add", "path": "/spec/approvals", "value": [approval]}]
+            approvals = (incident.get("spec") or {}).get("approvals")
+            if isinstance(approvals, list):
+                ops = [{"op": "test", "path": "/spec/approvals", "value": approvals},
+                       {"op": "add", "path": "/spec/approvals/-", "value": approval}]
+            else:  # not written by responder (its Incidents start with a list): the whole object as read
+                ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": incident["metadata"]["resourceVersion"]},
+                       {"op": "add", "path": "/spec/approvals", "value": [approval]}]
             try:
                 return await self.client.patch(self.path(name), ops, patch_type=JSON_PATCH, dry_run=dry_run)
             except Conflict:
                 continue
-            except Exception as exc:  # the test op failing is a 422 on some servers
-                if getattr(exc, "status", None) == 422 and "test" in str(exc).lower():
+            except ApiError as exc:
+                # A failed test op is a 422 naming no cause ("an error in our request"): retried when what it
+                # tested has changed, else the refusal is the server's own (a schema it does not accept).
+                now = await self.client.get(self.path(name))
+                if exc.status == 422 and ((now.get("spec") or {}).get("approvals") != approvals if isinstance(approvals, list)
+                                          else now["metadata"]["resourceVersion"] != incident["metadata"]["resourceVersion"]):
                     continue
                 raise
         raise ConfigError(f"the Incident {name} kept changing while the approval was added",

@@ -27,10 +27,12 @@ from responder.cluster.lease import LEASE_DURATION, RETRY_PERIOD
 from responder.errors import EXIT_BAD_INPUT
 from responder.lab.control_plane import ADMIN_USER
 from responder.guard.takeover import INHERITED
+from responder.lab.apply import apply_objects
 from responder.lab.incident import persisted_writes_by
 from responder.incident import triage
 from responder.incident.observe import TENANTS_PATH
 from responder.lab.seed import seed
+from responder.names import RESPONDER_NAMESPACE
 from responder.response.incident_object import INCIDENTS_PATH, RECOVERED, WAITING
 from responder.response.session import REPO_RUNBOOKS, DEFAULT_RUNBOOK
 
@@ -371,3 +373,42 @@ async def test_the_standby_resumes_from_the_incident_and_recovery_runs_as_approv
             if guard.proc.poll() is None:
                 guard.proc.kill()
                 guard.proc.wait()
+
+
+async def test_approvals_land_while_the_guard_rewrites_the_incidents_status(lab_manager):
+    # The guard rewrites the Incident's status about once a second; approvals must land whatever the guard
+    # writes meanwhile (guarded by the resourceVersion, every status write failed them: a 422 naming no cause).
+    from responder.lab.apply import wait_crds_established
+    from responder.response.approval import approve_step
+    from responder.response.incident_object import (INCIDENT_CRD, IncidentStore, approvals_of, incident_crd,
+                                                    new_incident, now_rfc3339)
+
+    lab = await lab_manager.get("0.14")
+    steps = ["wait-lost-gone", "recreate-tenants", "readopt", "restore-capsule", "verify-recovery"]
+    async with lab.admin_client() as admin:
+        await apply_objects(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RESPONDER_NAMESPACE}},
+                                    incident_crd()])
+        await wait_crds_established(admin, [INCIDENT_CRD])
+        store = IncidentStore(admin)
+        incident_id = f"inc-approvals-{int(time.time())}"
+        name = (await store.create(new_incident(incident_id, {"kind": "crd-deleting"}, recovery="approval")))["metadata"]["name"]
+        await store.patch_status(name, {"phase": WAITING, "approvalSteps": steps, "waitingFor": steps[0]})
+        rewrites = 0
+
+        async def guard_rewrites() -> None:
+            nonlocal rewrites
+            while True:
+                await store.patch_status(name, {"updatedAt": now_rfc3339(), "namespaces": {"detached": rewrites}})
+                rewrites += 1
+                await asyncio.sleep(0)
+
+        writer = asyncio.create_task(guard_rewrites())
+        try:
+            # Several approvers at once too: each approval tests the list it read, so none overwrites another.
+            for result in await asyncio.gather(*(approve_step(admin, name, step) for step in steps)):
+                assert result["approver"] == ADMIN_USER and not result["already"], result
+        finally:
+            writer.cancel()
+        approvals = approvals_of(await store.get(name))
+        assert sorted(approvals) == sorted(steps) and rewrites > len(steps), (approvals, rewrites)
+        await admin.delete(store.path(name))

@@ -116,7 +116,8 @@ async def test_an_approval_is_one_write_with_the_callers_identity():
     assert result["approver"] == "alice@example.com" and result["already"] is False and result["approvedAt"]
     assert len(client.writes) == 1
     path, ops, dry_run = client.writes[0]
-    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "7"} and dry_run is False
+    # Guarded by the list as read (no approval yet), not by the resourceVersion the guard's status writes move.
+    assert ops[0] == {"op": "test", "path": "/spec/approvals", "value": []} and dry_run is False
     assert client.obj["spec"]["approvals"] == [{"step": "recreate-tenants", "approver": "alice@example.com",
                                                 "approvedAt": result["approvedAt"]}]
     # Approved again (another on-call, a second modal): the first approval stands, nothing written.
