@@ -370,7 +370,8 @@ async def rebuild(admin: KubeClient, crd: dict[str, Any], tenants: list[dict[str
     """What a pipeline that re-applies Capsule's CRD and Tenants does: once the old CRD is gone, create it
     again, then every Tenant not there (new UIDs; the namespaces still point at the old ones), retrying
     while the API server or Capsule's webhooks refuse (the CRD not served yet, the breaker tripped)."""
-    await until("the old Tenant CRD gone", lambda: absent(admin, CRD_PATH), timeout=120)
+    await until("the old Tenant CRD gone", lambda: replaced_or_absent(admin, CRD_PATH, crd["metadata"]["uid"]),
+                timeout=120)
     try:
         await admin.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd_for_create(crd))
     except ApiError as exc:
@@ -394,8 +395,11 @@ async def rebuild(admin: KubeClient, crd: dict[str, Any], tenants: list[dict[str
         raise ConfigError(f"{exc.message}; last refusal: {refusals[0] if refusals else 'none'}", fix=exc.fix) from None
 
 
-async def absent(admin: KubeClient, path: str) -> bool:
-    return await admin.get_or_none(path) is None
+async def replaced_or_absent(admin: KubeClient, path: str, old_uid: str) -> bool:
+    """The object at `path` is gone, or is another one (responder's recovery may recreate the CRD within the
+    pipeline's poll interval of the old one's removal: the pipeline then finds it there)."""
+    obj = await admin.get_or_none(path)
+    return obj is None or obj["metadata"]["uid"] != old_uid
 
 
 async def measure(lab: Lab, admin: KubeClient, run: IncidentRun) -> dict[str, Any]:
