@@ -13,7 +13,6 @@ and keeps serving its endpoint until it is stopped.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -29,7 +28,7 @@ from responder.guard.incident_keeper import IncidentKeeper
 from responder.guard.notify import Notifier
 from responder.guard.takeover import resume_open_incident
 from responder.guard.record_keeper import RecordKeeper
-from responder.incident.observe import OPTIONAL_STREAMS, ClusterObserver
+from responder.incident.observe import OPTIONAL_STREAMS, freeze_cluster_picture
 from responder.names import RESPONDER_NAMESPACE, WRITER_LEASE
 from responder.response.incident_object import CONTAINED, RECOVERED, WAITING, IncidentStore
 from responder.response.leadership import WriterLease
@@ -128,7 +127,6 @@ class Guard:
         self.keeper.attach()
         session.observer.subscribe(self._on_event)
         asyncio.get_running_loop().create_task(self._count_incident(session))
-        self.frozen = asyncio.get_running_loop().create_task(freeze_once_listed(session.observer))
         self.alerts.attach(session, self.status, lambda: self.elector.leading)
         # Between incidents the leader keeps the in-cluster tenant record (what a later responder recovers from).
         self.record_keeper = asyncio.get_running_loop().create_task(
@@ -141,6 +139,7 @@ class Guard:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def _open_when_leading(self, session: Session) -> None:
+        freeze_cluster_picture()  # called once the session's first lists are in (respond's order)
         print(f"watching {self.access.display_server} as {session.identity} (guard {self.elector.me})",
               file=sys.stderr, flush=True)
         if not self.elector.leading:
@@ -242,11 +241,3 @@ class Guard:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-
-async def freeze_once_listed(observer: ClusterObserver) -> None:
-    """Once every required stream's first list is in, move the cluster picture out of the garbage
-    collector's reach: it lives as long as the guard, and every full collection would walk it all, a
-    pause of hundreds of milliseconds at 10,000 namespaces in which the watches' events wait."""
-    await asyncio.gather(*(observer.synced[name].wait() for name in observer.watches if name not in OPTIONAL_STREAMS))
-    gc.collect()  # once, before freezing: garbage must not be frozen with the live objects
-    gc.freeze()

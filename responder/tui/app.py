@@ -19,7 +19,6 @@ the app leads the guard's incident as a new guard leader would, and its confirma
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import sys
@@ -40,6 +39,7 @@ from textual.widgets import Footer
 from responder.cluster.watch import WatchEvent
 from responder.incident.detect import DETECTION_LOGGER
 from responder.incident.engine import ConfirmationRequest, EngineEvent
+from responder.incident.observe import freeze_cluster_picture
 from responder.cluster.lease import RETRY_PERIOD
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ResponderError
 from responder.guard.takeover import take_over_from_guard, takeover_refusal
@@ -602,8 +602,7 @@ class ResponderApp(App[int]):
             # move them out of the garbage collector's reach, or every full collection walks them all
             # (measured: 100-300 ms pauses with 10,000 namespaces, in the middle of an incident).
             self._frozen = True
-            gc.collect()  # once, before freezing: garbage must not be frozen with the live objects
-            gc.freeze()
+            freeze_cluster_picture()
         self._flushed_sig = (model.pending, model.feed_total, model.header_version, model.steps_version,
                              model.ready, len(self.log_records), model.has_arrivals)
 

@@ -35,13 +35,8 @@ def test_drill_in_a_terminal_shows_the_tui_then_the_scorecard(lab_manager, tmp_p
         # periodic MODIFIED events may push the last note out of view just as the verdict appears.
         note = re.compile(r"\d\d:\d\d:\d\d\.\d{3} NOTE\s+responder")
         notes_seen: list[str] = []
-        deadline = time.monotonic() + 420
-        screen = tmux.screen()
-        while "DRILL PASSED" not in screen and time.monotonic() < deadline:  # "... - press q for the scorecard"
-            time.sleep(0.2)
-            screen = tmux.screen()
-            notes_seen += note.findall(screen)
-        assert "DRILL PASSED" in screen, f"the verdict never appeared; the screen was:\n{screen}"
+        # the notification: "... - press q for the scorecard"
+        screen = tmux.wait_for("DRILL PASSED", timeout=420, each=lambda s: notes_seen.extend(note.findall(s)))
         assert "RECOVERED" in screen, screen
         assert "re-adopted" in screen, screen
         assert notes_seen, f"the event feed never showed a note of the drill; the last screen was:\n{screen}"

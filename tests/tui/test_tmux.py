@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,14 @@ class Tmux:
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "demo").stdout
 
-    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+    def wait_for(self, text: str, timeout: float = 60.0, each: Callable[[str], object] | None = None) -> str:
+        """The first screen showing `text`; `each` sees every screen captured on the way."""
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
             screen = self.screen()
+            if each is not None:
+                each(screen)
             if text in screen:
                 return screen
             time.sleep(0.2)
