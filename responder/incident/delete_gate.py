@@ -130,6 +130,10 @@ def decide(request: GateRequest, picture: GatePicture, settings: GateSettings, n
         # (failurePolicy Ignore): holding here would only make a restart change the outcome.
         return GateDecision(True, ALLOW_NOT_LISTED, f"namespace {request.name} (Tenant {tenant_names}): the guard's "
                             "picture is not listed yet, nothing to decide from")
+    if not refs and request.username == GARBAGE_COLLECTOR:
+        # The collector deletes only for a dangling owner, and this namespace names no Tenant as one.
+        return GateDecision(True, ALLOW_OTHER_OWNER, f"namespace {request.name} (labelled for Tenant {label}, no "
+                            "Tenant ownerReference): the garbage collector deletes it for another owner")
     window = settings.window_seconds
     held: list[tuple[float, str]] = []  # (remaining hold, why) per Tenant still within the window
     unseen: list[str] = []
@@ -142,19 +146,15 @@ def decide(request: GateRequest, picture: GatePicture, settings: GateSettings, n
         uid = uid or (present.uid if present is not None else "")
         since = picture.deleted_at.get(uid) if uid else None
         if since is None and alive:
-            if not refs and request.username == GARBAGE_COLLECTOR:
-                continue  # no Tenant owner: the collector acts for another owner, not for this Tenant
             unseen.append(f"{name} (alive in the guard's picture: the picture is behind)")
             continue
-        if since is None and same:  # being deleted, its start not recorded: as if seen now
-            since = now
         if since is None:
-            # Absent, or another UID now, and never seen deleted: it was gone before the picture was listed
-            # (its deletion is at least that old), or the watch has not delivered it yet.
+            # Never seen deleted: absent or another UID now (gone before the picture was listed, so its deletion
+            # is at least that old, or the watch has not delivered it yet), or being deleted since then.
             since = picture.listed_at
             if _age(now, since) < window:
-                unseen.append(f"{name} (gone, not seen deleted; the picture was listed {_seconds(_age(now, since))} "
-                              "ago)")
+                state = "being deleted, its start not recorded" if same else "gone, not seen deleted"
+                unseen.append(f"{name} ({state}; the picture was listed {_seconds(_age(now, since))} ago)")
                 continue
         age = _age(now, since)
         if age < window:
@@ -171,8 +171,5 @@ def decide(request: GateRequest, picture: GatePicture, settings: GateSettings, n
                             f"{'; '.join(w for _, w in held)}, within the {window:g}s detection window for a burst "
                             f"of Tenant deletions; held {_seconds(remaining)} more, then offboarding proceeds",
                             round(remaining, 3))
-    if not old:
-        return GateDecision(True, ALLOW_OTHER_OWNER, f"namespace {request.name} (labelled for Tenant {label}, which "
-                            "is alive, no Tenant ownerReference): the garbage collector deletes it for another owner")
     return GateDecision(True, ALLOW_OFFBOARDED, f"namespace {request.name}: Tenant {'; '.join(old)}, older than the "
                         f"{window:g}s detection window and no incident open: offboarding proceeds")
