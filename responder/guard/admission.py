@@ -14,7 +14,10 @@ from responder.incident.delete_gate import GateDecision, GateRequest
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
-DENIED_CODE = 403  # what a denying webhook's status carries by default; the caller sees it as Forbidden
+# Forbidden, not 429: client-go retries a 429 carrying Retry-After inside the call, which would hold one of the
+# garbage collector's (or Capsule's) workers for the whole hold; a 403 returns at once and the caller's queue
+# retries with its own back-off.
+DENIED_CODE = 403
 AUDIT_KEY = "decision"  # the API server prefixes it with the webhook's name in the audit log
 
 
