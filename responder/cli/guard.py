@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 from urllib.parse import urlsplit
 
-from responder.cli.respond import run_headless, session_options
+from responder.cli.respond import add_gate_flags, gate_endpoint, run_headless, session_options
 from responder.cluster.kubeconfig import ClusterAccess, load_cluster_access
 from responder.errors import ConfigError
+from responder.guard.gate_server import GateEndpoint
 from responder.guard.notify import Notifier, Sink, sinks_from
 from responder.guard.replica import Guard
 from responder.response.console import cluster_flags
@@ -41,24 +43,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             f"webhook; default {WEBHOOK_ENV}; unset or empty: no webhook)")
     guard.add_argument("--cluster-name", default="",
                        help="the cluster label of every alert (default: the kubeconfig context, or the API server)")
+    add_gate_flags(guard)
     guard.set_defaults(handler=cmd_guard)
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port", fix="pass a port from 1 to 65535 (or 0: any free one)")
+    gate = gate_endpoint(args)  # its flags checked before anything is read
     access = load_cluster_access(args.kubeconfig, args.context)  # in-cluster (ServiceAccount) without a kubeconfig
     options = session_options(args, runbook=args.runbook, auto=True, yes=True)
     # Recovery runs only as approved on the Incident (or at once with --recovery auto).
     options.confirm_recovery = args.recovery == "approval"
     sinks = sinks_from([_sink_url(url, "--alertmanager") for url in args.alertmanager],
                        _sink_url(os.environ.get(args.webhook_env, "").strip(), f"${args.webhook_env}") or None)
-    return asyncio.run(_run(access, options, args, sinks))
+    return asyncio.run(_run(access, options, args, sinks, gate))
 
 
-async def _run(access: ClusterAccess, options: SessionOptions, args: argparse.Namespace, sinks: list[Sink]) -> int:
+async def _run(access: ClusterAccess, options: SessionOptions, args: argparse.Namespace, sinks: list[Sink],
+               gate: GateEndpoint | None) -> int:
     notifier = Notifier(sinks) if sinks else None
-    return await Guard(access, options, respond=run_headless, bind=args.bind, port=args.port, output=args.output,
+    respond = functools.partial(run_headless, gate=gate)  # each session the guard runs serves the gate
+    return await Guard(access, options, respond=respond, bind=args.bind, port=args.port, output=args.output,
                        notifier=notifier, cluster_name=args.cluster_name, recovery=args.recovery).run()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import load_cluster_access
 from responder.errors import EXIT_NOT_CONTAINED, EXIT_OK, ConfigError
+from responder.guard.gate_server import DeleteGateServer, GateEndpoint, server_tls
 from responder.incident.journal import open_incident_journal
 from responder.incident.observe import CapsuleTarget
 from responder.response.console import HeadlessPrinter, cluster_flags, emit, positive_seconds
@@ -38,6 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="stop after containment; recover later with `run --resume JOURNAL`")
     watch.add_argument("--timeout", type=positive_seconds, default=None, help="give up watching after this many seconds")
     watch.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+    add_gate_flags(watch)
     watch.set_defaults(handler=cmd_watch)
 
     plan = sub.add_parser("plan", parents=[common], help="what responder sees now and what it would do; never writes")
@@ -61,6 +63,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     undo.set_defaults(handler=cmd_undo)
 
 
+def add_gate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gate-listen", metavar="HOST:PORT", default="",
+                        help="serve the delete gate (docs/delete-gate.md) over HTTPS here; off by default")
+    parser.add_argument("--gate-cert-dir", type=Path, metavar="DIR",
+                        help="the delete gate's serving certificate: DIR/tls.crt and DIR/tls.key (PEM)")
+
+
+def gate_endpoint(args: argparse.Namespace) -> GateEndpoint | None:
+    """The delete gate's address and TLS context from the flags; None when it is off. Bad flags fail here,
+    before anything is read or written."""
+    listen, cert_dir = getattr(args, "gate_listen", ""), getattr(args, "gate_cert_dir", None)
+    if not listen:
+        if cert_dir is not None:
+            raise ConfigError("--gate-cert-dir without --gate-listen", fix="add --gate-listen HOST:PORT, e.g. "
+                              "--gate-listen 0.0.0.0:8443, or drop --gate-cert-dir")
+        return None
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--gate-listen {listen!r} is not HOST:PORT", fix="e.g. --gate-listen 0.0.0.0:8443")
+    if cert_dir is None:
+        raise ConfigError("--gate-listen without --gate-cert-dir: the API server calls webhooks over TLS only",
+                          fix="add --gate-cert-dir DIR holding tls.crt and tls.key")
+    return GateEndpoint(host.strip("[]"), int(port), server_tls(cert_dir))
+
+
 def session_options(args: argparse.Namespace, *, runbook: str | None, dry_run: bool = False, auto: bool = True,
                     yes: bool = False) -> SessionOptions:
     extra = tuple(args.protect) + tuple(p for p in os.environ.get("RESPONDER_PROTECTED", "").split(",") if p)
@@ -76,6 +103,10 @@ async def _headless_confirm(request) -> bool:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    gate = gate_endpoint(args)
+    if gate is not None and not args.headless:
+        raise ConfigError("--gate-listen is served by the headless watch and the guard",
+                          fix="add --headless, or run the guard (`responder guard --gate-listen ...`)")
     access = load_cluster_access(args.kubeconfig, args.context)
     options = session_options(args, runbook=args.runbook, dry_run=args.dry_run, auto=not args.confirm, yes=args.yes)
     if not args.headless:
@@ -111,11 +142,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"INCIDENT {session.journal.incident_id}: {session.trigger.reason}", file=sys.stderr, flush=True)
         return None
 
-    return asyncio.run(run_headless(access, options, watch_then_contain, args.output))
+    return asyncio.run(run_headless(access, options, watch_then_contain, args.output, gate=gate))
 
 
 async def run_headless(access, options: SessionOptions, open_incident, output: str | None, *,
-                       on_session: Callable[[Session], None] | None = None) -> int:
+                       on_session: Callable[[Session], None] | None = None,
+                       gate: GateEndpoint | None = None) -> int:
     """The headless lifecycle shared by watch, run and guard: preflight, observe, open the incident
     (`open_incident` may return an exit code to stop early), contain, print the summary. `on_session`
     sees the session before its preflight (the guard gives it its Lease elector)."""
@@ -130,9 +162,13 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
     ended = False
     if this is not None:
         loop.add_signal_handler(signal.SIGTERM, lambda: (terminated.append(True), this.cancel()))
+    gate_server: DeleteGateServer | None = None
     try:
         await session.preflight()
         await session.start()
+        if gate is not None:
+            gate_server = DeleteGateServer(session.gate_decision, gate.context)
+            await gate_server.start(gate.host, gate.port)
         early = await open_incident(session)
         if early is not None:
             return early
@@ -157,6 +193,8 @@ async def run_headless(access, options: SessionOptions, open_incident, output: s
         raise
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+        if gate_server is not None:
+            await gate_server.stop()
         await session.close()
         if session.journal is not None and not ended:
             print(f"incident journal: {session.journal.path} (resume with `responder run --resume` on it)",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -38,6 +39,7 @@ from responder.lab.apply import bind_cluster_admin
 from responder.lab.build import CAPSULE_VERSIONS
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
 from responder.lab.control_plane import Lab
+from responder.lab.delete_gate import delete_gate_served
 from responder.lab.incident import CRD_PATH, persisted_writes_by, read_audit
 from responder.lab.seed import TENANT_API, SeedResult, seed
 from responder.ops.protect import arm_hold, install_self_hold, self_hold_exemptions
@@ -49,6 +51,7 @@ IDENTITY = "responder"
 ROUTINE_CASES = ("owner-deletes-namespaces", "offboard-one-tenant", "tenants-spread", "capsule-restarted",
                  "namespaces-created-labelled")
 INCIDENT_CASES = ("crd-deleted", "tenants-burst", "owner-delete-during-crd-deletion", "rebuilt", "late-start")
+BURST_GAP_S = 1.0  # between the burst's Tenant deletions: 3 within 2 s, inside the 10 s window
 LATE_START_S = 15.0  # at most this long after the CRD's DELETE responder starts, in the late-start case
 
 
@@ -62,6 +65,9 @@ def add_parser(bsub: argparse._SubParsersAction) -> None:
     detect.add_argument("--only", choices=("routine", "incident"), default=None, help="run one corpus only")
     detect.add_argument("--case", action="append", choices=INCIDENT_CASES, default=None,
                         help="run only this incident case (repeatable; default: all)")
+    detect.add_argument("--delete-gate", choices=("on", "off", "both"), default="on",
+                        help="serve the delete gate in the incident cases (on), not (off: the baseline), or run each "
+                             "case both ways, off first, each on a fresh lab (both)")
     detect.add_argument("--state-dir", type=Path, default=None)
     detect.set_defaults(handler=cmd_bench_detect)
 
@@ -79,17 +85,25 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
             lab.up(capsule=args.capsule, out=sys.stderr)
             cases += asyncio.run(routine_corpus(lab))
         if args.only in (None, "incident"):
+            gates = {"on": (True,), "off": (False,), "both": (False, True)}[args.delete_gate]
             for case in args.case or INCIDENT_CASES:
-                print(f"bench detect: incident {case}, fresh lab", file=sys.stderr, flush=True)
-                lab.down(wipe=True)
-                lab.up(capsule=args.capsule, out=sys.stderr)
-                cases.append(asyncio.run(incident_case(lab, case, settle=args.settle,
-                                                       per_tenant=args.namespaces_per_tenant)))
-                print(f"bench detect: {case}: {json.dumps(cases[-1])}", file=sys.stderr, flush=True)
+                for gate in gates:
+                    print(f"bench detect: incident {case}, delete gate {'on' if gate else 'off'}, fresh lab",
+                          file=sys.stderr, flush=True)
+                    lab.down(wipe=True)
+                    lab.up(capsule=args.capsule, out=sys.stderr)
+                    cases.append(asyncio.run(incident_case(lab, case, settle=args.settle,
+                                                           per_tenant=args.namespaces_per_tenant, gate=gate)))
+                    print(f"bench detect: {case}: {json.dumps(cases[-1])}", file=sys.stderr, flush=True)
     finally:
         lab.down(wipe=True)
-    print(json.dumps({"benchmark": "detect", "capsule": CAPSULE_VERSIONS[args.capsule], "settle_s": args.settle,
-                      **score(cases), "cases": cases}, indent=2))
+    gated = args.delete_gate != "off"
+    report = {"benchmark": "detect", "capsule": CAPSULE_VERSIONS[args.capsule], "settle_s": args.settle,
+              "delete_gate": args.delete_gate,
+              **score([c for c in cases if c["expected"] == "routine" or c.get("gate", True) == gated])}
+    if args.delete_gate == "both":  # the baseline, measured in the same run
+        report["without_delete_gate"] = score([c for c in cases if c.get("gate") is False])
+    print(json.dumps({**report, "cases": cases}, indent=2))
     return EXIT_OK
 
 
@@ -114,12 +128,12 @@ def score(cases: list[dict[str, Any]]) -> dict[str, Any]:
                                             if c.get("recovery") is not None)}
 
 
-async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int) -> dict[str, Any]:
+async def incident_case(lab: Lab, case: str, *, settle: float, per_tenant: int, gate: bool = True) -> dict[str, Any]:
     """One incident case on `lab`, measured `settle` seconds after its trigger."""
     async with lab.admin_client() as admin:
-        run = await run_incident_case(lab, admin, case, per_tenant=per_tenant)
+        run = await run_incident_case(lab, admin, case, per_tenant=per_tenant, gate=gate)
         await asyncio.sleep(max(0.0, run.sent + settle - time.time()))
-        return await measure(lab, admin, run)
+        return {**await measure(lab, admin, run), "gate": gate}
 
 
 async def prepared(lab: Lab, admin: KubeClient, *, tenants: int, per_tenant: int, prefix: str) -> tuple[Path, SeedResult]:
@@ -279,12 +293,14 @@ class IncidentRun:
     recovered: dict[str, str] | None = None  # recovery step -> status, where it ran
     adoption: dict[str, Any] = field(default_factory=dict)  # read right after recovery (adoption())
     missed: dict[str, Any] | None = None  # the result when no incident opened
+    gate_decisions: dict[str, int] | None = None  # the delete gate's answers by kind (None: not served)
 
 
 async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenant: int, prefix: str = "tenant",
-                            recover: bool = False) -> IncidentRun:
-    """Seed 5 Tenants, arm the hold, start a watching session, trigger `case`, contain; with `recover` (always
-    for the rebuilt cases) run recovery too, which re-adopts and brings Capsule back."""
+                            recover: bool = False, gate: bool = True) -> IncidentRun:
+    """Seed 5 Tenants, arm the hold, start a watching session (serving the delete gate unless `gate` is
+    False), trigger `case`, contain; with `recover` (always for the rebuilt cases) run recovery too, which
+    re-adopts and brings Capsule back."""
     kubeconfig, seeded = await prepared(lab, admin, tenants=5, per_tenant=per_tenant, prefix=prefix)
     namespaces = set(seeded.namespaces)
     await arm_hold(admin)  # as `responder doctor` asks (`responder protect --only hold`)
@@ -307,7 +323,15 @@ async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenan
     await session.preflight()
     pipeline: asyncio.Task | None = None
     triggering: asyncio.Task | None = None
+    served = contextlib.AsyncExitStack()
     try:
+        if gate:
+            # Served before the session watches, as a guard's gate is in place before anything happens: until
+            # the session's first lists are in it allows, as a responder that is not running would.
+            server = await served.enter_async_context(delete_gate_served(
+                lab, admin, session.gate_decision, users=tuple(sorted(session.gate_settings.users)),
+                probe_namespace=min(namespaces)))
+            run.gate_decisions = server.decisions  # counted as they come, read by `measure`
         if case == "late-start":
             crd = await admin.get(CRD_PATH)
             tenants = (await admin.get(TENANT_API))["items"]
@@ -362,6 +386,7 @@ async def run_incident_case(lab: Lab, admin: KubeClient, case: str, *, per_tenan
         for task in (pipeline, triggering):
             if task is not None and not task.done():
                 task.cancel()
+        await served.aclose()
         await session.close()
     return run
 
@@ -430,7 +455,8 @@ async def measure(lab: Lab, admin: KubeClient, run: IncidentRun) -> dict[str, An
               "deleted_before_detection": len(lost_before), "alive_at_detection": len(counted),
               "alive_after_settle": len(survivors),
               "saved_share": round(len(survivors) / len(counted), 4) if counted else None,
-              "lost": sorted(set(counted) - survivors)[:10], "contained": session.contained()}
+              "lost": sorted(set(counted) - survivors)[:10], "contained": session.contained(),
+              "delete_gate": dict(sorted(run.gate_decisions.items())) if run.gate_decisions is not None else None}
     if run.recovered is not None:
         result.update({"recovery": run.recovered, **run.adoption})
     return result
@@ -471,8 +497,16 @@ async def delete_crd(admin: KubeClient, seeded: SeedResult) -> tuple[float, set[
 
 
 async def tenants_burst(admin: KubeClient, seeded: SeedResult) -> tuple[float, set[str]]:
+    """Three Tenants deleted BURST_GAP_S apart, as a script deleting them one by one does: the rule opens at the
+    third, while the garbage collector (0.12) or Capsule (0.14) goes for the first one's namespaces within
+    about 150 ms of its deletion (the delete gate holds them until the third). The trigger's time is the third
+    DELETE's, the one the rule opens on (detection latency is measured from it)."""
     sent = time.time()
-    await asyncio.gather(*(admin.delete(f"{TENANT_API}/{t}") for t in list(seeded.tenants)[:3]))
+    for index, tenant in enumerate(list(seeded.tenants)[:3]):
+        if index:
+            await asyncio.sleep(BURST_GAP_S)
+        sent = time.time()
+        await admin.delete(f"{TENANT_API}/{tenant}")
     return sent, set()
 
 

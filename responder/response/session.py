@@ -22,6 +22,7 @@ from responder.actions.self_hold import SelfHoldState, read_self_hold
 from responder.cluster.client import KubeClient
 from responder.cluster.kubeconfig import ClusterAccess
 from responder.cluster.lease import LeaseHeld
+from responder.incident.delete_gate import GARBAGE_COLLECTOR, GateDecision, GateRequest, GateSettings, decide, picture_from_facts
 from responder.incident.detect import DETECTION_LOGGER, INCIDENT, NOTICE, ROUTINE, Decision, Detector, Trigger, late_start
 from responder.incident.engine import Confirmer, Engine, EngineEvent, EngineOptions, StepOutcome
 from responder.errors import EXIT_FORBIDDEN, ConfigError, Forbidden, ResponderError, Unauthorized
@@ -141,6 +142,11 @@ class Session:
         self.tenant_record: TenantRecord | None = None
         self.known_before: dict[str, str] = {}
         self.detector = Detector(self.runbook.detection)
+        self.listed_at: float | None = None  # when every first list was in (the watch events' clock)
+        # The delete gate holds the garbage collector's and Capsule's namespace DELETEs for detection's window.
+        self.gate_settings = GateSettings(
+            window_seconds=self.runbook.detection.window_seconds,
+            users=frozenset({GARBAGE_COLLECTOR, f"system:serviceaccount:{options.capsule.namespace}:capsule"}))
         # Every decision on what the watches show: the notable ones listed (log, feed, summary), all counted.
         self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
         self.decision_counts: Counter[str] = Counter()
@@ -261,9 +267,19 @@ class Session:
         if self.trigger is not None:
             return
         decision = self.detector.decide(event)
+        if self.listed_at is None and self.detector.facts.deciding:
+            self.listed_at = event.received
         if decision.is_incident and (self.may_open is None or self.may_open()):
             self._open_or_fail(decision.trigger())  # first: the breaker must not wait for the log
         self._record_decision(decision)
+
+    def gate_decision(self, request: GateRequest) -> GateDecision:
+        """The delete gate's answer for one namespace DELETE, from the picture as it is now (no request)."""
+        incident = self.journal.incident_id if self.trigger is not None and self.journal is not None else ""
+        if self.trigger is not None and not incident:
+            incident = self.trigger.reason
+        picture = picture_from_facts(self.detector.facts, listed_at=self.listed_at, incident=incident)
+        return decide(request, picture, self.gate_settings, time.time())
 
     def _record_decision(self, decision: Decision) -> None:
         """Count it; list, log and hand over the notable ones. Nothing here writes to the cluster."""

@@ -6,6 +6,7 @@ without responder; every decision is in the summary with its reason."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -13,17 +14,28 @@ import pytest
 from responder.cluster.client import KubeClient
 from responder.errors import ApiError
 from responder.lab.apply import bind_cluster_admin
+from responder.incident.delete_gate import CAPSULE_USER, GARBAGE_COLLECTOR
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
+from responder.lab.delete_gate import gate_cert_dir, gate_in_force, install_delete_gate, remove_delete_gate
 from responder.lab.incident import CRD_PATH, persisted_writes_by
 from responder.lab.seed import TENANT_API, seed
 from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
 from .incident_helpers import client_for, namespace_states, start_watch
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
 DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{CAPSULE_NAMESPACE}/deployments/{CAPSULE_DEPLOYMENT}"
-WATCH_SECONDS = 35  # the watch's --timeout: the operations below take ~10 s on the lab
+# The watch's --timeout: the operations below take about 19 s on the lab, the offboarding held by the delete
+# gate for the detection window (10 s), then retried by Capsule (2 s apart) or the garbage collector (its
+# back-off doubling: past the window at about 10 s, else at about 20 s).
+WATCH_SECONDS = 45
 
 
 async def wait_for(what: str, probe, timeout: float = 90.0):
@@ -57,45 +69,52 @@ async def test_routine_work_opens_no_incident_and_writes_nothing(lab_manager, ca
     owned, offboarded = seeded.tenants["routine-001"], seeded.tenants["routine-002"]
     kept = set(seeded.namespaces) - set(owned[:2]) - set(offboarded)
 
-    watch = start_watch(kubeconfig, tmp_path / "journal", "--timeout", str(WATCH_SECONDS))
+    port = free_port()
+    watch = start_watch(kubeconfig, tmp_path / "journal", "--timeout", str(WATCH_SECONDS),
+                        "--gate-listen", f"127.0.0.1:{port}", "--gate-cert-dir", str(gate_cert_dir(lab)))
     watch.wait_watching()
-    started = time.time()
     async with client_for(lab.kubeconfig) as admin:
-        # 1. The owner of routine-001 deletes two of its namespaces (as a tenant owner does every day).
-        owner = admin.with_options(impersonate=seeded.owners["routine-001"],
-                                   impersonate_groups=(seeded.owner_group, "system:authenticated"))
+        await install_delete_gate(admin, lab, port, users=(GARBAGE_COLLECTOR, CAPSULE_USER))
         try:
-            await asyncio.gather(*(owner.delete(f"/api/v1/namespaces/{ns}") for ns in owned[:2]))
+            await gate_in_force(admin, sorted(kept)[0])
+            started = time.time()
+            # 1. The owner of routine-001 deletes two of its namespaces (as a tenant owner does every day).
+            owner = admin.with_options(impersonate=seeded.owners["routine-001"],
+                                       impersonate_groups=(seeded.owner_group, "system:authenticated"))
+            try:
+                await asyncio.gather(*(owner.delete(f"/api/v1/namespaces/{ns}") for ns in owned[:2]))
+            finally:
+                await owner.aclose()
+            # 2. An admin offboards routine-002: Capsule (0.14) or the garbage collector (0.12) deletes its namespaces.
+            await admin.delete(f"{TENANT_API}/routine-002")
+
+            async def operations_done() -> bool:
+                states = await namespace_states(admin, set(owned[:2]) | set(offboarded))
+                return all(s == "gone" for s in states.values())
+
+            await wait_for("the owner's and the offboarded Tenant's namespaces gone", operations_done)
+            # 3. Someone else restarts Capsule: replicas 1 -> 0 -> 1, a new pod, its webhooks rewritten (0.14).
+            for replicas in (0, 1):
+                await admin.patch(f"{DEPLOYMENT_PATH}/scale", {"spec": {"replicas": replicas}})
+                await asyncio.sleep(1.0)
+            await wait_for("Capsule back after its restart", lambda: capsule_serving(admin), timeout=120)
+            operations_s = time.time() - started
+
+            rc, summary, stderr = watch.finish(timeout=WATCH_SECONDS + 60)
+            states = await namespace_states(admin, set(seeded.namespaces))
+            tenants = {t["metadata"]["name"] for t in (await admin.get(TENANT_API))["items"]}
+            replicas_after = (await admin.get(DEPLOYMENT_PATH))["spec"]["replicas"]
+            writes = persisted_writes_by(lab.audit_log, "responder", since=started - 1)
+            # Leave the shared lab as found: the rest of this seed goes (and is gone before the next test).
+            for tenant in tenants & set(seeded.tenants):
+                await admin.delete(f"{TENANT_API}/{tenant}")
+
+            async def cleaned() -> bool:
+                return all(s == "gone" for s in (await namespace_states(admin, set(seeded.namespaces))).values())
+
+            await wait_for("the routine seed cleaned up", cleaned)
         finally:
-            await owner.aclose()
-        # 2. An admin offboards routine-002: Capsule (0.14) or the garbage collector (0.12) deletes its namespaces.
-        await admin.delete(f"{TENANT_API}/routine-002")
-
-        async def operations_done() -> bool:
-            states = await namespace_states(admin, set(owned[:2]) | set(offboarded))
-            return all(s == "gone" for s in states.values())
-
-        await wait_for("the owner's and the offboarded Tenant's namespaces gone", operations_done)
-        # 3. Someone else restarts Capsule: replicas 1 -> 0 -> 1, a new pod, its webhooks rewritten (0.14).
-        for replicas in (0, 1):
-            await admin.patch(f"{DEPLOYMENT_PATH}/scale", {"spec": {"replicas": replicas}})
-            await asyncio.sleep(1.0)
-        await wait_for("Capsule back after its restart", lambda: capsule_serving(admin), timeout=120)
-        operations_s = time.time() - started
-
-        rc, summary, stderr = watch.finish(timeout=WATCH_SECONDS + 60)
-        states = await namespace_states(admin, set(seeded.namespaces))
-        tenants = {t["metadata"]["name"] for t in (await admin.get(TENANT_API))["items"]}
-        replicas_after = (await admin.get(DEPLOYMENT_PATH))["spec"]["replicas"]
-        writes = persisted_writes_by(lab.audit_log, "responder", since=started - 1)
-        # Leave the shared lab as found: the rest of this seed goes (and is gone before the next test).
-        for tenant in tenants & set(seeded.tenants):
-            await admin.delete(f"{TENANT_API}/{tenant}")
-
-        async def cleaned() -> bool:
-            return all(s == "gone" for s in (await namespace_states(admin, set(seeded.namespaces))).values())
-
-        await wait_for("the routine seed cleaned up", cleaned)
+            await remove_delete_gate(admin)  # the lab is shared: no webhook left pointing at a stopped watch
 
     assert rc == 0, stderr[-3000:]
     assert operations_s < WATCH_SECONDS, f"the operations took {operations_s:.0f}s, longer than the watch"
@@ -117,6 +136,14 @@ async def test_routine_work_opens_no_incident_and_writes_nothing(lab_manager, ca
     assert replicas_after == 1  # as the restart left it; responder never scaled it (no write above)
     assert "routine-002" not in tenants and {"routine-001", "routine-003", "routine-004"} <= tenants
     assert "ROUTINE owner-deleted-namespace" in stderr and "NOTICE tenant-offboarded" in stderr
+    # The delete gate held the offboarded Tenant's namespaces for the window, then let them go; the owner's
+    # own DELETEs never reached it (matchConditions select the garbage collector's and Capsule's only).
+    held = [line for line in stderr.splitlines() if "DENY tenant-deleted-recently" in line]
+    released = [line for line in stderr.splitlines() if "ALLOW offboarded" in line]
+    assert held and all("routine-002" in line for line in held), stderr[-3000:]
+    assert {ns for ns in offboarded if any(f"namespace {ns}:" in line for line in released)} == set(offboarded), \
+        stderr[-3000:]
+    assert not any(ns in line for ns in owned[:2] for line in held + released), stderr[-3000:]
     print(f"\nroutine corpus on Capsule {capsule_line}: operations {operations_s:.1f}s, "
           f"decisions {detection['counts']}")
 
