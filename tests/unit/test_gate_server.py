@@ -8,6 +8,8 @@ import copy
 import json
 import shutil
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -77,19 +79,26 @@ def post(body: bytes, path: str = "/delete-gate", extra: str = "") -> bytes:
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
-async def test_a_review_over_tls_is_answered_and_the_connection_kept(pki):
-    cert_dir, ca = pki
+@asynccontextmanager
+async def serving(pki) -> AsyncIterator[tuple[DeleteGateServer, list[GateRequest]]]:
+    """The gate's server on a free loopback port, deciding as `gate_decide(T0)`; the requests it decided on."""
     decide_now, seen = gate_decide(T0)
-    server = DeleteGateServer(decide_now, server_tls(cert_dir))
-    port = await server.start("127.0.0.1", 0)
+    server = DeleteGateServer(decide_now, server_tls(pki[0]))
+    await server.start("127.0.0.1", 0)
     try:
-        other = copy.deepcopy(GC_DELETE)
-        other["request"]["uid"] = "second"
-        other["request"]["oldObject"]["metadata"].pop("labels")
-        other["request"]["oldObject"]["metadata"].pop("ownerReferences")
-        answers = await exchange(port, ca, [post(json.dumps(GC_DELETE).encode()), post(json.dumps(other).encode())])
+        yield server, seen
     finally:
         await server.stop()
+
+
+async def test_a_review_over_tls_is_answered_and_the_connection_kept(pki):
+    other = copy.deepcopy(GC_DELETE)
+    other["request"]["uid"] = "second"
+    other["request"]["oldObject"]["metadata"].pop("labels")
+    other["request"]["oldObject"]["metadata"].pop("ownerReferences")
+    async with serving(pki) as (server, seen):
+        answers = await exchange(server.port, pki[1], [post(json.dumps(GC_DELETE).encode()),
+                                                        post(json.dumps(other).encode())])
     (code1, _, body1), (code2, _, body2) = answers  # two answers on one connection: keep-alive
     deny, allow = json.loads(body1)["response"], json.loads(body2)["response"]
     assert code1 == code2 == 200
@@ -101,20 +110,14 @@ async def test_a_review_over_tls_is_answered_and_the_connection_kept(pki):
 
 
 async def test_wrong_path_method_or_body_is_refused_without_deciding(pki):
-    cert_dir, ca = pki
-    decide_now, seen = gate_decide(T0)
-    server = DeleteGateServer(decide_now, server_tls(cert_dir))
-    port = await server.start("127.0.0.1", 0)
-    try:
-        answers = await exchange(port, ca, [
+    async with serving(pki) as (server, seen):
+        answers = await exchange(server.port, pki[1], [
             post(b"{}", path="/validate"),
             b"GET /delete-gate HTTP/1.1\r\nHost: x\r\n\r\n",
             post(b"not json"),
             post(json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).encode(),
                  extra="Connection: close\r\n"),
         ])
-    finally:
-        await server.stop()
     assert [code for code, _, _ in answers] == [404, 405, 400, 400]
     assert "v1beta1" in json.loads(answers[3][2])["message"]
     assert answers[3][1].get("connection") == "close"
@@ -122,17 +125,12 @@ async def test_wrong_path_method_or_body_is_refused_without_deciding(pki):
 
 
 async def test_a_plain_http_client_gets_no_answer(pki):
-    cert_dir, _ = pki
-    server = DeleteGateServer(gate_decide(T0)[0], server_tls(cert_dir))
-    port = await server.start("127.0.0.1", 0)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(pki) as (server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(post(json.dumps(GC_DELETE).encode()))
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), timeout=5)
         writer.close()
-    finally:
-        await server.stop()
     assert b"HTTP/1.1 200" not in data and server.decisions == {}
 
 
