@@ -20,11 +20,11 @@ from responder.errors import ConfigError
 from responder.guard.admission import answer_review
 from responder.incident.delete_gate import ALLOW_OFFBOARDED, GateDecision, GateRequest
 from responder.incident.detect import DETECTION_LOGGER
+from responder.ops.delete_gate_webhook import GATE_PATH
 
 # A child of detection's logger: its denies are shown wherever detection's decisions are.
 log = logging.getLogger(f"{DETECTION_LOGGER}.delete-gate")
 
-GATE_PATH = "/delete-gate"
 MAX_BODY = 4 * 1024 * 1024  # an AdmissionReview of one Namespace is a few KiB
 IDLE_S = 90.0  # a kept-alive connection with no request for this long is closed
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}

@@ -6,7 +6,6 @@ without responder; every decision is in the summary with its reason."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -16,18 +15,13 @@ from responder.errors import ApiError
 from responder.lab.apply import bind_cluster_admin
 from responder.incident.delete_gate import CAPSULE_USER, GARBAGE_COLLECTOR
 from responder.lab.capsule import CAPSULE_DEPLOYMENT, CAPSULE_NAMESPACE
+from responder.lab.processes import free_port
 from responder.lab.delete_gate import gate_cert_dir, gate_in_force, install_delete_gate, remove_delete_gate
 from responder.lab.incident import CRD_PATH, persisted_writes_by
 from responder.lab.seed import TENANT_API, seed
 from responder.incident.observe import MWC_PATH, VWC_PATH, is_capsule_webhook
 
 from .incident_helpers import client_for, namespace_states, start_watch
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
